@@ -1,0 +1,5 @@
+"""The calibration pipeline: model + calibration images -> quantized model."""
+
+from vitquant.calibration.pipeline import CalibrationResult, PointReport, check_images, prepare, quantize_model
+
+__all__ = ["CalibrationResult", "PointReport", "check_images", "prepare", "quantize_model"]

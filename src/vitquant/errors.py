@@ -1,0 +1,21 @@
+"""User-facing errors. Library code raises these (never ``assert``) for bad input."""
+
+
+class VitQuantError(Exception):
+    """Base class for every error caused by user input or environment (files, data, options)."""
+
+
+class ConfigError(VitQuantError, ValueError):
+    """An impossible or unsupported option: bit width, scheme name, model name."""
+
+
+class DataError(VitQuantError):
+    """Missing, unreadable or too-small image folders and label files."""
+
+
+class WeightsError(VitQuantError):
+    """Weights that cannot be found, downloaded or loaded into the model."""
+
+
+class NumericalError(VitQuantError):
+    """NaN/inf where finite values are required (calibration activations, logits)."""

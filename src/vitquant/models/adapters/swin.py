@@ -1,0 +1,58 @@
+"""Adapter for timm ``SwinTransformer``.
+
+As for ViT, plus the patch-merging ``reduction`` Linear whose input follows ``downsample.norm``.
+"""
+
+from __future__ import annotations
+
+from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTransformerBlock, WindowAttention
+from torch import nn
+
+from vitquant import qconfig
+from vitquant.errors import ConfigError
+from vitquant.models.adapters.base import (
+    ModelAdapter,
+    ReparamPair,
+    register_adapter,
+    swap_linear,
+    swap_patch_embed,
+    swap_remaining_linears,
+)
+from vitquant.nn.attention import QuantWindowAttention
+
+
+class SwinAdapter(ModelAdapter):
+    family = "swin (timm SwinTransformer)"
+
+    def supports(self, model: nn.Module) -> bool:
+        return isinstance(model, SwinTransformer)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        swap_patch_embed(model)
+        for s, stage in enumerate(model.layers):
+            if isinstance(stage.downsample, PatchMerging):
+                swap_linear(stage.downsample, "reduction", qconfig.POST_LAYERNORM)
+            for b, block in enumerate(stage.blocks):
+                if not isinstance(block, SwinTransformerBlock) or type(block.attn) is not WindowAttention:
+                    raise ConfigError(f"stage {s} block {b}: unsupported Swin block {type(block).__name__}")
+                block.attn = QuantWindowAttention.from_float(block.attn)
+                swap_linear(block.attn, "qkv", qconfig.POST_LAYERNORM)
+                swap_linear(block.attn, "proj", qconfig.LINEAR_INPUT)
+                swap_linear(block.mlp, "fc1", qconfig.POST_LAYERNORM)
+                swap_linear(block.mlp, "fc2", qconfig.POST_GELU)
+        swap_remaining_linears(model)
+        return model
+
+    def reparam_pairs(self, model: nn.Module) -> list[ReparamPair]:
+        pairs = []
+        for s, stage in enumerate(model.layers):
+            if isinstance(stage.downsample, PatchMerging):
+                pairs.append(ReparamPair(stage.downsample.norm, stage.downsample.reduction, f"layers.{s}.downsample.norm"))
+            for b, block in enumerate(stage.blocks):
+                prefix = f"layers.{s}.blocks.{b}"
+                pairs.append(ReparamPair(block.norm1, block.attn.qkv, f"{prefix}.norm1"))
+                pairs.append(ReparamPair(block.norm2, block.mlp.fc1, f"{prefix}.norm2"))
+        return pairs
+
+
+register_adapter(SwinAdapter())

@@ -1,0 +1,57 @@
+"""Adapter for timm ``VisionTransformer`` (ViT, DeiT, DeiT-distilled).
+
+Per block: qkv and fc1 take post-LayerNorm inputs (norm1, norm2), proj a plain linear input, fc2 the
+post-GELU activation; q, k, v and the softmax output are explicit points in :class:`QuantViTAttention`.
+"""
+
+from __future__ import annotations
+
+from timm.layers import Mlp
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from vitquant import qconfig
+from vitquant.errors import ConfigError
+from vitquant.models.adapters.base import (
+    ModelAdapter,
+    ReparamPair,
+    register_adapter,
+    swap_linear,
+    swap_patch_embed,
+    swap_remaining_linears,
+)
+from vitquant.nn.attention import QuantViTAttention
+
+
+class ViTAdapter(ModelAdapter):
+    family = "vit/deit (timm VisionTransformer)"
+
+    def supports(self, model: nn.Module) -> bool:
+        return isinstance(model, VisionTransformer)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        swap_patch_embed(model)
+        for i, block in enumerate(model.blocks):
+            if type(block) is not Block or not isinstance(block.attn, Attention) or not isinstance(block.mlp, Mlp):
+                raise ConfigError(
+                    f"block {i} of {type(model).__name__} is {type(block).__name__}; only timm's standard "
+                    "Block(Attention, Mlp) is supported"
+                )
+            block.attn = QuantViTAttention.from_float(block.attn)
+            swap_linear(block.attn, "qkv", qconfig.POST_LAYERNORM)
+            swap_linear(block.attn, "proj", qconfig.LINEAR_INPUT)
+            swap_linear(block.mlp, "fc1", qconfig.POST_LAYERNORM)
+            swap_linear(block.mlp, "fc2", qconfig.POST_GELU)
+        swap_remaining_linears(model)
+        return model
+
+    def reparam_pairs(self, model: nn.Module) -> list[ReparamPair]:
+        pairs = []
+        for i, block in enumerate(model.blocks):
+            pairs.append(ReparamPair(block.norm1, block.attn.qkv, f"blocks.{i}.norm1"))
+            pairs.append(ReparamPair(block.norm2, block.mlp.fc1, f"blocks.{i}.norm2"))
+        return pairs
+
+
+register_adapter(ViTAdapter())

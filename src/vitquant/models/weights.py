@@ -1,0 +1,73 @@
+"""Creating a timm model with weights: a local file (safetensors or .pth state dict) or the timm hub."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from vitquant.errors import WeightsError
+from vitquant.models.registry import resolve_model_name
+from vitquant.paths import default_weights
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_ema")
+
+
+def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch checkpoint (plain or under 'model'/'state_dict')."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoding failure is a user-facing file problem
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def create_model(name: str, weights: Path | str | None = None, download: bool = True) -> tuple[nn.Module, str]:
+    """Build ``name`` in eval mode with weights; returns the model and a description of the weights' source.
+
+    Order: ``weights`` if given; else the local copy in ``shared/models/<timm name>.safetensors`` if it
+    exists; else timm's pretrained download (when ``download``).
+    """
+    timm_name = resolve_model_name(name)
+    if weights is None:
+        weights = default_weights(timm_name.split(".")[0])
+    if weights is not None:
+        model = timm.create_model(timm_name, pretrained=False)
+        state = load_state_dict(weights)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"weights in {weights} do not fit {timm_name}: {exc}") from exc
+        source = str(Path(weights).resolve())
+    elif download:
+        try:
+            model = timm.create_model(timm_name, pretrained=True)
+        except Exception as exc:  # network, hub and cache errors all mean: no weights
+            raise WeightsError(
+                f"could not download pretrained weights for {timm_name} ({type(exc).__name__}: {exc}). "
+                "Without internet access pass a local state dict with --weights PATH "
+                "(.safetensors or .pth)."
+            ) from exc
+        source = f"timm pretrained: {timm_name}"
+    else:
+        raise WeightsError(f"no weights for {timm_name}: pass --weights PATH")
+    log.info("model %s with weights from %s", timm_name, source)
+    return model.eval(), source

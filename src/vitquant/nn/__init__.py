@@ -1,0 +1,17 @@
+"""Quantizable layers and explicit quantization points."""
+
+from vitquant.nn.attention import QuantViTAttention, QuantWindowAttention
+from vitquant.nn.linear import QuantConv2d, QuantLinear
+from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
+
+__all__ = [
+    "Mode",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantPoint",
+    "QuantViTAttention",
+    "QuantWindowAttention",
+    "quant_points",
+    "set_level_tracking",
+    "set_mode",
+]

@@ -1,0 +1,127 @@
+"""timm attention modules rewritten so that both matmuls are explicit quantization points.
+
+timm's fused ``scaled_dot_product_attention`` would hide q @ kᵀ and attn @ v; these subclasses always
+run the explicit path:
+
+    attn = softmax(Q(q·scale) @ Q(k)ᵀ + bias/mask),   out = Q_softmax(attn) @ Q(v)
+
+``q`` is scaled before its quantizer, exactly as timm's non-fused path, so that with quantization off
+the logits equal the original model's. The scale is a constant factor, so this only rescales the
+fitted step of the q quantizer compared with RepQ-ViT (which scales after the matmul).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from timm.layers.attention import Attention
+from timm.models.swin_transformer import WindowAttention
+from torch import nn
+
+from vitquant import qconfig
+from vitquant.nn.quant_point import QuantPoint
+
+
+def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
+    """A new ``cls`` instance sharing ``module``'s parameters, buffers and submodules."""
+    new = cls.__new__(cls)
+    state = dict(module.__dict__)
+    for key in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+        if key in state:
+            state[key] = copy.copy(state[key])
+    new.__dict__.update(state)
+    return new
+
+
+class _AttentionPoints:
+    """The four quantization points of one attention: q, k, v (matmul inputs) and the softmax output."""
+
+    q_quant: QuantPoint
+    k_quant: QuantPoint
+    v_quant: QuantPoint
+    attn_quant: QuantPoint
+
+    def _add_points(self) -> None:
+        self.q_quant = QuantPoint(qconfig.MATMUL_INPUT)
+        self.k_quant = QuantPoint(qconfig.MATMUL_INPUT)
+        self.v_quant = QuantPoint(qconfig.MATMUL_INPUT)
+        self.attn_quant = QuantPoint(qconfig.POST_SOFTMAX)
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        add_bias: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        attn = self.q_quant(q * self.scale) @ self.k_quant(k).transpose(-2, -1)  # type: ignore[attr-defined]
+        if add_bias is not None:
+            attn = add_bias(attn)
+        attn = self.attn_drop(attn.softmax(dim=-1))  # type: ignore[attr-defined]
+        return self.attn_quant(attn) @ self.v_quant(v)
+
+
+def _mask_adder(attn_mask: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """timm's mask convention: boolean True = attend, or an additive float mask."""
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        return lambda attn: attn.masked_fill(~attn_mask, float("-inf"))
+    return lambda attn: attn + attn_mask
+
+
+class QuantViTAttention(_AttentionPoints, Attention):
+    """timm ``Attention`` (ViT, DeiT) with explicit quantizable matmuls."""
+
+    @classmethod
+    def from_float(cls, attn: Attention) -> QuantViTAttention:
+        new = _adopt(cls, attn)
+        new._add_points()
+        return new
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        if is_causal:
+            raise NotImplementedError("causal attention is not supported for vision transformers")
+        B, N, _ = x.shape
+        gate_layer = getattr(self, "gate", None)
+        gate = gate_layer(x).sigmoid() if gate_layer is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = self._attend(q, k, v, _mask_adder(attn_mask))
+        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
+        x = self.norm(x)
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+class QuantWindowAttention(_AttentionPoints, WindowAttention):
+    """timm Swin ``WindowAttention`` with explicit quantizable matmuls (relative bias and shift mask kept)."""
+
+    @classmethod
+    def from_float(cls, attn: WindowAttention) -> QuantWindowAttention:
+        new = _adopt(cls, attn)
+        new._add_points()
+        return new
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B_, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+
+        def add_bias(attn: torch.Tensor) -> torch.Tensor:  # same order of additions as timm
+            attn = attn + self._get_rel_pos_bias()
+            if mask is None:
+                return attn
+            num_win = mask.shape[0]
+            attn = attn.view(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            return attn.view(-1, self.num_heads, N, N)
+
+        x = self._attend(q, k, v, add_bias)
+        x = x.transpose(1, 2).reshape(B_, N, -1)
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,90 @@
+"""Linear and Conv2d layers with a quantized input point and per-output-channel quantized weights.
+
+The weight is fake-quantized once (:meth:`quantize_weight`) and the result cached, not at every forward.
+The float weight is kept: reparameterization edits it and quantizes again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.qconfig import QuantSpec
+from vitquant.quantizers.base import Quantizer
+
+
+class WeightQuantMixin:
+    """Shared weight handling: ``weight_spec`` -> ``weight_quantizer`` -> cached ``weight_fq``."""
+
+    weight: nn.Parameter
+    weight_spec: QuantSpec | None
+    weight_quantizer: Quantizer | None
+    mode: Mode
+    layer_name: str
+
+    def _init_weight_quant(self) -> None:
+        self.weight_spec = None
+        self.weight_quantizer = None
+        self.register_buffer("weight_fq", None)  # type: ignore[attr-defined]
+        self.mode = Mode.FLOAT
+        self.layer_name = ""
+
+    def quantize_weight(self) -> None:
+        """Fit the weight quantizer per output channel and cache the fake-quantized weight."""
+        if self.weight_spec is None:
+            raise RuntimeError(f"layer {self.layer_name} has no weight spec")
+        with torch.no_grad():
+            self.weight_quantizer = self.weight_spec.fit(self.weight, channel_dim=0, where=f"{self.layer_name}.weight")
+            self.weight_fq = self.weight_quantizer(self.weight.detach())
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.mode is Mode.FLOAT:
+            return self.weight
+        if self.weight_fq is None:
+            raise RuntimeError(f"weights of layer {self.layer_name} are not quantized")
+        return self.weight_fq
+
+
+class QuantLinear(WeightQuantMixin, nn.Linear):
+    """``nn.Linear`` with ``input_quant`` (a :class:`QuantPoint`) and quantized weights."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, input_role: str) -> QuantLinear:
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new._init_weight_quant()
+        new.input_quant = QuantPoint(input_role, channel_dim=-1)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quant(x), self.effective_weight(), self.bias)
+
+
+class QuantConv2d(WeightQuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` (the patch embedding) with a per-tensor input point and quantized weights."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, input_role: str) -> QuantConv2d:
+        new = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new._init_weight_quant()
+        new.input_quant = QuantPoint(input_role, channel_dim=1)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quant(x), self.effective_weight(), self.bias)

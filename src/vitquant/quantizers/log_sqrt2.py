@@ -1,0 +1,82 @@
+"""log√2 quantizer for post-softmax attention (RepQ-ViT, ICCV 2023).
+
+    c  = round(-2 · log2(x / Δ))                      (float32, round-half-to-even)
+    x̂ = 0                                             if c >= 2^b          (and x = 0)
+    x̂ = 2^(-ceil(q/2)) · (√2 if q is odd) · Δ         q = clamp(c, 0, q_max)
+
+Variants (named by the distinct values they emit at 4 bit):
+
+- ``Sqrt2_17`` (the published code): q_max = 2^b - 1, so 2^b non-zero levels + zero = 2^b + 1 values.
+- ``Sqrt2_16``: q_max = 2^b - 2, so 2^b - 1 non-zero levels + zero = 2^b values. Codes equal to
+  2^b - 1 are clamped onto the smallest non-zero level; only c >= 2^b becomes zero.
+
+Matches the published outputs in ``shared/testvectors/Sqrt2.csv`` (tests/quantizers/test_log_sqrt2.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vitquant.errors import ConfigError
+from vitquant.quantizers.base import Quantizer, check_bits
+
+VARIANTS = (16, 17)
+
+
+def log_sqrt2_levels(bits: int, variant: int, delta: torch.Tensor) -> torch.Tensor:
+    """Dequantized value of every code: index q in [0, q_max] is a non-zero level, the last is zero."""
+    q_max = 2**bits - 1 if variant == 17 else 2**bits - 2
+    q = torch.arange(q_max + 1, dtype=torch.float32)
+    odd = (q % 2) * (math.sqrt(2) - 1) + 1
+    nonzero = 2 ** (-1 * torch.ceil(q / 2)) * odd * delta.to(torch.float32)
+    return torch.cat([nonzero, torch.zeros(1)])
+
+
+class LogSqrt2Quantizer(Quantizer):
+    """log√2 quantizer with fitted per-tensor scale ``delta`` (Δ, the largest level)."""
+
+    def __init__(self, bits: int, variant: int, delta: torch.Tensor) -> None:
+        super().__init__()
+        self.bits = check_bits(bits)
+        if variant not in VARIANTS:
+            raise ConfigError(f"log-sqrt2 variant must be 16 or 17, got {variant!r}")
+        self.variant = variant
+        delta = torch.as_tensor(delta, dtype=torch.float32).reshape(())
+        if not torch.isfinite(delta) or delta <= 0:
+            raise ConfigError(f"log-sqrt2 delta must be finite and > 0, got {float(delta)}")
+        self.register_buffer("delta", delta)
+        # Table of the dequantized value per code, with one extra NaN entry that NaN inputs map to.
+        table = torch.cat([log_sqrt2_levels(bits, variant, delta), torch.full((1,), float("nan"))])
+        self.register_buffer("table", table)
+
+    @property
+    def q_max(self) -> int:
+        return 2**self.bits - 1 if self.variant == 17 else 2**self.bits - 2
+
+    @property
+    def zero_code(self) -> int:
+        return self.q_max + 1
+
+    @property
+    def max_levels(self) -> int:
+        return self.q_max + 2
+
+    def _code_index(self, x: torch.Tensor) -> torch.Tensor:
+        c = torch.div(x, self.delta).log2_().mul_(-2).round_()
+        zero = c >= 2**self.bits
+        idx = c.clamp_(0, self.q_max).masked_fill_(zero, self.zero_code)
+        return torch.nan_to_num_(idx, nan=self.zero_code + 1).to(torch.int64)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        idx = self._code_index(x)
+        if (idx > self.zero_code).any():
+            raise ValueError("log-sqrt2 quantizer got NaN input")
+        return idx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[self._code_index(x)].to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, variant=Sqrt2_{self.variant}, levels={self.max_levels}"
