@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vitquant.errors import WeightsError
+from vitquant.models.adapters import adapter_for
 from vitquant.models.registry import resolve_model_name
 from vitquant.paths import default_weights
 
@@ -43,14 +44,17 @@ def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 def create_model(name: str, weights: Path | str | None = None, download: bool = True) -> tuple[nn.Module, str]:
     """Build ``name`` in eval mode with weights; returns the model and a description of the weights' source.
 
-    Order: ``weights`` if given; else the local copy in ``shared/models/<timm name>.safetensors`` if it
-    exists; else timm's pretrained download (when ``download``).
+    The architecture is built first and checked against the registered adapters, so an unsupported
+    model fails before any download. Weights: ``weights`` if given; else the local copy in
+    ``shared/models/<timm name>.safetensors`` if it exists; else timm's pretrained download (when
+    ``download``).
     """
     timm_name = resolve_model_name(name)
+    model = timm.create_model(timm_name, pretrained=False)
+    adapter_for(model)  # raises ConfigError for unsupported families
     if weights is None:
         weights = default_weights(timm_name.split(".")[0])
     if weights is not None:
-        model = timm.create_model(timm_name, pretrained=False)
         state = load_state_dict(weights)
         try:
             model.load_state_dict(state, strict=True)
@@ -59,14 +63,14 @@ def create_model(name: str, weights: Path | str | None = None, download: bool = 
         source = str(Path(weights).resolve())
     elif download:
         try:
-            model = timm.create_model(timm_name, pretrained=True)
+            model = timm.create_model(timm_name, pretrained=True)  # timm's own loading path and filters
         except Exception as exc:  # network, hub and cache errors all mean: no weights
             raise WeightsError(
                 f"could not download pretrained weights for {timm_name} ({type(exc).__name__}: {exc}). "
                 "Without internet access pass a local state dict with --weights PATH "
                 "(.safetensors or .pth)."
             ) from exc
-        source = f"timm pretrained: {timm_name}"
+        source = f"timm pretrained: {model.pretrained_cfg.get('hf_hub_id') or timm_name}"
     else:
         raise WeightsError(f"no weights for {timm_name}: pass --weights PATH")
     log.info("model %s with weights from %s", timm_name, source)

@@ -206,9 +206,13 @@ class BitLog2Quantizer(Quantizer):
         return to_int_domain(x, self.scheme).to(torch.int64)
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        return code_float(to_int_domain(x, self.scheme), self.scheme.half)
+        v = to_int_domain(x, self.scheme)
+        if torch.isnan(v).any():
+            raise ValueError("BitLog2 quantizer got NaN input")
+        return code_float(v, self.scheme.half)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x_int) / s. NaN input stays non-finite (NaN, or inf for Single: its mask keeps no mantissa)."""
         d = dequant_float(to_int_domain(x, self.scheme), self.scheme.half)
         return d.div_(float(self.divisor)).to(x.dtype)
 

@@ -10,9 +10,12 @@ evaluated in one broadcast tensor operation.
 
 Degenerate rows (documented safe behaviour, RepQ-ViT divides by zero here):
 
-- a candidate with zero range is never chosen; if all are zero-range the full observed range is used;
-- a constant row (min == max == v) gets the range [min(v, 0), max(v, 0)], which represents v exactly;
-  an all-zero row gets Δ = 1, z = 0.
+- a range that overflows float32 is formed in double, and Δ is at least the smallest normal float32 (so 1/Δ is finite);
+- a candidate with zero range, or whose error overflows, is never chosen; if no candidate is usable the
+  full observed range is used;
+- a constant row (min == max == v) gets Δ = |v| and z = 0 (v > 0) or 1 (v < 0), so v is a grid point
+  and is reproduced exactly; an all-zero row gets Δ = 1, z = 0 (so does a subnormal constant, which
+  then quantizes to 0).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from vitquant.search.checks import check_calibration_tensor
 from vitquant.search.quantiles import row_quantiles
 
 PERCENTILES: tuple[float, ...] = (0.999, 0.9999, 0.99999)
+_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32: 1/Δ stays finite
 
 
 def _rows(x: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
@@ -54,6 +58,16 @@ def _mse_per_row(rows: torch.Tensor, delta: torch.Tensor, zero: torch.Tensor, qm
     return q.square_().mean(dim=-1)
 
 
+def _range_to_step(lower: torch.Tensor, upper: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Δ = (max - min) / qmax in float32 (as RepQ-ViT), in double only where float32 overflows; floored
+    at the smallest normal float32."""
+    delta = (upper - lower) / qmax
+    overflow = torch.isinf(delta) & torch.isfinite(upper) & torch.isfinite(lower)
+    if overflow.any():
+        delta = torch.where(overflow, ((upper.double() - lower.double()) / qmax).to(torch.float32), delta)
+    return torch.where(delta > 0, delta.clamp(min=_TINY), delta)
+
+
 def search_uniform_params(
     rows: torch.Tensor, bits: int, percentiles: Sequence[float] = PERCENTILES
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +75,7 @@ def search_uniform_params(
     qmax = 2 ** check_bits(bits) - 1
     upper = row_quantiles(rows, list(percentiles))
     lower = row_quantiles(rows, [1.0 - p for p in percentiles])
-    delta = (upper - lower) / qmax
+    delta = _range_to_step(lower, upper, qmax)
     valid = torch.isfinite(delta) & (delta > 0)
     safe_delta = torch.where(valid, delta, torch.ones_like(delta))
     zero = (-lower / safe_delta).round()
@@ -72,15 +86,16 @@ def search_uniform_params(
     delta_out = safe_delta.gather(0, pick)[0]
     zero_out = zero.gather(0, pick)[0]
 
-    fallback = ~valid.any(dim=0)
+    fallback = torch.isinf(score).all(dim=0)  # no usable candidate (zero range or overflow)
     if fallback.any():
         lo = rows[fallback].amin(dim=1)
         hi = rows[fallback].amax(dim=1)
         constant = hi == lo
         lo = torch.where(constant, torch.clamp(lo, max=0.0), lo)
         hi = torch.where(constant, torch.clamp(hi, min=0.0), hi)
-        d = (hi - lo) / qmax
-        d = torch.where(d > 0, d, torch.ones_like(d))
+        # a constant row v gets Δ = |v| and z = 0 (v > 0) or 1 (v < 0): v itself is a grid point
+        d = torch.where(constant, hi - lo, _range_to_step(lo, hi, qmax))
+        d = torch.where(d >= _TINY, d, torch.ones_like(d))  # all-zero (or subnormal) constant: Δ = 1
         delta_out[fallback] = d
         zero_out[fallback] = (-lo / d).round()
     return delta_out, zero_out

@@ -50,7 +50,7 @@ def row_quantiles(x: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     q_t = torch.tensor(list(qs), dtype=x.dtype)
     ranks = q_t.to(torch.float64) * (m - 1)  # torch.quantile forms ranks in double
     below = ranks.to(torch.int64)
-    above = torch.clamp(below + 1, max=m - 1)
+    above = ranks.ceil().to(torch.int64)  # == below at whole ranks, as torch.quantile
     weights = (ranks - below.to(torch.float64)).to(x.dtype)
 
     upper = q_t >= 0.5

@@ -1,0 +1,202 @@
+"""Command line: ``vitquant quantize ...`` and the seed-compatible ``vitquant --model ... --log_quant_scheme ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vitquant import __version__
+from vitquant.errors import VitQuantError
+
+log = logging.getLogger("vitquant")
+
+_SEED_FLAGS = {
+    "--dataset": "dataset",
+    "--w_bit": "w_bits",
+    "--w_bits": "w_bits",
+    "--a_bit": "a_bits",
+    "--a_bits": "a_bits",
+    "--log_quant_scheme": "attn_quant",
+    "--calib_batchsize": "calib_size",
+    "--val_batchsize": "batch_size",
+    "--num_workers": "workers",
+}
+
+
+def _add_quantize_args(p: argparse.ArgumentParser) -> None:
+    from vitquant.qconfig import ATTENTION_SCHEMES
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="deit_tiny", help="short name (deit_tiny, vit_small, swin_tiny, ...) or timm name")
+    g.add_argument("--weights", type=Path, help="state dict (.safetensors or .pth); default: shared copy, else timm download")
+    g = p.add_argument_group("quantization")
+    g.add_argument("--w-bits", type=int, default=4, help="weight bits, 2..8 (default 4)")
+    g.add_argument("--a-bits", type=int, default=4, help="activation bits, 2..8 (default 4)")
+    g.add_argument(
+        "--attn-quant",
+        default="bitlog2-half-17",
+        metavar="SCHEME",
+        help=f"post-softmax quantizer: {', '.join(ATTENTION_SCHEMES)} (seed spellings such as "
+        "BitLog2_Half_17 work too; default bitlog2-half-17)",
+    )
+    g.add_argument("--attn-bits", type=int, help="bits of the attention-map quantizer (default: --a-bits)")
+    g = p.add_argument_group("data")
+    g.add_argument("--calib-data", type=Path, help="calibration images (default: the shared ImageNet sample)")
+    g.add_argument("--calib-size", type=int, default=32, help="number of calibration images (default 32)")
+    g.add_argument("--eval-data", type=Path, help="evaluation images (default: same folder as calibration)")
+    g.add_argument("--eval-size", type=int, help="evaluate on the first N images left after calibration")
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
+    g.add_argument("--crop-pct", type=float, help="override the model's eval crop fraction (timm default)")
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
+    g.add_argument("--workers", type=int, default=0, help="image decoding workers (default 0: decode in-process)")
+    g.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitquant",
+        description="Post-training quantization of Vision Transformers (RepQ-ViT + BitLog2).",
+        epilog="Seed-compatible form: vitquant --model deit_tiny --dataset DIR --w_bit 4 --a_bit 4 "
+        "--log_quant_scheme BitLog2_Half_17",
+    )
+    parser.add_argument("--version", action="version", version=f"vitquant {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quantize", help="calibrate, quantize and evaluate a model (the main job)")
+    _add_quantize_args(q)
+    sub.add_parser("models", help="list the short model names")
+    sub.add_parser("schemes", help="list the attention quantization schemes and their levels")
+    return parser
+
+
+def _seed_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitquant", description="Seed-compatible form of 'vitquant quantize'.")
+    p.add_argument("--model", default="deit_tiny")
+    p.add_argument("--dataset", type=Path, help="ImageNet root (train/ and val/) or the sample folder")
+    p.add_argument("--w_bit", "--w_bits", dest="w_bits", type=int, default=4)
+    p.add_argument("--a_bit", "--a_bits", dest="a_bits", type=int, default=4)
+    p.add_argument("--log_quant_scheme", dest="attn_quant", default="BitLog2_Half_17")
+    p.add_argument("--calib_batchsize", dest="calib_size", type=int, default=32)
+    p.add_argument("--val_batchsize", dest="batch_size", type=int, default=64)
+    p.add_argument("--num_workers", dest="workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--json", type=Path)
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def _is_seed_form(argv: Sequence[str]) -> bool:
+    return bool(argv) and argv[0].startswith("--") and argv[0] not in ("--help", "--version") and any(
+        a.split("=")[0] in _SEED_FLAGS or a.split("=")[0] == "--model" for a in argv
+    )
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vitquant: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _print_levels(report: dict) -> None:
+    print("\nquantization points (levels used on the calibration images / at most):")
+    for point in report["calibration"]["points"]:
+        print(f"  {point['name']:<40} {point['quantizer']:<22} {point['levels_used']!s:>4} / {point['max_levels']}")
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from vitquant.evaluation import format_table, write_json
+    from vitquant.workflow import QuantizeJob, run_quantize
+
+    job = QuantizeJob(
+        model=args.model,
+        weights=args.weights,
+        w_bits=args.w_bits,
+        a_bits=args.a_bits,
+        attn_quant=args.attn_quant,
+        attn_bits=getattr(args, "attn_bits", None),
+        calib_data=getattr(args, "calib_data", None),
+        calib_size=args.calib_size,
+        eval_data=getattr(args, "eval_data", None),
+        eval_size=getattr(args, "eval_size", None),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        crop_pct=getattr(args, "crop_pct", None),
+        progress=not args.quiet,
+    )
+    report = run_quantize(job)
+    cfg = report["config"]
+    print(
+        f"{cfg['timm_model']}  W{cfg['w_bits']}A{cfg['a_bits']}  attention {cfg['attn_quant']}\n"
+        f"weights: {cfg['weights_source']}\n"
+        f"calibration: {report['calibration']['images']} images from {cfg['calib_dir']} (seed {cfg['seed']}); "
+        f"evaluation: {report['fp']['images']} other images from {cfg['eval_dir']}\n"
+    )
+    print(format_table(report))
+    levels = report["attention_levels"]
+    print(
+        f"attention map ({', '.join(levels['quantizer'])}): at most {levels['max_levels']} levels, "
+        f"used {levels['levels_used_min']}-{levels['levels_used_max']} per layer on the calibration images"
+    )
+    if getattr(args, "levels", False):
+        _print_levels(report)
+    if args.json:
+        write_json(report, args.json)
+        print(f"report written to {args.json}")
+    return 0
+
+
+def _list_models() -> int:
+    from vitquant.models import SHORT_NAMES
+
+    for short, timm_name in SHORT_NAMES.items():
+        print(f"{short:<12} {timm_name}")
+    print("(any other timm ViT/DeiT/Swin model name works too)")
+    return 0
+
+
+def _list_schemes() -> int:
+    from vitquant.qconfig import ATTENTION_SCHEMES, attention_spec
+
+    for name in ATTENTION_SCHEMES:
+        spec = attention_spec(name, 4)
+        quantizer_levels = spec.bitlog2_scheme().max_levels if spec.kind == "bitlog2" else (2**4 + 1 if spec.variant == 17 else 2**4)
+        print(f"{name:<20} {spec.name:<20} {quantizer_levels} levels at 4 bit")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if _is_seed_form(argv):
+            args = _seed_parser().parse_args(argv)
+            args.calib_data = args.eval_data = args.dataset
+            _setup_logging(args.quiet, False)
+            return _run_quantize(args)
+        args = build_parser().parse_args(argv)
+        if args.command == "models":
+            return _list_models()
+        if args.command == "schemes":
+            return _list_schemes()
+        _setup_logging(args.quiet, args.verbose)
+        return _run_quantize(args)
+    except VitQuantError as exc:
+        print(f"vitquant: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitquant: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

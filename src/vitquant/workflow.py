@@ -1,0 +1,153 @@
+"""The main job, as a library function: quantize a timm model and measure what it cost.
+
+model + calibration images -> quantized model -> report (FP and quantized accuracy on the same
+images, fidelity, timings, levels used). The CLI and the benchmarks call :func:`run_quantize`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitquant import __version__
+from vitquant.calibration import CalibrationResult, quantize_model
+from vitquant.data import (
+    ImageRecord,
+    data_config,
+    eval_transform,
+    list_images,
+    load_batch,
+    make_loader,
+    split_calibration_eval,
+)
+from vitquant.errors import ConfigError, DataError
+from vitquant.evaluation import build_report, evaluate_pair
+from vitquant.models import create_model, resolve_model_name
+from vitquant.paths import default_sample_images
+from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name, repq_vit_qconfig
+from vitquant.quantizers.base import check_bits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizeJob:
+    """Everything the main job needs; defaults reproduce the README's main command."""
+
+    model: str = "deit_tiny"
+    weights: Path | None = None
+    w_bits: int = 4
+    a_bits: int = 4
+    attn_quant: str = "bitlog2-half-17"
+    attn_bits: int | None = None
+    calib_data: Path | None = None
+    calib_size: int = 32
+    eval_data: Path | None = None
+    eval_size: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    workers: int = 0
+    crop_pct: float | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        check_bits(self.w_bits, "--w-bits")
+        check_bits(self.a_bits, "--a-bits")
+        if self.attn_bits is not None:
+            check_bits(self.attn_bits, "--attn-bits")
+        self.attn_quant = normalize_scheme_name(self.attn_quant)
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+
+    def qconfig(self) -> QConfig:
+        return repq_vit_qconfig(self.w_bits, self.a_bits, self.attn_quant, self.attn_bits)
+
+
+@dataclass
+class JobData:
+    """Calibration and evaluation images of a job, disjoint."""
+
+    calibration: list[ImageRecord]
+    evaluation: list[ImageRecord]
+    calib_dir: Path
+    eval_dir: Path
+
+
+def resolve_data(job: QuantizeJob) -> JobData:
+    """Pick the folders (defaulting to the shared ImageNet sample) and split them, disjoint and seeded."""
+    default = default_sample_images()
+    calib_dir = job.calib_data or job.eval_data or default
+    eval_dir = job.eval_data or job.calib_data or default
+    if calib_dir is None or eval_dir is None:
+        raise DataError(
+            "no images: pass --calib-data DIR and/or --eval-data DIR (an ImageNet folder with val/ "
+            "and train/, class sub-folders, or a folder with labels.csv)"
+        )
+    calib_pool = list_images(calib_dir, split="train")
+    eval_pool = list_images(eval_dir, split="val")
+    calibration, evaluation = split_calibration_eval(calib_pool, eval_pool, job.calib_size, job.eval_size, job.seed)
+    return JobData(calibration, evaluation, Path(calib_dir), Path(eval_dir))
+
+
+def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
+    return {role: result.role_summary(role) for role in ROLES if any(p.role == role for p in result.points)}
+
+
+def run_quantize(job: QuantizeJob) -> dict[str, Any]:
+    """Run the main job and return the report dict (see :func:`vitquant.evaluation.build_report`)."""
+    job.validate()
+    qconfig = job.qconfig()  # fail on impossible bit widths before any heavy work
+    timm_name = resolve_model_name(job.model)
+    torch.manual_seed(job.seed)
+
+    model, weights_source = create_model(job.model, job.weights)
+    transform = eval_transform(model, job.crop_pct)
+    data = resolve_data(job)
+    log.info(
+        "calibration: %d images from %s; evaluation: %d images from %s",
+        len(data.calibration), data.calib_dir, len(data.evaluation), data.eval_dir,
+    )
+
+    t = time.perf_counter()
+    calib_images = load_batch(data.calibration, transform)
+    decode_seconds = time.perf_counter() - t
+    log.info("calibrating %s (W%dA%d, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.attn_quant)
+    result = quantize_model(model, calib_images, qconfig)
+    log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
+
+    loader = make_loader(data.evaluation, transform, job.batch_size, job.workers)
+    fp_run, q_run, fidelity = evaluate_pair(model, result.model, loader, progress=job.progress)
+
+    config = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items() if k != "progress"},
+        "timm_model": timm_name,
+        "weights_source": weights_source,
+        "calib_dir": str(data.calib_dir.resolve()),
+        "eval_dir": str(data.eval_dir.resolve()),
+        "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model, job.crop_pct).items()},
+        "qconfig": qconfig.to_dict(),
+        "vitquant_version": __version__,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    extra = {
+        "attention_levels": result.role_summary(POST_SOFTMAX),
+        "levels": _levels_summary(result),
+        "calibration": result.to_dict(),
+        "calibration_decode_seconds": decode_seconds,
+    }
+    return build_report(
+        config=config,
+        fp=fp_run,
+        quantized=q_run,
+        fidelity=fidelity,
+        calibration_seconds=result.seconds,
+        extra=extra,
+    )

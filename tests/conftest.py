@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny random-weight timm models (ViT, DeiT-distilled, Swin) for fast CPU tests.
+
+Every factory seeds torch itself, so a test gets the same weights each run. ``diverse_norms`` gives the
+LayerNorms random per-channel scales, signs and offsets (a freshly initialised timm model has weight 1
+and bias 0 everywhere, which would make the post-LayerNorm reparameterization trivial: r_c ~ 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+VIT_KWARGS = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+# img_size 56, patch 4 -> 14x14 tokens in stage 0: two 7x7 windows per side, so block 1 of stage 0 is a
+# shifted-window block (shift_size 3) with an attention mask; stage 1 (7x7 tokens) has no shift.
+SWIN_KWARGS = dict(
+    img_size=56, embed_dim=24, depths=(2, 2), num_heads=(1, 2), window_size=7, num_classes=10
+)
+
+VIT_IMG = 32
+SWIN_IMG = 56
+
+
+def _diversify_norms(model: nn.Module, seed: int) -> None:
+    """Random LayerNorm affine parameters: |weight| in [0.1, 3] with ~20 % negative, bias ~ N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                scale = torch.rand(module.weight.shape, generator=g) * 2.9 + 0.1
+                sign = torch.where(torch.rand(module.weight.shape, generator=g) < 0.2, -1.0, 1.0)
+                module.weight.copy_(scale * sign)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=g))
+
+
+def _scale_heads(model: nn.Module, factor: float) -> None:
+    """Multiply classifier weights so logits are O(10) instead of O(0.1) (makes argmax less fragile)."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name.split(".")[0] in ("head", "head_dist"):
+                module.weight.mul_(factor)
+
+
+def _sharpen_attention(model: nn.Module, factor: float) -> None:
+    """Scale the qkv weights: random init gives near-uniform attention maps, real models peaky ones."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name.endswith("attn.qkv"):
+                module.weight.mul_(factor)
+
+
+def _make(name: str, kwargs: dict, seed: int, diverse_norms: bool, head_scale: float) -> nn.Module:
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    _sharpen_attention(model, 4.0)
+    if diverse_norms:
+        _diversify_norms(model, seed + 1000)
+    if head_scale != 1.0:
+        _scale_heads(model, head_scale)
+    return model.eval()
+
+
+def make_vit(seed: int = 0, diverse_norms: bool = True, head_scale: float = 20.0) -> nn.Module:
+    return _make("vit_tiny_patch16_224", VIT_KWARGS, seed, diverse_norms, head_scale)
+
+
+def make_deit_distilled(seed: int = 0, diverse_norms: bool = True, head_scale: float = 20.0) -> nn.Module:
+    return _make("deit_tiny_distilled_patch16_224", VIT_KWARGS, seed, diverse_norms, head_scale)
+
+
+def make_swin(seed: int = 0, diverse_norms: bool = True, head_scale: float = 20.0) -> nn.Module:
+    return _make("swin_tiny_patch4_window7_224", SWIN_KWARGS, seed, diverse_norms, head_scale)
+
+
+def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random normalised images ``[n, 3, size, size]`` (standard normal)."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+MODEL_FACTORIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
+    "vit": (make_vit, VIT_IMG),
+    "deit_distilled": (make_deit_distilled, VIT_IMG),
+    "swin": (make_swin, SWIN_IMG),
+}
+
+
+class TinyModels:
+    """Factory handed to tests: ``tiny.model("vit" | "deit_distilled" | "swin", ...)``, ``tiny.images(...)``."""
+
+    kinds = tuple(MODEL_FACTORIES)
+
+    @staticmethod
+    def model(kind: str, **kwargs) -> nn.Module:
+        return MODEL_FACTORIES[kind][0](**kwargs)
+
+    @staticmethod
+    def img_size(kind: str) -> int:
+        return MODEL_FACTORIES[kind][1]
+
+    @staticmethod
+    def images(n: int, kind_or_size: str | int, seed: int = 0) -> torch.Tensor:
+        size = MODEL_FACTORIES[kind_or_size][1] if isinstance(kind_or_size, str) else kind_or_size
+        return images(n, size, seed)
+
+
+@pytest.fixture
+def tiny() -> TinyModels:
+    return TinyModels()
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Each test starts from the same global RNG state, whatever ran before it."""
+    torch.manual_seed(0)
+    yield

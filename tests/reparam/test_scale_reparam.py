@@ -1,0 +1,297 @@
+"""RepQ-ViT post-LayerNorm scale reparameterization: per-channel -> per-tensor, exact in float.
+
+The tiny models have random LayerNorm scales (|γ| in [0.1, 3], some negative) and offsets, so the
+per-channel steps differ by an order of magnitude and the folding is far from the identity.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from vitquant.calibration import prepare, quantize_model
+from vitquant.errors import ConfigError
+from vitquant.models import adapter_for
+from vitquant.nn import Mode, set_mode
+from vitquant.nn.linear import WeightQuantMixin
+from vitquant.qconfig import repq_vit_qconfig
+from vitquant.quantizers import UniformQuantizer
+from vitquant.reparam import reparameterize, reparameterize_pair
+
+QC8 = repq_vit_qconfig(8, 8, "sqrt2-17")
+REL_TOL = 1e-4  # of the logit scale: float32 rounding of the folded parameters only
+KINDS = ("vit", "deit_distilled", "swin")
+CONST_VALUE = 0.37
+
+
+def _calibrated(model: nn.Module, x: torch.Tensor, qc=QC8) -> nn.Module:
+    """Steps 1-3 of the pipeline (prepare, quantize weights, calibrate) on a copy; left in FLOAT mode."""
+    q = prepare(copy.deepcopy(model), qc)
+    for m in q.modules():
+        if isinstance(m, WeightQuantMixin):
+            m.quantize_weight()
+    set_mode(q, Mode.CALIBRATE)
+    with torch.no_grad():
+        q(x)
+    set_mode(q, Mode.FLOAT)
+    return q
+
+
+def _max_abs(t: torch.Tensor) -> float:
+    return float(t.abs().max())
+
+
+def _assert_state_finite(model: nn.Module) -> None:
+    bad = [n for n, t in model.named_parameters() if not torch.isfinite(t).all()]
+    bad += [n for n, t in model.named_buffers() if t.is_floating_point() and not torch.isfinite(t).all()]
+    assert bad == []
+
+
+def _set_constant_channels(model: nn.Module) -> list[tuple[nn.LayerNorm, int]]:
+    """LayerNorm weight exactly 0 (as two channels of the real DeiT-Tiny) and bias 0.37 on two norms."""
+    chosen = [(model.blocks[0].norm1, 5), (model.blocks[1].norm2, 7)]
+    with torch.no_grad():
+        for norm, c in chosen:
+            norm.weight[c] = 0.0
+            norm.bias[c] = CONST_VALUE
+    return chosen
+
+
+# ------------------------------------------------------------------------------ the pipeline
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_pipeline_makes_every_post_layernorm_point_per_tensor(tiny, kind):
+    model = tiny.model(kind)
+    result = quantize_model(model, tiny.images(8, kind), QC8)
+    pairs = adapter_for(result.model).reparam_pairs(result.model)
+    expected = {"vit": 2 * 2, "swin": 2 * 4 + 1}[kind]  # norm1 + norm2 per block (+ Swin patch merging)
+    assert len(pairs) == expected
+    assert result.reparameterized == expected
+    for pair in pairs:
+        quantizer = pair.linear.input_quant.quantizer
+        assert type(quantizer) is UniformQuantizer, pair.name
+        assert not quantizer.per_channel and quantizer.scale.numel() == 1, pair.name
+        assert quantizer.bits == 8
+        z = float(quantizer.zero_point)
+        assert z == round(z), pair.name
+        assert float(quantizer.scale) > 0
+        # the folded weights were quantized again: the cache holds the new weight's fake-quant
+        assert torch.equal(pair.linear.weight_fq, pair.linear.weight_quantizer(pair.linear.weight.detach()))
+
+
+def test_reparam_off_keeps_per_channel_points(tiny):
+    qc = repq_vit_qconfig(8, 8, "sqrt2-17")
+    qc = type(qc)(specs=qc.specs, reparam=False)
+    result = quantize_model(tiny.model("vit"), tiny.images(8, "vit"), qc)
+    assert result.reparameterized == 0
+    for pair in adapter_for(result.model).reparam_pairs(result.model):
+        assert pair.linear.input_quant.quantizer.per_channel
+
+
+# ------------------------------------------------------------------------- exactness in float
+@pytest.mark.parametrize("kind", KINDS)
+def test_folding_keeps_the_float_function(tiny, kind):
+    model = tiny.model(kind)
+    q = _calibrated(model, tiny.images(8, kind))
+    x = tiny.images(6, kind, seed=9)  # not the calibration images
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(q(x), ref, atol=1e-5, rtol=0)
+    pairs = adapter_for(q).reparam_pairs(q)
+    gammas = [p.norm.weight.detach().clone() for p in pairs]
+    for pair in pairs:
+        reparameterize_pair(pair)
+    # the folding really moved the parameters (r_c far from 1) ...
+    ratios = torch.cat([(g / p.norm.weight.detach()).reshape(-1) for g, p in zip(gammas, pairs)])
+    assert float(ratios.max() / ratios.min()) > 3.0
+    # ... and left the float function unchanged
+    set_mode(q, Mode.FLOAT)
+    with torch.no_grad():
+        out = q(x)
+    assert _max_abs(out - ref) <= REL_TOL * _max_abs(ref), _max_abs(out - ref)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_folding_maps_per_channel_quantized_inputs_onto_per_tensor_ones(tiny, kind):
+    """Only the post-LayerNorm points quantized (weights, other points float): logits unchanged.
+
+    End to end the bound is looser than REL_TOL: a value exactly on a rounding tie before the folding
+    (seen in DeiT: x·(1/Δ_c) == k + 0.5 in float32) need not be one after it, and that one code moving by
+    one step shifts the logits by ~3e-4 of their scale. The per-pair test below is the strict one.
+    """
+    model = tiny.model(kind)
+    x = tiny.images(8, kind)
+    q = _calibrated(model, x)
+    pairs = adapter_for(q).reparam_pairs(q)
+    for pair in pairs:
+        pair.linear.input_quant.mode = Mode.QUANTIZE
+    with torch.no_grad():
+        float_logits = model(x)
+        before = q(x)
+    assert _max_abs(before - float_logits) > 1e-3  # the per-channel quantizers are really active
+    reparameterize(pairs)
+    with torch.no_grad():
+        after = q(x)
+    assert _max_abs(after - before) <= 20 * REL_TOL * _max_abs(before), _max_abs(after - before)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_folding_preserves_integer_codes_per_pair(tiny, kind):
+    """Per pair: the per-tensor codes of the folded LayerNorm output equal the per-channel codes of the
+    original one, and the Linear (float weights) gives the same output on the quantized input."""
+    model = tiny.model(kind)
+    x = tiny.images(8, kind)
+    q = _calibrated(model, x)
+    pairs = adapter_for(q).reparam_pairs(q)
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        p.norm.register_forward_hook(lambda mod, inp, out, name=p.name: captured.__setitem__(name, inp[0]))
+        for p in pairs
+    ]
+    with torch.no_grad():
+        q(x)
+    for h in hooks:
+        h.remove()
+    old = {p.name: (copy.deepcopy(p.norm), copy.deepcopy(p.linear), p.linear.input_quant.quantizer) for p in pairs}
+    reparameterize(pairs)
+    for pair in pairs:
+        norm0, linear0, quant0 = old[pair.name]
+        quant1 = pair.linear.input_quant.quantizer
+        with torch.no_grad():
+            ln0, ln1 = norm0(captured[pair.name]), pair.norm(captured[pair.name])
+            codes0, codes1 = quant0.codes(ln0), quant1.codes(ln1)
+            # float rounding may flip an exact .5 tie: allow 0.1 % of codes to move by one step
+            mismatch = codes0 != codes1
+            assert float(mismatch.float().mean()) <= 1e-3, pair.name
+            assert int((codes0 - codes1).abs().max()) <= 1, pair.name
+            linear0.mode = pair.linear.mode = Mode.FLOAT
+            linear0.input_quant.mode = pair.linear.input_quant.mode = Mode.QUANTIZE
+            y0, y1 = linear0(ln0), pair.linear(ln1)
+            rows = ~mismatch.any(dim=-1)  # tokens whose codes all agree
+            assert float(rows.float().mean()) >= 0.95
+            err = _max_abs((y1 - y0)[rows])
+            assert err <= REL_TOL * _max_abs(y0), (pair.name, err)
+
+
+# ---------------------------------------------------------------------------- constant channels
+@pytest.mark.parametrize("bits", [8, 4])
+def test_constant_channel_calibrates_and_folds_exactly(tiny, bits):
+    model = tiny.model("vit")
+    chosen = _set_constant_channels(model)
+    x = tiny.images(8, "vit")
+    qc = repq_vit_qconfig(bits, bits, "sqrt2-17")
+
+    # the observer sees the constant: min == max == 0.37 on that channel only
+    q = _calibrated(model, x, qc)
+    pairs = {p.name: p for p in adapter_for(q).reparam_pairs(q)}
+    for (norm, c), name in zip(chosen, ("blocks.0.norm1", "blocks.1.norm2")):
+        point = pairs[name].linear.input_quant
+        assert float(point.observed_min[c]) == float(point.observed_max[c]) == pytest.approx(CONST_VALUE)
+        assert int((point.observed_min == point.observed_max).sum()) == 1
+
+    result = quantize_model(model, x, qc)
+    qmodel = result.model
+    _assert_state_finite(qmodel)
+    assert result.reparameterized == 4
+
+    # float function unchanged by the folding (constant folded into the next bias)
+    set_mode(qmodel, Mode.FLOAT)
+    with torch.no_grad():
+        ref, out = model(x), qmodel(x)
+    assert _max_abs(out - ref) <= REL_TOL * _max_abs(ref)
+
+    # the constant channel now emits a value on the per-tensor grid (the grid point nearest zero)
+    for name, c in (("blocks.0.norm1", 5), ("blocks.1.norm2", 7)):
+        pair = next(p for p in adapter_for(qmodel).reparam_pairs(qmodel) if p.name == name)
+        quantizer = pair.linear.input_quant.quantizer
+        assert not quantizer.per_channel
+        with torch.no_grad():
+            channel = pair.norm(torch.randn(4, 9, pair.norm.weight.numel()))[..., c]
+        g = float(channel[0, 0])
+        assert torch.all(channel == g)
+        delta, zero = float(quantizer.scale), float(quantizer.zero_point)
+        code = g / delta + zero
+        assert code == pytest.approx(round(code), abs=1e-4) and 0 <= round(code) <= 2**bits - 1
+        assert float(quantizer(torch.tensor(g))) == pytest.approx(g, abs=1e-6)
+        grid = (torch.arange(2**bits, dtype=torch.float64) - zero) * delta
+        assert abs(g) == pytest.approx(float(grid.abs().min()), abs=1e-6)
+    with torch.no_grad():
+        logits = qmodel.eval()(x)
+    assert torch.isfinite(logits).all()
+
+
+def test_constant_channel_folding_costs_no_accuracy(tiny):
+    """W8A8 with constant channels: folding them (and every other channel) into per-tensor quantizers is
+    no worse than keeping the per-channel quantizers without reparameterization."""
+    model = tiny.model("vit")
+    _set_constant_channels(model)
+    x = tiny.images(8, "vit")
+    folded = quantize_model(model, x, QC8)
+    unfolded = quantize_model(model, x, type(QC8)(specs=QC8.specs, reparam=False))
+    assert folded.reparameterized == 4 and unfolded.reparameterized == 0
+    with torch.no_grad():
+        ref = model(x)
+        err_folded = _max_abs(folded.model(x) - ref)
+        err_unfolded = _max_abs(unfolded.model(x) - ref)
+    # measured 0.87 vs 1.03 (logit scale 7.9): the weights are re-quantized after folding, so the two
+    # differ a little either way, but a broken constant channel would blow the error up
+    assert err_folded <= 1.5 * err_unfolded
+
+
+def test_every_channel_constant(tiny):
+    """A LayerNorm whose every channel is constant folds without dividing by zero."""
+    model = tiny.model("vit")
+    norm = model.blocks[0].norm2
+    with torch.no_grad():
+        norm.weight.zero_()
+        norm.bias.copy_(torch.linspace(-1.0, 1.0, norm.bias.numel()))
+    x = tiny.images(8, "vit")
+    q = _calibrated(model, x)
+    pair = next(p for p in adapter_for(q).reparam_pairs(q) if p.name == "blocks.0.norm2")
+    with torch.no_grad():
+        ref = q(x)
+    reparameterize_pair(pair)
+    _assert_state_finite(q)
+    with torch.no_grad():
+        out = q(x)
+    assert _max_abs(out - ref) <= REL_TOL * _max_abs(ref)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "scale_reparam: a near-constant channel (LayerNorm weight 1e-5, bias 0.37) has a huge per-channel "
+        "zero point (-2.05e6) that dominates the mean target zero point (z_bar = -42686), shifting every "
+        "post-LN activation by ~1200 and amplifying weight-quantization error: W8A8 logit error 13.3 with "
+        "reparam vs 1.04 without"
+    ),
+)
+def test_near_constant_channel_folding_costs_no_accuracy(tiny):
+    """Like the exact-constant case above, but the channel varies by ~5e-5 (LayerNorm weight 1e-5):
+    only exact constants are special-cased, so this one takes part in the mean zero point."""
+    model = tiny.model("vit")
+    with torch.no_grad():
+        model.blocks[0].norm1.weight[5] = 1e-5
+        model.blocks[0].norm1.bias[5] = CONST_VALUE
+    x = tiny.images(8, "vit")
+    folded = quantize_model(model, x, QC8)
+    unfolded = quantize_model(model, x, type(QC8)(specs=QC8.specs, reparam=False))
+    with torch.no_grad():
+        ref = model(x)
+        err_folded = _max_abs(folded.model(x) - ref)
+        err_unfolded = _max_abs(unfolded.model(x) - ref)
+    assert err_folded <= 1.5 * err_unfolded, (err_folded, err_unfolded)
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_reparameterize_pair_needs_a_calibrated_per_channel_point(tiny):
+    q = prepare(copy.deepcopy(tiny.model("vit")), QC8)
+    pair = adapter_for(q).reparam_pairs(q)[0]
+    with pytest.raises(ConfigError, match=pair.name):
+        reparameterize_pair(pair)  # not calibrated
+    pair.linear.input_quant.set_quantizer(UniformQuantizer(8, torch.tensor(0.1), torch.tensor(3.0)))
+    with pytest.raises(ConfigError, match="per-channel"):
+        reparameterize_pair(pair)
+    assert reparameterize([pair]) == 0  # skipped, not an error
