@@ -2,7 +2,9 @@
 
 Every factory seeds torch itself, so a test gets the same weights each run. ``diverse_norms`` gives the
 LayerNorms random per-channel scales, signs and offsets (a freshly initialised timm model has weight 1
-and bias 0 everywhere, which would make the post-LayerNorm reparameterization trivial: r_c ~ 1).
+and bias 0 everywhere, which would make the post-LayerNorm reparameterization trivial: r_c ~ 1). The
+qkv weights are scaled x4 (peaky attention maps, so the Swin shift mask visibly matters) and the
+classifier weights x20 (logits O(10), so top-1 comparisons are not decided by noise).
 """
 
 from __future__ import annotations

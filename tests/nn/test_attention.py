@@ -97,9 +97,7 @@ def test_prepared_attention_modules_and_points(tiny, kind):
 
     attns = [(n, m) for n, m in prepared.named_modules() if isinstance(m, (QuantViTAttention, QuantWindowAttention))]
     assert len(attns) == n_attn
-    assert not _timm_attentions(prepared) or all(
-        isinstance(m, (QuantViTAttention, QuantWindowAttention)) for m in _timm_attentions(prepared)
-    )
+    assert _timm_attentions(prepared) == []  # no plain timm attention left
     for name, attn in attns:
         assert type(attn) is QUANT_ATTENTION[kind]
         for point_attr, role in (

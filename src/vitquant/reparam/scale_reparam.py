@@ -1,20 +1,26 @@
 """Post-LayerNorm scale reparameterization (RepQ-ViT, ICCV 2023, Sec. 4.2).
 
 The input of the Linear after a LayerNorm is first calibrated per channel c: step Δ_c, zero point z_c.
-With target Δ̄ = mean(Δ_c), z̄ = round(mean(z_c)), r_c = Δ_c / Δ̄ and b_c = (-z_c Δ_c) / r_c + z̄ Δ̄:
+With target Δ̄ = mean(Δ_c), z̄ = round(mean(clamp(z_c, 0, 2^b-1))), r_c = Δ_c / Δ̄ and
+b_c = (-z_c Δ_c) / r_c + z̄ Δ̄:
 
     LayerNorm:  γ_c ← γ_c / r_c,       β_c ← β_c / r_c - b_c
     Linear:     W[:, c] ← W[:, c] · r_c,   bias ← bias + W_new · b
 
 maps every per-channel grid point (q - z_c)Δ_c onto the per-tensor grid point (q - z̄)Δ̄ with the same
 integer q, so one per-tensor quantizer replaces the per-channel one, and the Linear's weights are
-quantized again. RepQ-ViT keeps the mean zero point unrounded; it is rounded here so the result is a
-true integer quantizer (any z̄ gives an exact mapping, since b absorbs it).
+quantized again. Any z̄ gives an exact mapping (b absorbs it), so two changes to RepQ-ViT's plain mean
+cost nothing: z̄ is rounded, making the result a true integer quantizer, and each z_c is clamped into
+the code range before averaging, so that a channel whose range excludes zero by far (its z_c can be
+in the millions) cannot drag every channel of the layer off the grid.
 
-Constant channels (observed min == max == v, e.g. LayerNorm weight exactly 0): r_c = 1 and
-b_c = v - g, where g is the representable point of the target grid closest to zero, so the channel
-becomes the exact constant g and the next Linear's bias absorbs W[:, c]·(v - g). They are left out
-of the means. This is exact and never divides by zero.
+Near-constant channels (observed range below Δ̄ / 2^b; exactly constant ones, such as a LayerNorm
+weight of exactly 0, included): r_c = 1 and b_c = m_c - g, with m_c the middle of the observed range
+and g the representable point of the target grid closest to zero. The channel becomes g ± range/2,
+which the per-tensor quantizer maps to g (an error below Δ̄ / 2^(b+1)), and the next Linear's bias
+absorbs W[:, c]·b_c. In float this is still an exact reparameterization; it never divides by zero,
+and it avoids the float32 cancellation of y/r_c - b_c when r_c is tiny. These channels are left out
+of the means.
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ from vitquant.quantizers.uniform import UniformQuantizer
 log = logging.getLogger(__name__)
 
 
+def _targets(
+    delta: torch.Tensor, zero: torch.Tensor, active: torch.Tensor, qmax: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target (Δ̄, z̄) over the active channels; Δ̄ = 1, z̄ = 0 when none is active (any grid works)."""
+    if not active.any():
+        return torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    return delta[active].mean(), zero[active].clamp(0, qmax).mean().round()
+
+
 def reparameterize_pair(pair: ReparamPair) -> None:
     """Apply the scale reparameterization to one (LayerNorm, Linear) pair in place."""
     norm, linear = pair.norm, pair.linear
@@ -43,23 +58,20 @@ def reparameterize_pair(pair: ReparamPair) -> None:
     if point.observed_min is None or point.observed_max is None:
         raise ConfigError(f"{pair.name}: calibration range was not recorded")
 
+    qmax = 2**quantizer.bits - 1
     delta = quantizer.scale.reshape(-1).double()
     zero = quantizer.zero_point.reshape(-1).double()
-    constant = (point.observed_max == point.observed_min).reshape(-1)
-    active = ~constant
-    if active.any():
-        target_delta = delta[active].mean()
-        target_zero = zero[active].mean().round()
-    else:  # every channel constant: any grid works, keep Δ̄ = 1, z̄ = 0
-        target_delta, target_zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    lo, hi = point.observed_min.reshape(-1).double(), point.observed_max.reshape(-1).double()
+    first_delta, _ = _targets(delta, zero, hi > lo, qmax)
+    active = (hi > lo) & ((hi - lo) >= first_delta / 2**quantizer.bits)
+    target_delta, target_zero = _targets(delta, zero, active, qmax)  # without the near-constant channels
 
     r = torch.where(active, delta / target_delta, torch.ones_like(delta))
     b = (-zero * delta) / r + target_zero * target_delta
-    if constant.any():
-        qmax = 2**quantizer.bits - 1
+    if not active.all():
         grid_near_zero = (target_zero.clamp(0, qmax) - target_zero) * target_delta
-        b = torch.where(constant, point.observed_min.reshape(-1).double() - grid_near_zero, b)
-        log.info("%s: %d constant channel(s) folded into the next layer's bias", pair.name, int(constant.sum()))
+        b = torch.where(active, b, (lo + hi) / 2 - grid_near_zero)
+        log.info("%s: %d (near-)constant channel(s) folded into the next layer's bias", pair.name, int((~active).sum()))
 
     with torch.no_grad():
         weight = norm.weight.double()

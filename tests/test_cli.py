@@ -1,0 +1,117 @@
+"""The command line: subcommands, the seed-compatible form, error exits and the JSON report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitquant import cli
+from vitquant.paths import default_sample_images, default_weights
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_schemes_lists_all_six_with_levels(capsys):
+    rc, out, _ = _run(["schemes"], capsys)
+    assert rc == 0
+    for name, levels in [("sqrt2-16", 16), ("sqrt2-17", 17), ("bitlog2-single-16", 16),
+                         ("bitlog2-single-17", 17), ("bitlog2-half-16", 16), ("bitlog2-half-17", 17)]:
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert f"{levels} levels at 4 bit" in line
+
+
+def test_models_lists_short_names(capsys):
+    rc, out, _ = _run(["models"], capsys)
+    assert rc == 0 and "deit_tiny" in out and "swin_small_patch4_window7_224" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["quantize", "--w-bits", "1"], "--w-bits must be between 2 and 8"),
+        (["quantize", "--a-bits", "9"], "--a-bits must be between 2 and 8"),
+        (["quantize", "--attn-quant", "bitlog2-third-17"], "unknown attention scheme"),
+        (["quantize", "--a-bits", "8"], "--attn-bits"),
+        (["quantize", "--model", "not_a_model_xyz"], "unknown model"),
+        (["quantize", "--model", "resnet18"], "unsupported model class ResNet"),
+        (["quantize", "--weights", "/nonexistent/w.safetensors"], "weights file not found"),
+        (["quantize", "--calib-data", "/nonexistent/images"], "does not exist"),
+        (["quantize", "--calib-size", "0"], "empty calibration set"),
+        (["--model", "deit_tiny", "--w_bit", "12"], "between 2 and 8"),
+    ],
+)
+def test_bad_input_exits_2_with_message(argv, message, capsys):
+    if "--calib-size" in argv and default_sample_images() is None:
+        pytest.skip("needs the shared sample images")
+    rc, _, err = _run(argv + ["-q"], capsys)
+    assert rc == 2
+    assert message in err
+
+
+def test_seed_form_is_recognised():
+    assert cli._is_seed_form(["--model", "deit_tiny", "--dataset", "x", "--log_quant_scheme", "Sqrt2_17"])
+    assert not cli._is_seed_form(["quantize", "--model", "deit_tiny"])
+    assert not cli._is_seed_form(["--version"])
+    args = cli._seed_parser().parse_args(
+        ["--model", "deit_small", "--dataset", "d", "--w_bit", "3", "--a_bits", "5", "--log_quant_scheme",
+         "BitLog2_Single_16", "--calib_batchsize", "16"]
+    )
+    assert (args.model, args.w_bits, args.a_bits, args.attn_quant, args.calib_size) == (
+        "deit_small", 3, 5, "BitLog2_Single_16", 16)
+    assert args.dataset == Path("d")
+
+
+def _small_dataset(tmp_path: Path, n: int) -> Path:
+    """A flat labels.csv folder with symlinks to the first n shared sample images."""
+    src = default_sample_images()
+    folder = tmp_path / "small"
+    folder.mkdir()
+    lines = (src / "labels.csv").read_text().splitlines()
+    (folder / "labels.csv").write_text("\n".join(lines[: n + 1]) + "\n")
+    for line in lines[1 : n + 1]:
+        name = line.split(",")[0]
+        (folder / name).symlink_to(src / name)
+    return folder
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(
+    default_sample_images() is None or default_weights("deit_tiny_patch16_224") is None,
+    reason="needs the shared DeiT-Tiny weights and sample images",
+)
+@pytest.mark.parametrize("form", ["quantize", "seed"])
+def test_main_job_writes_report(form, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    if form == "quantize":
+        argv = ["quantize", "--calib-size", "8", "--eval-size", "16", "--batch-size", "8",
+                "--attn-quant", "BitLog2_Half_17", "--json", str(out), "-q", "--levels"]
+    else:
+        argv = ["--model", "deit_tiny", "--dataset", str(_small_dataset(tmp_path, 24)), "--w_bit", "4", "--a_bit", "4",
+                "--log_quant_scheme", "Sqrt2_16", "--calib_batchsize", "8", "--val_batchsize", "8",
+                "--json", str(out), "-q"]
+    rc, stdout, _ = _run(argv, capsys)
+    assert rc == 0
+    assert "top-1" in stdout and "attention map" in stdout
+    report = json.loads(out.read_text())
+    for key in ("fp", "quantized"):
+        for field in ("top1", "top5", "images", "images_per_second"):
+            assert isinstance(report[key][field], (int, float))
+        assert 0.0 <= report[key]["top1"] <= report[key]["top5"] <= 100.0
+    assert report["calibration_seconds"] > 0
+    assert report["config"]["timm_model"] == "deit_tiny_patch16_224"
+    assert report["config"]["w_bits"] == 4 and report["config"]["a_bits"] == 4
+    levels = report["attention_levels"]
+    expected = 17 if form == "quantize" else 16
+    assert levels["max_levels"] == expected
+    assert 1 <= levels["levels_used_min"] <= levels["levels_used_max"] <= expected
+    if form == "quantize":
+        assert report["fp"]["images"] == 16 and report["calibration"]["images"] == 8
+        assert "quantization points" in stdout
+    else:
+        assert report["fp"]["images"] == 24 - 8
