@@ -24,7 +24,7 @@ from vitquant import __version__
 from vitquant.calibration import quantize_model
 from vitquant.data import load_batch, make_loader
 from vitquant.data.transforms import eval_transform
-from vitquant.evaluation import ClassificationMeter, FidelityMeter, measure_throughput
+from vitquant.evaluation import ClassificationMeter, FidelityMeter, compare_throughput
 from vitquant.models import create_model, resolve_model_name
 from vitquant.qconfig import ATTENTION_SCHEMES, POST_SOFTMAX, repq_vit_qconfig
 from vitquant.workflow import QuantizeJob, resolve_data
@@ -80,8 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         meter = _accuracy(q_logits, label_tensor)
         fidelity = FidelityMeter()
         fidelity.update(fp_logits, q_logits)
-        fp_ips = measure_throughput(model, timing_batch, repeats=args.repeats)
-        q_ips = measure_throughput(result.model, timing_batch, repeats=args.repeats)
+        fp_ips, q_ips = compare_throughput([model, result.model], timing_batch, repeats=args.repeats)
         levels = result.role_summary(POST_SOFTMAX)
         rows.append({
             "scheme": scheme, "top1": meter.top1, "top5": meter.top5,
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schemes", nargs="+", default=list(ATTENTION_SCHEMES))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--timing-batch", type=int, default=32, help="batch size of the throughput comparison")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timing rounds (FP and quantized timed in turns)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

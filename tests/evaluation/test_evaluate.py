@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vitquant.errors import ConfigError, DataError, NumericalError
-from vitquant.evaluation import ModelRun, evaluate_pair, measure_throughput
+from vitquant.evaluation import ModelRun, compare_throughput, evaluate_pair, measure_throughput
 
 N_IMAGES, N_CLASSES = 10, 5
 
@@ -176,3 +176,24 @@ def test_measure_throughput_rejects_bad_options():
         measure_throughput(_model(0), torch.randn(2, 3, 2, 2), warmup=-1)
     with pytest.raises(ConfigError):
         measure_throughput(_model(0), torch.randn(0, 3, 2, 2))
+
+
+def test_compare_throughput_times_models_in_turns():
+    order: list[str] = []
+
+    class _Tagged(nn.Module):
+        def __init__(self, tag: str, sleep: float) -> None:
+            super().__init__()
+            self.tag, self.sleep = tag, sleep
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            order.append(self.tag)
+            time.sleep(self.sleep)
+            return x.flatten(1)
+
+    fast, slow = _Tagged("fast", 0.002), _Tagged("slow", 0.02)
+    fast_ips, slow_ips = compare_throughput([fast, slow], torch.randn(4, 3, 2, 2), repeats=3, warmup=1)
+    assert order == ["fast", "slow"] * 4  # warm-up round, then three timed rounds, alternating
+    assert fast_ips > 2 * slow_ips
+    with pytest.raises(ConfigError):
+        compare_throughput([], torch.randn(4, 3, 2, 2))

@@ -26,6 +26,7 @@ from vitquant.models.adapters import adapter_for
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 from vitquant.qconfig import POST_SOFTMAX, WEIGHT, QConfig
+from vitquant.quantizers.uniform import UniformQuantizer
 from vitquant.reparam import reparameterize
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,14 @@ def _weight_reports(model: nn.Module) -> list[PointReport]:
     return reports
 
 
+def _quantizer_name(point: QuantPoint) -> str:
+    """The spec's name, marking per-channel points made per-tensor by reparameterization."""
+    assert point.spec is not None
+    if point.spec.per_channel and isinstance(point.quantizer, UniformQuantizer) and not point.quantizer.per_channel:
+        return "uniform (per-tensor after reparam)"
+    return point.spec.name
+
+
 def _point_reports(model: nn.Module) -> list[PointReport]:
     reports = []
     for name, point in quant_points(model):
@@ -132,7 +141,7 @@ def _point_reports(model: nn.Module) -> list[PointReport]:
             PointReport(
                 name=name,
                 role=point.role,
-                quantizer=point.spec.name if point.role != "post_layernorm" else type(point.quantizer).__name__,
+                quantizer=_quantizer_name(point),
                 bits=point.quantizer.bits,
                 max_levels=point.quantizer.max_levels,
                 levels_used=point.levels_used,

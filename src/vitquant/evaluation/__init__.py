@@ -1,6 +1,6 @@
 """Accuracy, fp-vs-quantized fidelity, timing, and the JSON/text report."""
 
-from vitquant.evaluation.evaluate import ModelRun, evaluate_pair, measure_throughput
+from vitquant.evaluation.evaluate import ModelRun, compare_throughput, evaluate_pair, measure_throughput
 from vitquant.evaluation.metrics import ClassificationMeter, FidelityMeter
 from vitquant.evaluation.report import REPORT_KEYS, build_report, format_table, write_json
 
@@ -10,6 +10,7 @@ __all__ = [
     "FidelityMeter",
     "ModelRun",
     "build_report",
+    "compare_throughput",
     "evaluate_pair",
     "format_table",
     "measure_throughput",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -136,18 +136,32 @@ def evaluate_pair(
 
 def measure_throughput(model: nn.Module, batch: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:
     """Best-of-``repeats`` forward throughput (images/s) of ``model`` on ``batch``."""
+    return compare_throughput([model], batch, repeats, warmup)[0]
+
+
+def compare_throughput(
+    models: Sequence[nn.Module], batch: torch.Tensor, repeats: int = 5, warmup: int = 1
+) -> list[float]:
+    """Best-of-``repeats`` images/s of each model on the same ``batch``, timed in turns.
+
+    Each round times every model once, so a slow spell of the machine hits all of them alike and
+    their ratio (e.g. quantized vs FP) is comparable.
+    """
+    if not models:
+        raise ConfigError("compare_throughput needs at least one model")
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
         raise ConfigError(f"warmup must be >= 0, got {warmup}")
     if batch.dim() == 0 or batch.shape[0] == 0:
         raise ConfigError(f"batch must hold at least one image, got shape {tuple(batch.shape)}")
-    model.eval()
-    device = _model_device(model)
-    batch = batch.to(device)
+    devices = [_model_device(model.eval()) for model in models]
+    inputs = [batch.to(device) for device in devices]
     for _ in range(warmup):
-        _timed_forward(model, batch, device)
-    best = min(_timed_forward(model, batch, device)[1] for _ in range(repeats))
-    if best <= 0.0:
-        return float("inf")
-    return batch.shape[0] / best
+        for model, images, device in zip(models, inputs, devices):
+            _timed_forward(model, images, device)
+    best = [float("inf")] * len(models)
+    for _ in range(repeats):
+        for i, (model, images, device) in enumerate(zip(models, inputs, devices)):
+            best[i] = min(best[i], _timed_forward(model, images, device)[1])
+    return [batch.shape[0] / t if t > 0.0 else float("inf") for t in best]

@@ -54,7 +54,7 @@ class QuantPoint(nn.Module):
             rows = x.detach().movedim(self.channel_dim, 0).reshape(x.shape[self.channel_dim], -1)
             self.observed_min, self.observed_max = rows.amin(dim=1), rows.amax(dim=1)
         else:
-            self.observed_min, self.observed_max = x.detach().min(), x.detach().max()
+            self.observed_min, self.observed_max = torch.aminmax(x.detach())
 
     def set_quantizer(self, quantizer: Quantizer) -> None:
         """Replace the fitted quantizer (used by reparameterization)."""
