@@ -119,3 +119,12 @@ def _seed_everything():
     """Each test starts from the same global RNG state, whatever ran before it."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Element-wise work on ~1e5 elements: intra-op threads only add overhead (and thrash on busy CPUs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

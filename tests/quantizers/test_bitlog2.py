@@ -22,20 +22,13 @@ from vitquant.quantizers.bitlog2 import (
     to_int_domain,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SCHEMES = [(False, 16), (False, 17), (True, 16), (True, 17)]
 SCHEME_IDS = ["Single_16", "Single_17", "Half_16", "Half_17"]
 # int_max and the number of distinct values at 4 bit, from the scheme table.
 EXPECTED_4BIT = {"Single_16": (32768, 16), "Single_17": (65536, 17), "Half_16": (256, 16), "Half_17": (384, 17)}
 EXHAUSTIVE_LIMIT = 2**20
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Element-wise work on ~1e5 elements: intra-op threads only add overhead (and thrash on busy CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- plain-Python reference

@@ -12,16 +12,9 @@ from vitquant.errors import ConfigError
 from vitquant.paths import shared_dir
 from vitquant.quantizers.log_sqrt2 import LogSqrt2Quantizer, log_sqrt2_levels
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 REL_TOL = 1e-6  # float32 arithmetic in the published code
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Element-wise work on ~1e5 elements: intra-op threads only add overhead (and thrash on busy CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _golden_rows() -> list[dict[str, str]]:

@@ -20,14 +20,7 @@ from vitquant.qconfig import (
 )
 from vitquant.quantizers import BitLog2Quantizer, BitLog2Scheme, LogSqrt2Quantizer, UniformQuantizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and thrash on busy CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SPELLINGS = {

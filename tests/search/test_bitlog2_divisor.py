@@ -9,6 +9,8 @@ from vitquant.errors import NumericalError
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer, BitLog2Scheme, dequant_float, to_int_domain
 from vitquant.search.bitlog2_divisor import brute_force_divisor, divisor_range, fit_bitlog2, optimal_divisor
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SCHEMES = [
     BitLog2Scheme(half=False, variant=16),
     BitLog2Scheme(half=False, variant=17),
@@ -17,15 +19,6 @@ SCHEMES = [
 ]
 IDS = [s.name for s in SCHEMES]
 BRUTE_FORCE_BUDGET = 4e6  # candidates x elements the library's one-shot brute force may materialise
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and thrash on busy CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def chunked_brute_force(x: torch.Tensor, scheme: BitLog2Scheme, chunk: int | None = None) -> int:

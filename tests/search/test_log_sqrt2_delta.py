@@ -10,14 +10,7 @@ from vitquant.quantizers.log_sqrt2 import LogSqrt2Quantizer
 from vitquant.search.log_sqrt2_delta import fit_log_sqrt2
 from vitquant.search.percentile_mse import PERCENTILES
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and thrash on busy CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def slow_reference_delta(x: torch.Tensor, bits: int, variant: int) -> float:

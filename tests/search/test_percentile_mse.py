@@ -9,14 +9,7 @@ from vitquant.errors import NumericalError
 from vitquant.quantizers.uniform import UniformQuantizer
 from vitquant.search.percentile_mse import PERCENTILES, fit_uniform, search_uniform_params
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and thrash on busy CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def slow_reference(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

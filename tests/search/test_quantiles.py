@@ -8,14 +8,7 @@ import torch
 from vitquant.search.percentile_mse import PERCENTILES
 from vitquant.search.quantiles import row_quantiles
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and thrash on busy CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 REPQ = list(PERCENTILES)
