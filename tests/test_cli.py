@@ -31,6 +31,19 @@ def test_models_lists_short_names(capsys):
     assert rc == 0 and "deit_tiny" in out and "swin_small_patch4_window7_224" in out
 
 
+@pytest.fixture()
+def tiny_folder(tmp_path: Path) -> Path:
+    """A flat labels.csv folder with three generated images."""
+    from PIL import Image
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 40), (60 * i, 100, 200)).save(folder / f"img{i}.png")
+    (folder / "labels.csv").write_text("file,label\n" + "".join(f"img{i}.png,{i}\n" for i in range(3)))
+    return folder
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -46,9 +59,11 @@ def test_models_lists_short_names(capsys):
         (["--model", "deit_tiny", "--w_bit", "12"], "between 2 and 8"),
     ],
 )
-def test_bad_input_exits_2_with_message(argv, message, capsys):
-    if "--calib-size" in argv and default_sample_images() is None:
-        pytest.skip("needs the shared sample images")
+def test_bad_input_exits_2_with_message(argv, message, tiny_folder, capsys):
+    if argv[0] == "quantize" and "--calib-data" not in argv:  # images, so model errors are reached
+        argv = argv + ["--calib-data", str(tiny_folder)]
+        if "--calib-size" not in argv:
+            argv = argv + ["--calib-size", "1"]
     rc, _, err = _run(argv + ["-q"], capsys)
     assert rc == 2
     assert message in err

@@ -107,9 +107,9 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     timm_name = resolve_model_name(job.model)
     torch.manual_seed(job.seed)
 
+    data = resolve_data(job)  # cheap checks of the images before loading (or downloading) weights
     model, weights_source = create_model(job.model, job.weights)
     transform = eval_transform(model, job.crop_pct)
-    data = resolve_data(job)
     log.info(
         "calibration: %d images from %s; evaluation: %d images from %s",
         len(data.calibration), data.calib_dir, len(data.evaluation), data.eval_dir,
