@@ -30,11 +30,11 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     from vitquant.qconfig import ATTENTION_SCHEMES
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="deit_tiny", help="short name (deit_tiny, vit_small, swin_tiny, ...) or timm name")
-    g.add_argument("--weights", type=Path, help="state dict (.safetensors or .pth); default: shared copy, else timm download")
+    g.add_argument("--model", default="deit_tiny", metavar="NAME", help="short name (deit_tiny, vit_small, swin_tiny, ...) or timm name")
+    g.add_argument("--weights", type=Path, metavar="PATH", help="state dict (.safetensors or .pth); default: shared copy, else timm download")
     g = p.add_argument_group("quantization")
-    g.add_argument("--w-bits", type=int, default=4, help="weight bits, 2..8 (default 4)")
-    g.add_argument("--a-bits", type=int, default=4, help="activation bits, 2..8 (default 4)")
+    g.add_argument("--w-bits", type=int, metavar="N", default=4, help="weight bits, 2..8 (default 4)")
+    g.add_argument("--a-bits", type=int, metavar="N", default=4, help="activation bits, 2..8 (default 4)")
     g.add_argument(
         "--attn-quant",
         default="bitlog2-half-17",
@@ -42,18 +42,18 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
         help=f"post-softmax quantizer: {', '.join(ATTENTION_SCHEMES)} (seed spellings such as "
         "BitLog2_Half_17 work too; default bitlog2-half-17)",
     )
-    g.add_argument("--attn-bits", type=int, help="bits of the attention-map quantizer (default: --a-bits)")
+    g.add_argument("--attn-bits", type=int, metavar="N", help="bits of the attention-map quantizer (default: --a-bits)")
     g = p.add_argument_group("data")
-    g.add_argument("--calib-data", type=Path, help="calibration images (default: the shared ImageNet sample)")
-    g.add_argument("--calib-size", type=int, default=32, help="number of calibration images (default 32)")
-    g.add_argument("--eval-data", type=Path, help="evaluation images (default: same folder as calibration)")
-    g.add_argument("--eval-size", type=int, help="evaluate on the first N images left after calibration")
-    g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
-    g.add_argument("--crop-pct", type=float, help="override the model's eval crop fraction (timm default)")
+    g.add_argument("--calib-data", type=Path, metavar="DIR", help="calibration images (default: the shared ImageNet sample)")
+    g.add_argument("--calib-size", type=int, metavar="N", default=32, help="number of calibration images (default 32)")
+    g.add_argument("--eval-data", type=Path, metavar="DIR", help="evaluation images (default: same folder as calibration)")
+    g.add_argument("--eval-size", type=int, metavar="N", help="evaluate on the first N images left after calibration")
+    g.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the calibration draw (default 0)")
+    g.add_argument("--crop-pct", type=float, metavar="F", help="override the model's eval crop fraction (timm default)")
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
-    g.add_argument("--workers", type=int, default=0, help="image decoding workers (default 0: decode in-process)")
-    g.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    g.add_argument("--batch-size", type=int, metavar="N", default=64, help="evaluation batch size (default 64)")
+    g.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0: decode in-process)")
+    g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -170,8 +170,7 @@ def _list_schemes() -> int:
 
     for name in ATTENTION_SCHEMES:
         spec = attention_spec(name, 4)
-        quantizer_levels = spec.bitlog2_scheme().max_levels if spec.kind == "bitlog2" else (2**4 + 1 if spec.variant == 17 else 2**4)
-        print(f"{name:<20} {spec.name:<20} {quantizer_levels} levels at 4 bit")
+        print(f"{name:<20} {spec.name:<20} {spec.max_levels} levels at 4 bit")
     return 0
 
 

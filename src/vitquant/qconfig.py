@@ -18,6 +18,7 @@ import torch
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
 from vitquant.quantizers.bitlog2 import BitLog2Scheme
+from vitquant.quantizers.log_sqrt2 import log_sqrt2_max_levels
 from vitquant.search.bitlog2_divisor import fit_bitlog2
 from vitquant.search.log_sqrt2_delta import fit_log_sqrt2
 from vitquant.search.percentile_mse import fit_uniform
@@ -65,6 +66,15 @@ class QuantSpec:
             return f"Sqrt2_{self.variant}"
         return self.bitlog2_scheme().name
 
+    @property
+    def max_levels(self) -> int:
+        """Distinct values a quantizer of this spec can emit (per channel when per-channel)."""
+        if self.kind == "log_sqrt2":
+            return log_sqrt2_max_levels(self.bits, int(self.variant or 0))
+        if self.kind == "bitlog2":
+            return self.bitlog2_scheme().max_levels
+        return 2**self.bits
+
     def bitlog2_scheme(self) -> BitLog2Scheme:
         return BitLog2Scheme(half=self.half, variant=int(self.variant or 0), bits=self.bits)
 
@@ -73,7 +83,13 @@ class QuantSpec:
         return FITTERS[self.kind](self, x, channel_dim, where or self.name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "bits": self.bits, "per_channel": self.per_channel}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "bits": self.bits,
+            "per_channel": self.per_channel,
+            "max_levels": self.max_levels,
+        }
 
 
 def _fit_uniform(spec: QuantSpec, x: torch.Tensor, channel_dim: int | None, where: str) -> Quantizer:

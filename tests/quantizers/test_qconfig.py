@@ -196,3 +196,13 @@ def test_to_dict_json_serialisable():
     assert back["roles"]["weight"] == {"kind": "uniform", "name": "uniform-per-channel", "bits": 4, "per_channel": True}
     assert back["overrides"] == {"head": {"kind": "uniform", "name": "uniform", "bits": 8, "per_channel": False}}
     assert back["reparam"] is True
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+@pytest.mark.parametrize("name", ["sqrt2-16", "sqrt2-17", "bitlog2-single-16", "bitlog2-single-17",
+                                  "bitlog2-half-16", "bitlog2-half-17"])
+def test_spec_max_levels_equals_fitted_quantizer(name, bits):
+    spec = attention_spec(name, bits)
+    x = torch.softmax(torch.randn(4, 64) * 4, dim=-1)
+    assert spec.max_levels == spec.fit(x).max_levels
+    assert spec.max_levels == 2**bits + (1 if name.endswith("17") else 0)

@@ -28,6 +28,11 @@ from vitquant.quantizers.base import Quantizer, check_bits
 VARIANTS = (16, 17)
 
 
+def log_sqrt2_max_levels(bits: int, variant: int) -> int:
+    """Distinct values of the format: 2^b + 1 (``Sqrt2_17`` style) or 2^b (``Sqrt2_16`` style), zero included."""
+    return 2**bits + 1 if variant == 17 else 2**bits
+
+
 def log_sqrt2_levels(bits: int, variant: int, delta: torch.Tensor) -> torch.Tensor:
     """Dequantized value of every code: index q in [0, q_max] is a non-zero level, the last is zero."""
     q_max = 2**bits - 1 if variant == 17 else 2**bits - 2
@@ -62,7 +67,7 @@ class LogSqrt2Quantizer(Quantizer):
 
     @property
     def max_levels(self) -> int:
-        return self.q_max + 2
+        return log_sqrt2_max_levels(self.bits, self.variant)
 
     def _log_code(self, x: torch.Tensor) -> torch.Tensor:
         """c = round(-2 · log2(x / Δ)) in float32 (NaN stays NaN)."""
