@@ -130,3 +130,42 @@ def test_main_job_writes_report(form, tmp_path, capsys):
         assert "quantization points" in stdout
     else:
         assert report["fp"]["images"] == 24 - 8
+
+
+def test_json_path_checked_before_work(tmp_path, capsys):
+    rc, _, err = _run(["quantize", "--json", str(tmp_path), "-q"], capsys)
+    assert rc == 2 and "is a directory" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, _, err = _run(["quantize", "--json", str(blocker / "r.json"), "-q"], capsys)
+    assert rc == 2 and "is not a directory" in err
+
+
+def test_seed_form_with_leading_quiet_flag():
+    assert cli._is_seed_form(["-q", "--model", "deit_tiny", "--dataset", "x"])
+    assert not cli._is_seed_form(["-h"])
+
+
+def test_worker_traceback_is_trimmed():
+    from vitquant.errors import DataError
+
+    exc = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                    '  File "x.py", line 1\nvitquant.errors.DataError: cannot decode image /a/b.JPEG: bad')
+    assert cli._error_text(exc) == "vitquant.errors.DataError: cannot decode image /a/b.JPEG: bad"
+    assert cli._error_text(DataError("plain")) == "plain"
+
+
+def test_labels_checked_against_model_classes(tmp_path):
+    """A label beyond the model's classes is a clear DataError (here: a 10-class model)."""
+    import timm
+
+    from vitquant.data import ImageRecord
+    from vitquant.errors import DataError
+    from vitquant.workflow import JobData, check_labels
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=1)
+    good = JobData([], [ImageRecord(tmp_path / "a.png", 3)], tmp_path, tmp_path)
+    check_labels(good, model)
+    bad = JobData([], [ImageRecord(tmp_path / "a.png", 999)], tmp_path, tmp_path)
+    with pytest.raises(DataError, match="not a class of this 10-class model"):
+        check_labels(bad, model)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vitquant import __version__
-from vitquant.errors import VitQuantError
+from vitquant.errors import ConfigError, VitQuantError
 
 log = logging.getLogger("vitquant")
 
@@ -93,9 +93,10 @@ def _seed_parser() -> argparse.ArgumentParser:
 
 
 def _is_seed_form(argv: Sequence[str]) -> bool:
-    return bool(argv) and argv[0].startswith("--") and argv[0] not in ("--help", "--version") and any(
-        a.split("=")[0] in _SEED_FLAGS or a.split("=")[0] == "--model" for a in argv
-    )
+    """No subcommand, and the flags of the original scripts (e.g. ``--model``, ``--log_quant_scheme``)."""
+    if not argv or not argv[0].startswith("-") or argv[0] in ("-h", "--help", "--version"):
+        return False
+    return any(a.split("=")[0] in _SEED_FLAGS or a.split("=")[0] == "--model" for a in argv)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
@@ -105,6 +106,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    if quiet:  # the hub client's download retries
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def _print_levels(report: dict) -> None:
@@ -113,10 +116,22 @@ def _print_levels(report: dict) -> None:
         print(f"  {point['name']:<40} {point['quantizer']:<22} {point['levels_used']!s:>4} / {point['max_levels']}")
 
 
+def _check_output_path(path: Path | None) -> None:
+    """Fail before any heavy work if the report file could not be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"--json {path} is a directory; give a file name")
+    existing = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--json {path}: {existing} is not a directory")
+
+
 def _run_quantize(args: argparse.Namespace) -> int:
     from vitquant.evaluation import format_table, write_json
     from vitquant.workflow import QuantizeJob, run_quantize
 
+    _check_output_path(args.json)
     job = QuantizeJob(
         model=args.model,
         weights=args.weights,
@@ -174,6 +189,12 @@ def _list_schemes() -> int:
     return 0
 
 
+def _error_text(exc: Exception) -> str:
+    """The message of an error; for one re-raised from a DataLoader worker, its last line only."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if "Original Traceback" in text else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -190,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.quiet, args.verbose)
         return _run_quantize(args)
     except VitQuantError as exc:
-        print(f"vitquant: error: {exc}", file=sys.stderr)
+        print(f"vitquant: error: {_error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vitquant: interrupted", file=sys.stderr)

@@ -65,6 +65,8 @@ class QuantizeJob:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
+            raise ConfigError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
 
     def qconfig(self) -> QConfig:
         return repq_vit_qconfig(self.w_bits, self.a_bits, self.attn_quant, self.attn_bits)
@@ -96,6 +98,14 @@ def resolve_data(job: QuantizeJob) -> JobData:
     return JobData(calibration, evaluation, Path(calib_dir), Path(eval_dir))
 
 
+def check_labels(data: JobData, model: torch.nn.Module) -> None:
+    """Every evaluation label must be a class of the model."""
+    classes = int(getattr(model, "num_classes", 0) or 0)
+    top = max(r.label for r in data.evaluation)
+    if classes and top >= classes:
+        raise DataError(f"label {top} in {data.eval_dir} is not a class of this {classes}-class model")
+
+
 def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
     return {role: result.role_summary(role) for role in ROLES if any(p.role == role for p in result.points)}
 
@@ -109,6 +119,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
 
     data = resolve_data(job)  # cheap checks of the images before loading (or downloading) weights
     model, weights_source = create_model(job.model, job.weights)
+    check_labels(data, model)
     transform = eval_transform(model, job.crop_pct)
     log.info(
         "calibration: %d images from %s; evaluation: %d images from %s",

@@ -83,36 +83,36 @@ def test_flat_header_only(tmp_path):
 # --------------------------------------------------------- layout (b): ImageNet val/ train/
 def make_imagenet(root: Path, splits=("val",)) -> Path:
     for split in splits:
-        write_image(root / split / "n02" / "x.JPEG")
-        write_image(root / split / "n01" / "y.JPEG")
-        write_image(root / split / "n01" / "z.jpeg")
-        (root / split / "n01" / "README.txt").write_text("not an image")
+        write_image(root / split / "n01443537" / "x.JPEG")
+        write_image(root / split / "n01440764" / "y.JPEG")
+        write_image(root / split / "n01440764" / "z.jpeg")
+        (root / split / "n01440764" / "README.txt").write_text("not an image")
     return root
 
 
 def test_imagenet_val_with_synsets(tmp_path):
     root = make_imagenet(tmp_path)
-    (root / "synsets.txt").write_text("n00\nn02\nn01\n")  # deliberately not sorted
+    (root / "synsets.txt").write_text("n00000000\nn01443537\nn01440764\n")  # deliberately not sorted
     records = list_images(root)
     assert [(r.path.relative_to(root).as_posix(), r.label) for r in records] == [
-        ("val/n01/y.JPEG", 2),
-        ("val/n01/z.jpeg", 2),
-        ("val/n02/x.JPEG", 1),
+        ("val/n01440764/y.JPEG", 2),
+        ("val/n01440764/z.jpeg", 2),
+        ("val/n01443537/x.JPEG", 1),
     ]
 
 
 def test_imagenet_synsets_in_split_folder(tmp_path):
     root = make_imagenet(tmp_path)
-    (root / "val" / "synsets.txt").write_text("n02\nn01\n")
+    (root / "val" / "synsets.txt").write_text("n01443537\nn01440764\n")
     assert [r.label for r in list_images(root)] == [1, 1, 0]
 
 
 def test_imagenet_sorted_order_without_synsets(tmp_path):
     root = make_imagenet(tmp_path, splits=("train", "val"))
-    write_image(root / "train" / "n03" / "w.png")
+    write_image(root / "train" / "n01484850" / "w.png")
     records = list_images(root, split="train")
     assert all(r.path.parent.parent.name == "train" for r in records)
-    expected = [("n01", 0), ("n01", 0), ("n02", 1), ("n03", 2)]
+    expected = [("n01440764", 0), ("n01440764", 0), ("n01443537", 1), ("n01484850", 2)]
     assert [(r.path.parent.name, r.label) for r in records] == expected
 
 
@@ -129,8 +129,8 @@ def test_imagenet_missing_split(tmp_path):
 
 def test_imagenet_unknown_synset(tmp_path):
     root = make_imagenet(tmp_path)
-    (root / "synsets.txt").write_text("n01\n")
-    with pytest.raises(DataError, match="n02"):
+    (root / "synsets.txt").write_text("n01440764\n")
+    with pytest.raises(DataError, match="n01443537"):
         list_images(root)
 
 
@@ -142,13 +142,26 @@ def test_flat_val_folder_is_not_a_class(tmp_path):
 
 # ------------------------------------------------------------- layout (c): class folders
 def test_class_folders(tmp_path):
-    write_image(tmp_path / "n2" / "a.PNG")
-    write_image(tmp_path / "n1" / "b.bmp")
-    write_image(tmp_path / "n1" / "c.webp")
-    write_image(tmp_path / "n3" / "deeper" / "ignored.png")  # only direct children are images
-    (tmp_path / "n1" / "notes.txt").write_text("x")
+    write_image(tmp_path / "n01443537" / "a.PNG")
+    write_image(tmp_path / "n01440764" / "b.bmp")
+    write_image(tmp_path / "n01440764" / "c.webp")
+    write_image(tmp_path / "n01484850" / "deeper" / "ignored.png")  # only direct children are images
+    (tmp_path / "n01440764" / "notes.txt").write_text("x")
     records = list_images(tmp_path)
     assert [(r.path.name, r.label) for r in records] == [("b.bmp", 0), ("c.webp", 0), ("a.PNG", 1)]
+
+
+def test_partial_imagenet_classes_keep_standard_indices(tmp_path):
+    for wnid in ["n01530575", "n01531178", "n02085620"]:  # brambling 10, goldfinch 11, Chihuahua 151
+        write_image(tmp_path / wnid / "x.png")
+    assert [r.label for r in list_images(tmp_path)] == [10, 11, 151]
+
+
+def test_class_folders_without_wnids_or_synsets(tmp_path):
+    write_image(tmp_path / "cat" / "x.png")
+    write_image(tmp_path / "dog" / "y.png")
+    with pytest.raises(DataError, match="synsets.txt"):
+        list_images(tmp_path)
 
 
 def test_class_folders_with_synsets(tmp_path):
@@ -160,7 +173,7 @@ def test_class_folders_with_synsets(tmp_path):
 
 def test_records_sorted_by_path(tmp_path):
     for name in ["b", "a", "c"]:
-        write_image(tmp_path / "cls" / f"{name}.png")
+        write_image(tmp_path / "n01440764" / f"{name}.png")
     paths = [r.path for r in list_images(tmp_path)]
     assert paths == sorted(paths) and len(paths) == 3
 

@@ -53,7 +53,7 @@ def test_load_pth_plain_and_wrapped(tmp_path, small_state, wrapper):
 def test_missing_file(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         load_state_dict(tmp_path / "absent.safetensors")
-    with pytest.raises(WeightsError, match="not found"):
+    with pytest.raises(WeightsError, match="is not a file"):
         load_state_dict(tmp_path)  # a directory is not a weights file
 
 

@@ -193,8 +193,11 @@ def test_to_dict_json_serialisable():
     assert set(back["roles"]) == set(ROLES)
     assert back["roles"]["post_softmax"]["name"] == "BitLog2_Single_17"
     assert back["roles"]["post_softmax"]["kind"] == "bitlog2"
-    assert back["roles"]["weight"] == {"kind": "uniform", "name": "uniform-per-channel", "bits": 4, "per_channel": True}
-    assert back["overrides"] == {"head": {"kind": "uniform", "name": "uniform", "bits": 8, "per_channel": False}}
+    assert back["roles"]["weight"] == {
+        "kind": "uniform", "name": "uniform-per-channel", "bits": 4, "per_channel": True, "max_levels": 16}
+    assert back["roles"]["post_softmax"]["max_levels"] == 17
+    assert back["overrides"] == {
+        "head": {"kind": "uniform", "name": "uniform", "bits": 8, "per_channel": False, "max_levels": 256}}
     assert back["reparam"] is True
 
 

@@ -9,8 +9,8 @@ Three folder layouts are understood, detected in this order by :func:`list_image
 (c) **class folders**: ``<wnid>/*`` directly under the root.
 
 For (b) and (c) the class index of a folder is its line number in ``synsets.txt`` (looked up in the
-split folder, then the root), else its position among the sorted folder names, which is the standard
-ImageNet class order.
+split folder, then the root), else its ImageNet-1k index when the folders are wnids (right also when
+only some classes are present); other folder names without ``synsets.txt`` are an error.
 """
 
 from __future__ import annotations
@@ -108,8 +108,16 @@ def _read_synsets(path: Path) -> dict[str, int]:
     return index
 
 
+def _imagenet_1k_index() -> dict[str, int]:
+    """The standard ImageNet-1k wnid -> class index (timm's copy of the synset list)."""
+    from timm.data import ImageNetInfo
+
+    return {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
+
+
 def _class_index(class_dirs: list[Path], synset_dirs: Sequence[Path]) -> dict[str, int]:
-    """Class index per folder name: from the first ``synsets.txt`` found, else sorted order."""
+    """Class index per folder name: from the first ``synsets.txt`` found, else the ImageNet-1k index
+    of wnid-named folders (correct also when only some classes are present)."""
     for folder in synset_dirs:
         synsets_path = folder / SYNSETS_FILE
         if synsets_path.is_file():
@@ -121,7 +129,14 @@ def _class_index(class_dirs: list[Path], synset_dirs: Sequence[Path]) -> dict[st
                     f"({len(unknown)} unknown in total)"
                 )
             return index
-    return {name: i for i, name in enumerate(sorted(d.name for d in class_dirs))}
+    standard = _imagenet_1k_index()
+    unknown = [d.name for d in class_dirs if d.name not in standard]
+    if unknown:
+        raise DataError(
+            f"class folder(s) {unknown[:5]} are not ImageNet-1k wnids ({len(unknown)} in total) and no "
+            f"{SYNSETS_FILE} gives the class order: add one (line i = folder name of class i)"
+        )
+    return standard
 
 
 def _read_class_folders(folder: Path, synset_dirs: Sequence[Path]) -> list[ImageRecord]:

@@ -22,8 +22,10 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_ema")
 def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch checkpoint (plain or under 'model'/'state_dict')."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"weights file not found: {path}")
+    if not path.is_file():
+        raise WeightsError(f"weights path {path} is not a file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -31,7 +33,10 @@ def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding failure is a user-facing file problem
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+        raise WeightsError(
+            f"cannot read weights file {path} as a safetensors file or torch checkpoint "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -52,14 +57,16 @@ def create_model(name: str, weights: Path | str | None = None, download: bool = 
     timm_name = resolve_model_name(name)
     model = timm.create_model(timm_name, pretrained=False)
     adapter_for(model)  # raises ConfigError for unsupported families
-    if weights is None:
-        weights = default_weights(timm_name.split(".")[0])
+    if weights is None and "." not in timm_name:  # the shared copies hold the default pretrained tag
+        weights = default_weights(timm_name)
     if weights is not None:
         state = load_state_dict(weights)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise WeightsError(f"weights in {weights} do not fit {timm_name}: {exc}") from exc
+            lines = str(exc).splitlines()
+            detail = "\n".join(lines[:6]) + (f"\n... ({len(lines) - 6} more lines)" if len(lines) > 6 else "")
+            raise WeightsError(f"weights in {weights} do not fit {timm_name}: {detail}") from exc
         source = str(Path(weights).resolve())
     elif download:
         try:
