@@ -288,3 +288,25 @@ def test_reparameterize_pair_needs_a_calibrated_per_channel_point(tiny):
     with pytest.raises(ConfigError, match="per-channel"):
         reparameterize_pair(pair)
     assert reparameterize([pair]) == 0  # skipped, not an error
+
+
+def test_swin_with_padded_windows_stays_exact():
+    """At 84x84 input stage 0 has 21x21 tokens (whole 7x7 windows) and stage 1 11x11 tokens, zero-padded
+    to 14x14: the stage-1 blocks keep a per-channel qkv point (no folding), stage 0 is folded, and the
+    float function is unchanged."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=84, embed_dim=24, depths=(2, 2),
+        num_heads=(1, 2), window_size=7, num_classes=10,
+    ).eval()
+    x = torch.randn(4, 3, 84, 84)
+    result = quantize_model(model, x, QC8)
+    qkv_points = [p for n, p in result.model.named_modules() if n.endswith("attn.qkv.input_quant")]
+    per_channel = [isinstance(p.quantizer, UniformQuantizer) and p.quantizer.per_channel for p in qkv_points]
+    assert per_channel == [False, False, True, True]
+    set_mode(result.model, Mode.FLOAT)
+    with torch.no_grad():
+        ref, out = model(x), result.model(x)
+    assert _max_abs(out - ref) <= REL_TOL * _max_abs(ref)

@@ -1,9 +1,13 @@
 """Adapter for timm ``SwinTransformer``.
 
 As for ViT, plus the patch-merging ``reduction`` Linear whose input follows ``downsample.norm``.
+Blocks whose feature map is zero-padded to whole windows (resolutions not divisible by the window)
+keep a per-channel qkv input quantizer: the reparameterization would not be exact for them.
 """
 
 from __future__ import annotations
+
+import logging
 
 from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTransformerBlock, WindowAttention
 from torch import nn
@@ -19,6 +23,19 @@ from vitquant.models.adapters.base import (
     swap_remaining_linears,
 )
 from vitquant.nn.attention import QuantWindowAttention
+
+log = logging.getLogger(__name__)
+
+
+def _pads_windows(block: SwinTransformerBlock) -> bool:
+    """Whether the block zero-pads its post-norm1 feature map to whole windows.
+
+    Padded tokens are zeros after the (reparameterized) LayerNorm, which no longer stand for zeros of
+    the original one, so the norm1 -> qkv folding would not be exact there.
+    """
+    h, w = block.input_resolution
+    wh, ww = block.window_size
+    return h % wh != 0 or w % ww != 0
 
 
 class SwinAdapter(ModelAdapter):
@@ -50,7 +67,10 @@ class SwinAdapter(ModelAdapter):
                 pairs.append(ReparamPair(stage.downsample.norm, stage.downsample.reduction, f"layers.{s}.downsample.norm"))
             for b, block in enumerate(stage.blocks):
                 prefix = f"layers.{s}.blocks.{b}"
-                pairs.append(ReparamPair(block.norm1, block.attn.qkv, f"{prefix}.norm1"))
+                if _pads_windows(block):
+                    log.info("%s.norm1: windows are zero-padded, qkv input stays per-channel", prefix)
+                else:
+                    pairs.append(ReparamPair(block.norm1, block.attn.qkv, f"{prefix}.norm1"))
                 pairs.append(ReparamPair(block.norm2, block.mlp.fc1, f"{prefix}.norm2"))
         return pairs
 
