@@ -160,3 +160,11 @@ def test_dtype_preserved():
     q = LogSqrt2Quantizer(4, 17, torch.tensor(1.0))
     x = torch.rand(100, dtype=torch.float64)
     assert q(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("variant", [16, 17])
+def test_levels_table_indexed_by_codes_equals_forward(variant):
+    q = LogSqrt2Quantizer(4, variant, torch.tensor(0.6))
+    x = torch.cat([torch.rand(50_000) * 0.8, torch.tensor([0.0, 1e-12, 0.6, 0.7])])
+    assert torch.equal(q.levels()[q.codes(x)], q(x))
+    assert q.levels().numel() == q.max_levels

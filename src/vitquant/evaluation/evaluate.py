@@ -15,7 +15,7 @@ from tqdm import tqdm
 from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation.metrics import ClassificationMeter, FidelityMeter
 
-__all__ = ["ModelRun", "evaluate_pair", "measure_throughput"]
+__all__ = ["ModelRun", "compare_throughput", "evaluate_pair", "measure_throughput"]
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from vitquant.qconfig import QuantSpec
 from vitquant.quantizers.base import Quantizer
+from vitquant.search.percentile_mse import channel_rows
 
 
 class Mode(enum.Enum):
@@ -51,7 +52,7 @@ class QuantPoint(nn.Module):
             raise RuntimeError(f"quantization point {self.point_name or self.role} has no spec")
         self.quantizer = self.spec.fit(x, self.channel_dim, where=self.point_name or self.role)
         if self.spec.per_channel and self.channel_dim is not None:
-            rows = x.detach().movedim(self.channel_dim, 0).reshape(x.shape[self.channel_dim], -1)
+            rows = channel_rows(x, self.channel_dim)
             self.observed_min, self.observed_max = rows.amin(dim=1), rows.amax(dim=1)
         else:
             self.observed_min, self.observed_max = torch.aminmax(x.detach())

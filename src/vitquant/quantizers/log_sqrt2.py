@@ -55,11 +55,14 @@ class LogSqrt2Quantizer(Quantizer):
         if not torch.isfinite(delta) or delta <= 0:
             raise ConfigError(f"log-sqrt2 delta must be finite and > 0, got {float(delta)}")
         self.register_buffer("delta", delta)
-        self.register_buffer("table", log_sqrt2_levels(bits, variant, delta))  # value of every code
 
     @property
     def q_max(self) -> int:
         return 2**self.bits - 1 if self.variant == 17 else 2**self.bits - 2
+
+    def levels(self) -> torch.Tensor:
+        """The dequantized value of every code (``levels()[codes(x)] == forward(x)``)."""
+        return log_sqrt2_levels(self.bits, self.variant, self.delta)
 
     @property
     def zero_code(self) -> int:

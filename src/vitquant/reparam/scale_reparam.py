@@ -15,9 +15,9 @@ the code range before averaging, so that a channel whose range excludes zero by 
 in the millions) cannot drag every channel of the layer off the grid.
 
 Near-constant channels (observed range below Δ̄ / 2^b; exactly constant ones, such as a LayerNorm
-weight of exactly 0, included): r_c = 1 and b_c = m_c - g, with m_c the middle of the observed range
-and g the representable point of the target grid closest to zero. The channel becomes g ± range/2,
-which the per-tensor quantizer maps to g (an error below Δ̄ / 2^(b+1)), and the next Linear's bias
+weight of exactly 0, included): r_c = 1 and b_c = m_c, the middle of the observed range. The channel
+becomes 0 ± range/2 (0 is a grid point, since z̄ lies in the code range), which the per-tensor
+quantizer maps to 0 (an error below Δ̄ / 2^(b+1)), and the next Linear's bias
 absorbs W[:, c]·b_c. In float this is still an exact reparameterization; it never divides by zero,
 and it avoids the float32 cancellation of y/r_c - b_c when r_c is tiny. These channels are left out
 of the means.
@@ -68,9 +68,8 @@ def reparameterize_pair(pair: ReparamPair) -> None:
 
     r = torch.where(active, delta / target_delta, torch.ones_like(delta))
     b = (-zero * delta) / r + target_zero * target_delta
-    if not active.all():
-        grid_near_zero = (target_zero.clamp(0, qmax) - target_zero) * target_delta
-        b = torch.where(active, b, (lo + hi) / 2 - grid_near_zero)
+    if not active.all():  # z̄ is in the code range, so 0 is a grid point: centre these channels on it
+        b = torch.where(active, b, (lo + hi) / 2)
         log.info("%s: %d (near-)constant channel(s) folded into the next layer's bias", pair.name, int((~active).sum()))
 
     with torch.no_grad():

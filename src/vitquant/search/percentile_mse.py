@@ -33,7 +33,8 @@ PERCENTILES: tuple[float, ...] = (0.999, 0.9999, 0.99999)
 _TINY = torch.finfo(torch.float32).tiny  # smallest normal float32: 1/Δ stays finite
 
 
-def _rows(x: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
+def channel_rows(x: torch.Tensor, channel_dim: int | None) -> torch.Tensor:
+    """``x`` as float32 rows ``[C, M]``, one per channel along ``channel_dim`` (one row if None)."""
     x = x.detach().to(torch.float32)
     if channel_dim is None:
         return x.reshape(1, -1)
@@ -110,6 +111,6 @@ def fit_uniform(
 ) -> UniformQuantizer:
     """Fit a per-tensor (``channel_dim=None``) or per-channel uniform quantizer to calibration data."""
     check_calibration_tensor(x, where)
-    delta, zero = search_uniform_params(_rows(x, channel_dim), bits, percentiles)
+    delta, zero = search_uniform_params(channel_rows(x, channel_dim), bits, percentiles)
     shape = _param_shape(x, channel_dim)
     return UniformQuantizer(bits, delta.reshape(shape), zero.reshape(shape))

@@ -33,7 +33,7 @@ class ViTAdapter(ModelAdapter):
     def prepare(self, model: nn.Module) -> nn.Module:
         swap_patch_embed(model)
         for i, block in enumerate(model.blocks):
-            if type(block) is not Block or not isinstance(block.attn, Attention) or not isinstance(block.mlp, Mlp):
+            if type(block) is not Block or type(block.attn) is not Attention or not isinstance(block.mlp, Mlp):
                 raise ConfigError(
                     f"block {i} of {type(model).__name__} is {type(block).__name__}; only timm's standard "
                     "Block(Attention, Mlp) is supported"
