@@ -47,7 +47,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-data", type=Path, metavar="DIR", help="calibration images (default: the shared ImageNet sample)")
     g.add_argument("--calib-size", type=int, metavar="N", default=32, help="number of calibration images (default 32)")
     g.add_argument("--eval-data", type=Path, metavar="DIR", help="evaluation images (default: same folder as calibration)")
-    g.add_argument("--eval-size", type=int, metavar="N", help="evaluate on the first N images left after calibration")
+    g.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images drawn (seeded) from those left after calibration")
     g.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the calibration draw (default 0)")
     g.add_argument("--crop-pct", type=float, metavar="F", help="override the model's eval crop fraction (timm default)")
     g = p.add_argument_group("run")

@@ -75,11 +75,16 @@ def test_separate_folders_keep_all_eval(tmp_path):
     assert evaluation == eval_pool
 
 
-def test_eval_size_takes_first_after_removal(tmp_path):
-    pool = records(tmp_path, 20)
+def test_eval_size_takes_seeded_sample_after_removal(tmp_path):
+    pool = records(tmp_path, 40)
     calib, evaluation = split_calibration_eval(pool, pool, 5, 7, seed=2)
     remaining = [r for r in pool if r not in calib]
-    assert evaluation == remaining[:7]
+    assert len(evaluation) == 7 and set(evaluation) <= set(remaining)
+    assert evaluation == sorted(evaluation, key=lambda r: r.path)
+    assert evaluation != remaining[:7]  # spread over the set, not the first paths
+    assert split_calibration_eval(pool, pool, 5, 7, seed=2)[1] == evaluation
+    assert split_calibration_eval(pool, pool, 5, 7, seed=3)[1] != evaluation
+    assert split_calibration_eval(pool, pool, 5, None, seed=2)[0] == calib  # calibration draw unchanged
 
 
 def test_eval_size_larger_than_available_uses_all(tmp_path):

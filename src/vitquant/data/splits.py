@@ -30,7 +30,8 @@ def split_calibration_eval(
     Calibration: ``calib_size`` records drawn without replacement by ``random.Random(seed)`` from
     ``calib_records`` sorted by path (so the draw depends only on the set of files and the seed), and
     returned sorted by path. Evaluation: ``eval_records`` in sorted order without any record whose
-    resolved path was drawn for calibration, then the first ``eval_size`` if given. The two are
+    resolved path was drawn for calibration; with ``eval_size``, a sample of that many drawn by the same
+    seeded generator (after the calibration draw), returned sorted by path. The two are
     disjoint even when both come from the same folder.
     """
     if _check_size(calib_size, "calib_size") < 1:
@@ -43,7 +44,8 @@ def split_calibration_eval(
             f"calib_size {calib_size} is larger than the {len(pool)} calibration images available"
         )
 
-    calibration = sorted(random.Random(seed).sample(pool, calib_size), key=lambda r: r.path)
+    rng = random.Random(seed)
+    calibration = sorted(rng.sample(pool, calib_size), key=lambda r: r.path)
     calib_paths = {r.path.resolve() for r in calibration}
     ordered_eval = sorted(eval_records, key=lambda r: r.path)
     evaluation = [r for r in ordered_eval if r.path.resolve() not in calib_paths]
@@ -59,6 +61,7 @@ def split_calibration_eval(
                 eval_size,
                 len(evaluation),
             )
-        evaluation = evaluation[:eval_size]
+        else:  # a seeded sample across the whole set, not the first classes in path order
+            evaluation = sorted(rng.sample(evaluation, eval_size), key=lambda r: r.path)
     logger.info("calibration: %d images (seed %s), evaluation: %d images", calib_size, seed, len(evaluation))
     return calibration, evaluation

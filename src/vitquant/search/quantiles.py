@@ -47,14 +47,14 @@ def row_quantiles(x: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     if any(not 0.0 <= q <= 1.0 for q in qs):
         raise ValueError(f"quantiles must be in [0, 1], got {list(qs)}")
     m = x.shape[1]
-    q_t = torch.tensor(list(qs), dtype=x.dtype)
+    q_t = torch.tensor(list(qs), dtype=x.dtype)  # ranks and weights stay on the CPU (scalars)
     ranks = q_t.to(torch.float64) * (m - 1)  # torch.quantile forms ranks in double
     below = ranks.to(torch.int64)
     above = ranks.ceil().to(torch.int64)  # == below at whole ranks, as torch.quantile
     weights = (ranks - below.to(torch.float64)).to(x.dtype)
 
     upper = q_t >= 0.5
-    out = torch.empty(len(qs), x.shape[0], dtype=x.dtype)
+    out = torch.empty(len(qs), x.shape[0], dtype=x.dtype, device=x.device)
     if upper.any():
         # ascending index i is descending index m-1-i of the top-k
         top = _tails(x, int(m - below[upper].min()), largest=True)
