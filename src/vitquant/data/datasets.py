@@ -118,25 +118,17 @@ def _imagenet_1k_index() -> dict[str, int]:
 def _class_index(class_dirs: list[Path], synset_dirs: Sequence[Path]) -> dict[str, int]:
     """Class index per folder name: from the first ``synsets.txt`` found, else the ImageNet-1k index
     of wnid-named folders (correct also when only some classes are present)."""
-    for folder in synset_dirs:
-        synsets_path = folder / SYNSETS_FILE
-        if synsets_path.is_file():
-            index = _read_synsets(synsets_path)
-            unknown = [d.name for d in class_dirs if d.name not in index]
-            if unknown:
-                raise DataError(
-                    f"class folder(s) {unknown[:5]} not listed in {synsets_path} "
-                    f"({len(unknown)} unknown in total)"
-                )
-            return index
-    standard = _imagenet_1k_index()
-    unknown = [d.name for d in class_dirs if d.name not in standard]
+    synsets = next((f / SYNSETS_FILE for f in synset_dirs if (f / SYNSETS_FILE).is_file()), None)
+    index = _read_synsets(synsets) if synsets is not None else _imagenet_1k_index()
+    unknown = [d.name for d in class_dirs if d.name not in index]
     if unknown:
-        raise DataError(
-            f"class folder(s) {unknown[:5]} are not ImageNet-1k wnids ({len(unknown)} in total) and no "
-            f"{SYNSETS_FILE} gives the class order: add one (line i = folder name of class i)"
+        known = (
+            f"listed in {synsets}"
+            if synsets is not None
+            else f"ImageNet-1k wnids, and no {SYNSETS_FILE} gives the class order (line i = folder of class i)"
         )
-    return standard
+        raise DataError(f"class folder(s) {unknown[:5]} ({len(unknown)} in total) are not {known}")
+    return index
 
 
 def _read_class_folders(folder: Path, synset_dirs: Sequence[Path]) -> list[ImageRecord]:
