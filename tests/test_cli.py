@@ -169,3 +169,10 @@ def test_labels_checked_against_model_classes(tmp_path):
     bad = JobData([], [ImageRecord(tmp_path / "a.png", 999)], tmp_path, tmp_path)
     with pytest.raises(DataError, match="not a class of this 10-class model"):
         check_labels(bad, model)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "nan"])
+def test_bad_crop_pct_fails_before_loading(value, tiny_folder, capsys):
+    rc, _, err = _run(["quantize", "--crop-pct", value, "--calib-data", str(tiny_folder), "--calib-size", "1",
+                       "--weights", "/nonexistent/w.pth", "-q"], capsys)
+    assert rc == 2 and "crop_pct must be in (0, 1]" in err  # not the (later) missing-weights error

@@ -13,17 +13,10 @@ from vitquant.errors import ConfigError, VitQuantError
 
 log = logging.getLogger("vitquant")
 
-_SEED_FLAGS = {
-    "--dataset": "dataset",
-    "--w_bit": "w_bits",
-    "--w_bits": "w_bits",
-    "--a_bit": "a_bits",
-    "--a_bits": "a_bits",
-    "--log_quant_scheme": "attn_quant",
-    "--calib_batchsize": "calib_size",
-    "--val_batchsize": "batch_size",
-    "--num_workers": "workers",
-}
+_SEED_FLAGS = frozenset(
+    {"--model", "--dataset", "--w_bit", "--w_bits", "--a_bit", "--a_bits", "--log_quant_scheme",
+     "--calib_batchsize", "--val_batchsize", "--num_workers"}
+)  # flags of the original scripts: their presence without a subcommand selects the seed form
 
 
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
@@ -96,7 +89,7 @@ def _is_seed_form(argv: Sequence[str]) -> bool:
     """No subcommand, and the flags of the original scripts (e.g. ``--model``, ``--log_quant_scheme``)."""
     if not argv or not argv[0].startswith("-") or argv[0] in ("-h", "--help", "--version"):
         return False
-    return any(a.split("=")[0] in _SEED_FLAGS or a.split("=")[0] == "--model" for a in argv)
+    return any(a.split("=")[0] in _SEED_FLAGS for a in argv)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:

@@ -25,6 +25,7 @@ from vitquant.data import (
     make_loader,
     split_calibration_eval,
 )
+from vitquant.data.transforms import check_crop_pct
 from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation import build_report, evaluate_pair
 from vitquant.models import create_model, resolve_model_name
@@ -65,8 +66,8 @@ class QuantizeJob:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
-            raise ConfigError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_pct is not None:
+            check_crop_pct(self.crop_pct)
 
     def qconfig(self) -> QConfig:
         return repq_vit_qconfig(self.w_bits, self.a_bits, self.attn_quant, self.attn_bits)

@@ -15,7 +15,7 @@ from vitquant.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def _check_crop_pct(crop_pct: float) -> float:
+def check_crop_pct(crop_pct: float) -> float:
     """Validate a centre-crop fraction: a real number with ``0 < crop_pct <= 1``."""
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)):
         raise ConfigError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
@@ -31,7 +31,7 @@ def data_config(model: nn.Module, crop_pct: float | None = None) -> dict[str, An
     """
     cfg = dict(timm.data.resolve_data_config({}, model=model))
     if crop_pct is not None:
-        cfg["crop_pct"] = _check_crop_pct(crop_pct)
+        cfg["crop_pct"] = check_crop_pct(crop_pct)
     logger.debug("data config: %s", cfg)
     return cfg
 
