@@ -150,6 +150,21 @@ def _point_reports(model: nn.Module) -> list[PointReport]:
     return reports
 
 
+def fingerprint_points(model: nn.Module) -> list[tuple[str, Any, list[int] | None]]:
+    """(name, fitted quantizer, histogram of codes used) for every weight and activation point."""
+    rows: list[tuple[str, Any, list[int] | None]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, WeightQuantMixin) and module.weight_quantizer is not None:
+            q = module.weight_quantizer
+            counts = torch.bincount(q.codes(module.weight.detach()).reshape(-1), minlength=q.max_levels)
+            rows.append((f"{name}.weight", q, counts.tolist()))
+    for name, point in quant_points(model):
+        if point.quantizer is not None:
+            counts = None if point.level_counts is None else point.level_counts.tolist()
+            rows.append((name, point.quantizer, counts))
+    return rows
+
+
 def quantize_model(model: nn.Module, calib_images: torch.Tensor, qconfig: QConfig) -> CalibrationResult:
     """Run the pipeline on a copy of ``model``; returns the quantized model (in ``Mode.QUANTIZE``)."""
     check_images(calib_images)
