@@ -52,6 +52,18 @@ def _params(quantizer) -> dict[str, list[float]]:
     return out
 
 
+# point names before the matmuls became QuantMatMul modules -> names now
+RENAMED = {"attn.q_quant": "attn.qk.a_quant", "attn.k_quant": "attn.qk.b_quant",
+           "attn.attn_quant": "attn.av.a_quant", "attn.v_quant": "attn.av.b_quant"}
+
+
+def current_name(name: str) -> str:
+    for old, new in RENAMED.items():
+        if name.endswith(old):
+            return name[: -len(old)] + new
+    return name
+
+
 def fingerprint(result, eval_images: torch.Tensor) -> dict:
     """Parameters, level histograms and logits of a :class:`CalibrationResult`'s model."""
     from vitquant.calibration import fingerprint_points

@@ -1,11 +1,17 @@
-"""The calibration pipeline (RepQ-ViT): model + calibration images -> quantized model + report.
+"""The calibration pipeline: model + calibration images -> quantized model + report.
+
+Explicit stages, each a function of the model and the data (no fitting inside ``forward``):
 
 1. prepare: the family adapter makes every quantization point explicit; the QConfig assigns specs;
-2. quantize all weights (per output channel);
-3. calibrate: one forward over the calibration batch in ``Mode.CALIBRATE``; each point fits its
-   quantizer on what reaches it, so later points see quantized inputs;
-4. reparameterize post-LayerNorm points (per-channel -> per-tensor) and re-quantize those weights;
-5. switch to ``Mode.QUANTIZE`` and count the levels every point really uses on the calibration batch.
+2. quantize all weights (per output channel, data-only search on the weight);
+3. fit the activation points consumer by consumer in network order (:mod:`vitquant.calibration.passes`):
+   "before" reparameterizations of the consumer (AdaLog's post-GELU shift), an observation pass over
+   every calibration batch, a float reference pass on the search images when the spec's search
+   scores candidates by the consumer's output, then the spec's search (:func:`fit_point`); later
+   points see the quantized outputs of earlier ones;
+4. "after" reparameterizations (RepQ-ViT: per-channel post-LayerNorm quantizers folded into the
+   LayerNorm and the next Linear, whose weights are quantized again);
+5. switch to ``Mode.QUANTIZE`` and count the levels every point really uses on the calibration images.
 
 The float model passed in is left untouched; the quantized model is a copy.
 """
@@ -15,19 +21,25 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from vitquant.calibration.passes import Consumer, UnitCache, collect_output_grads, consumers_in_order
 from vitquant.errors import DataError, NumericalError
 from vitquant.models.adapters import adapter_for
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 from vitquant.qconfig import POST_SOFTMAX, WEIGHT, QConfig
+from vitquant.quantizers.spec import param_shape, rows_of
 from vitquant.quantizers.uniform import UniformQuantizer
-from vitquant.reparam import reparameterize
+from vitquant.reparam import ReparamSite, reparam_for
+from vitquant.search.context import FitContext
+from vitquant.search.registry import fit_point, needs_consumer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,9 @@ class PointReport:
     bits: int
     max_levels: int
     levels_used: int | None
+    search: str = "percentile"
+    metric: str | None = None
+    evaluations: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -57,6 +72,8 @@ class CalibrationResult:
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     reparameterized: int = 0
+    reparameterizations: dict[str, int] = field(default_factory=dict)
+    passes: int = 0
     points: list[PointReport] = field(default_factory=list)
 
     def role_summary(self, role: str) -> dict[str, Any]:
@@ -77,6 +94,8 @@ class CalibrationResult:
             "seconds": self.seconds,
             "stage_seconds": self.stage_seconds,
             "reparameterized_layers": self.reparameterized,
+            "reparameterizations": self.reparameterizations,
+            "passes": self.passes,
             "attention_levels": self.role_summary(POST_SOFTMAX),
             "points": [p.to_dict() for p in self.points],
         }
@@ -127,16 +146,17 @@ def _weight_reports(model: nn.Module) -> list[PointReport]:
 def _quantizer_name(point: QuantPoint) -> str:
     """The spec's name, marking per-channel points made per-tensor by reparameterization."""
     assert point.spec is not None
-    if point.spec.per_channel and isinstance(point.quantizer, UniformQuantizer) and not point.quantizer.per_channel:
+    if point.spec.granularity == "channel" and isinstance(point.quantizer, UniformQuantizer) and not point.quantizer.per_channel:
         return "uniform (per-tensor after reparam)"
     return point.spec.name
 
 
-def _point_reports(model: nn.Module) -> list[PointReport]:
+def _point_reports(model: nn.Module, evaluations: dict[str, int]) -> list[PointReport]:
     reports = []
     for name, point in quant_points(model):
         if point.quantizer is None or point.spec is None:
             continue
+        spec = point.spec
         reports.append(
             PointReport(
                 name=name,
@@ -145,6 +165,9 @@ def _point_reports(model: nn.Module) -> list[PointReport]:
                 bits=point.quantizer.bits,
                 max_levels=point.quantizer.max_levels,
                 levels_used=point.levels_used,
+                search=spec.search_name,
+                metric=spec.metric if needs_consumer(spec) else None,
+                evaluations=evaluations.get(name, 0),
             )
         )
     return reports
@@ -165,28 +188,154 @@ def fingerprint_points(model: nn.Module) -> list[tuple[str, Any, list[int] | Non
     return rows
 
 
-def quantize_model(model: nn.Module, calib_images: torch.Tensor, qconfig: QConfig) -> CalibrationResult:
-    """Run the pipeline on a copy of ``model``; returns the quantized model (in ``Mode.QUANTIZE``)."""
-    check_images(calib_images)
+def calibration_batches(images: torch.Tensor | Sequence[torch.Tensor], search_images: int) -> list[torch.Tensor]:
+    """The calibration set as batches, the first batch holding at least the ``search_images`` images
+    the metric searches score on (a single tensor stays one batch)."""
+    batches = [images] if isinstance(images, torch.Tensor) else list(images)
+    if not batches:
+        raise DataError("calibration images: empty calibration set (no batches)")
+    for b in batches:
+        check_images(b)
+    shapes = {tuple(b.shape[1:]) for b in batches}
+    if len(shapes) > 1:
+        raise DataError(f"calibration batches have different image shapes: {sorted(shapes)}")
+    if batches[0].shape[0] < search_images and len(batches) > 1:
+        merged = torch.cat(batches)
+        batches = [merged[:search_images], *merged[search_images:].split(max(b.shape[0] for b in batches))]
+    return batches
+
+
+class _Fitter:
+    """Fits the activation points of a prepared model, consumer by consumer (stage 3)."""
+
+    def __init__(self, qmodel: nn.Module, float_model: nn.Module, batches: list[torch.Tensor], qconfig: QConfig) -> None:
+        self.qmodel, self.qconfig, self.batches = qmodel, qconfig, batches
+        adapter = adapter_for(qmodel)
+        self.units = adapter.units(qmodel)
+        self.cache = UnitCache(self.units)
+        self.sites = adapter.reparam_sites(qmodel)
+        self.consumers = consumers_in_order(qmodel, self.units, batches[0][:1])
+        self.search_images = min(qconfig.search_images, batches[0].shape[0])
+        metric_specs = [p.spec for c in self.consumers for p in c.points if p.spec is not None and needs_consumer(p.spec)]
+        self.float_model: nn.Module | None = None
+        self.grads: dict[str, torch.Tensor] = {}
+        self.evaluations: dict[str, int] = {}
+        self.passes = 0
+        self.reparameterizations: dict[str, int] = {}
+        if metric_specs:  # the float reference: a prepared copy with every point off
+            self.float_model = prepare(copy.deepcopy(float_model).eval(), qconfig)
+            self.float_model.requires_grad_(False)
+            set_mode(self.float_model, Mode.FLOAT)
+            self.float_cache = UnitCache(adapter.units(self.float_model))
+            self.float_modules = dict(self.float_model.named_modules())
+            self.search_batch = [batches[0][: self.search_images]]
+            hessian = {c.name for c in self.consumers for p in c.points
+                       if p.spec is not None and needs_consumer(p.spec) and p.spec.metric == "hessian"}
+            if hessian:
+                self.grads = collect_output_grads(self.float_model, self.search_batch[0], hessian)
+                self.passes += 1
+
+    def run(self, progress: bool = False) -> None:
+        for consumer in tqdm(self.consumers, desc="calibrating", unit="layer", disable=not progress, leave=False):
+            self._fit_consumer(consumer)
+
+    def _apply_reparams(self, consumer: Consumer, stage: str) -> None:
+        for site in self.sites:
+            if site.consumer is not consumer.module:
+                continue
+            self._maybe_apply(site, stage)
+
+    def _maybe_apply(self, site: ReparamSite, stage: str) -> None:
+        reparam = reparam_for(site)
+        point = site.consumer.input_quant
+        if reparam.stage == stage and self.qconfig.reparam and point.spec is not None and reparam.applies(site, point.spec):
+            reparam.apply(site)
+            self.reparameterizations[site.kind] = self.reparameterizations.get(site.kind, 0) + 1
+
+    def _fit_consumer(self, consumer: Consumer) -> None:
+        self._apply_reparams(consumer, "before")
+        self.passes += self.cache.advance(self.qmodel, self.batches, consumer.unit)
+        observed = self.cache.run(self.qmodel, self.batches, consumer.module, "input")
+        self.passes += 1
+        points = consumer.points
+        specs = [p.spec for p in points]
+        reference = None
+        if any(s is not None and needs_consumer(s) for s in specs):
+            reference = self._reference(consumer)
+        rounds = self.qconfig.operand_rounds if reference is not None and len(points) > 1 else 1
+        subset_rows = observed[0][0].shape[0] * self.search_images // self.batches[0].shape[0]
+        operands = [op[:subset_rows] for op in observed[0]]
+        for _ in range(rounds):
+            for i, point in enumerate(points):
+                self._fit_point(point, i, consumer, observed, operands, reference)
+
+    def _reference(self, consumer: Consumer) -> torch.Tensor:
+        assert self.float_model is not None
+        self.passes += self.float_cache.advance(self.float_model, self.search_batch, consumer.unit) + 1
+        return self.float_cache.run(self.float_model, self.search_batch, self.float_modules[consumer.name], "output")[0]
+
+    def _fit_point(
+        self, point: QuantPoint, index: int, consumer: Consumer, observed: list[tuple],
+        operands: list[torch.Tensor], reference: torch.Tensor | None,
+    ) -> None:
+        spec = point.spec
+        if spec is None:
+            raise RuntimeError(f"quantization point {point.point_name} has no spec")
+        inputs = observed[0][index] if len(observed) == 1 else torch.cat([ops[index] for ops in observed])
+        axis = point.axis(spec.granularity)
+        ctx = FitContext(where=point.point_name or point.role, inputs=inputs, axis=axis)
+        if needs_consumer(spec) and reference is not None:
+            ctx.consume = consumer.module.consume  # type: ignore[assignment]
+            ctx.operands, ctx.operand, ctx.reference = operands, index, reference
+            ctx.others = list(consumer.points)
+            ctx.grad = self.grads.get(consumer.name)
+            ctx.output_axis = 1 if spec.granularity == "head" and axis is not None and reference.dim() == 4 else None
+        quantizer, evaluations = fit_point(spec, ctx, self.qconfig.search)
+        point.set_quantizer(quantizer)
+        point.mode = Mode.QUANTIZE
+        rows = rows_of(inputs, axis)
+        shape = param_shape(inputs.shape, axis)
+        point.observed_min, point.observed_max = rows.amin(dim=1).reshape(shape), rows.amax(dim=1).reshape(shape)
+        self.evaluations[point.point_name] = self.evaluations.get(point.point_name, 0) + evaluations
+
+    def finish(self) -> int:
+        """Stage 4: the "after" reparameterizations; returns how many sites were rewritten."""
+        before = sum(self.reparameterizations.values())
+        for site in self.sites:
+            self._maybe_apply(site, "after")
+        return sum(self.reparameterizations.values()) - before
+
+
+def quantize_model(
+    model: nn.Module,
+    calib_images: torch.Tensor | Sequence[torch.Tensor],
+    qconfig: QConfig,
+    progress: bool = False,
+) -> CalibrationResult:
+    """Run the pipeline on a copy of ``model``; returns the quantized model (in ``Mode.QUANTIZE``).
+
+    ``calib_images``: one batch ``[N, 3, H, W]`` or a sequence of batches (any number).
+    """
+    batches = calibration_batches(calib_images, qconfig.search_images)
     stages: dict[str, float] = {}
     start = time.perf_counter()
     qmodel = prepare(copy.deepcopy(model).eval(), qconfig)
-    adapter = adapter_for(model)
+    qmodel.requires_grad_(False)
 
     t = time.perf_counter()
     for module in qmodel.modules():
         if isinstance(module, WeightQuantMixin):
             module.quantize_weight()
+            module.mode = Mode.QUANTIZE
     stages["weights"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    set_mode(qmodel, Mode.CALIBRATE)
-    with torch.no_grad():
-        qmodel(calib_images)
+    fitter = _Fitter(qmodel, model, batches, qconfig)
+    fitter.run(progress)
     stages["activations"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    reparameterized = reparameterize(adapter.reparam_pairs(qmodel)) if qconfig.reparam else 0
+    reparameterized = fitter.finish()
     stages["reparameterization"] = time.perf_counter() - t
     set_mode(qmodel, Mode.QUANTIZE)
     seconds = time.perf_counter() - start
@@ -194,20 +343,24 @@ def quantize_model(model: nn.Module, calib_images: torch.Tensor, qconfig: QConfi
     t = time.perf_counter()
     set_level_tracking(qmodel, True)
     with torch.no_grad():
-        logits = qmodel(calib_images)
+        for images in batches:
+            logits = qmodel(images)
+            if not torch.isfinite(logits).all():
+                raise NumericalError("the quantized model produced NaN/inf logits on the calibration images")
     set_level_tracking(qmodel, False)
-    if not torch.isfinite(logits).all():
-        raise NumericalError("the quantized model produced NaN/inf logits on the calibration images")
     stages["level_count"] = time.perf_counter() - t
 
-    points = _weight_reports(qmodel) + _point_reports(qmodel)
-    log.info("calibrated %d points on %d images in %.2f s", len(points), calib_images.shape[0], seconds)
+    points = _weight_reports(qmodel) + _point_reports(qmodel, fitter.evaluations)
+    images_total = sum(int(b.shape[0]) for b in batches)
+    log.info("calibrated %d points on %d images in %.2f s (%d passes)", len(points), images_total, seconds, fitter.passes)
     return CalibrationResult(
         model=qmodel,
         qconfig=qconfig,
-        images=int(calib_images.shape[0]),
+        images=images_total,
         seconds=seconds,
         stage_seconds=stages,
         reparameterized=reparameterized,
+        reparameterizations=dict(fitter.reparameterizations),
+        passes=fitter.passes,
         points=points,
     )

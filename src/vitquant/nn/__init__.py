@@ -2,12 +2,14 @@
 
 from vitquant.nn.attention import QuantViTAttention, QuantWindowAttention
 from vitquant.nn.linear import QuantConv2d, QuantLinear
+from vitquant.nn.matmul import QuantMatMul
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 
 __all__ = [
     "Mode",
     "QuantConv2d",
     "QuantLinear",
+    "QuantMatMul",
     "QuantPoint",
     "QuantViTAttention",
     "QuantWindowAttention",

@@ -3,7 +3,10 @@
 timm's fused ``scaled_dot_product_attention`` would hide q @ kᵀ and attn @ v; these subclasses always
 run the explicit path:
 
-    attn = softmax(Q(q·scale) @ Q(k)ᵀ + bias/mask),   out = Q_softmax(attn) @ Q(v)
+    attn = softmax(Q(q·scale) @ Q(kᵀ) + bias/mask),   out = Q_softmax(attn) @ Q(v)
+
+Both matmuls are :class:`~vitquant.nn.matmul.QuantMatMul` modules (``qk`` and ``av``), so calibration
+can treat them like any other consumer of quantized inputs.
 
 ``q`` is scaled before its quantizer, exactly as timm's non-fused path, so that with quantization off
 the logits equal the original model's. The scale is a constant factor, so this only rescales the
@@ -21,7 +24,7 @@ from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from vitquant import qconfig
-from vitquant.nn.quant_point import QuantPoint
+from vitquant.nn.matmul import QuantMatMul
 
 
 def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
@@ -36,18 +39,14 @@ def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
 
 
 class _AttentionPoints:
-    """The four quantization points of one attention: q, k, v (matmul inputs) and the softmax output."""
+    """The two quantized matmuls of one attention: ``qk`` (q, kᵀ) and ``av`` (softmax output, v)."""
 
-    q_quant: QuantPoint
-    k_quant: QuantPoint
-    v_quant: QuantPoint
-    attn_quant: QuantPoint
+    qk: QuantMatMul
+    av: QuantMatMul
 
     def _add_points(self) -> None:
-        self.q_quant = QuantPoint(qconfig.MATMUL_INPUT)
-        self.k_quant = QuantPoint(qconfig.MATMUL_INPUT)
-        self.v_quant = QuantPoint(qconfig.MATMUL_INPUT)
-        self.attn_quant = QuantPoint(qconfig.POST_SOFTMAX)
+        self.qk = QuantMatMul(qconfig.MATMUL_INPUT, qconfig.MATMUL_INPUT)
+        self.av = QuantMatMul(qconfig.POST_SOFTMAX, qconfig.MATMUL_INPUT)
 
     def _attend(
         self,
@@ -56,11 +55,11 @@ class _AttentionPoints:
         v: torch.Tensor,
         add_bias: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        attn = self.q_quant(q * self.scale) @ self.k_quant(k).transpose(-2, -1)  # type: ignore[attr-defined]
+        attn = self.qk(q * self.scale, k.transpose(-2, -1))  # type: ignore[attr-defined]
         if add_bias is not None:
             attn = add_bias(attn)
         attn = self.attn_drop(attn.softmax(dim=-1))  # type: ignore[attr-defined]
-        return self.attn_quant(attn) @ self.v_quant(v)
+        return self.av(attn, v)
 
 
 def _mask_adder(attn_mask: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor] | None:

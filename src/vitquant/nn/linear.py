@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitquant.nn.quant_point import Mode, QuantPoint
-from vitquant.qconfig import QuantSpec
 from vitquant.quantizers.base import Quantizer
+from vitquant.quantizers.spec import QuantSpec
 
 
 class WeightQuantMixin:
@@ -36,7 +36,7 @@ class WeightQuantMixin:
         if self.weight_spec is None:
             raise RuntimeError(f"layer {self.layer_name} has no weight spec")
         with torch.no_grad():
-            self.weight_quantizer = self.weight_spec.fit(self.weight, channel_dim=0, where=f"{self.layer_name}.weight")
+            self.weight_quantizer = self.weight_spec.fit(self.weight, axis=0, where=f"{self.layer_name}.weight")
             self.weight_fq = self.weight_quantizer(self.weight.detach())
 
     def effective_weight(self) -> torch.Tensor:
@@ -58,6 +58,13 @@ class QuantLinear(WeightQuantMixin, nn.Linear):
         new._init_weight_quant()
         new.input_quant = QuantPoint(input_role, channel_dim=-1)
         return new
+
+    def input_points(self) -> list[QuantPoint]:
+        return [self.input_quant]
+
+    def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
+        """The layer on an already-quantized input (calibration searches)."""
+        return F.linear(operands[0], self.effective_weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quant(x), self.effective_weight(), self.bias)
@@ -85,6 +92,12 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
         new._init_weight_quant()
         new.input_quant = QuantPoint(input_role, channel_dim=1)
         return new
+
+    def input_points(self) -> list[QuantPoint]:
+        return [self.input_quant]
+
+    def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
+        return self._conv_forward(operands[0], self.effective_weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quant(x), self.effective_weight(), self.bias)

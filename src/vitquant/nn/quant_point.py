@@ -1,11 +1,11 @@
 """Explicit quantization points and the model-wide quantization mode.
 
-A :class:`QuantPoint` sits where an activation enters a Linear layer or a matmul. Its behaviour is set
-by the calibration pipeline, never by itself:
+A :class:`QuantPoint` sits where an activation enters a Linear layer or a matmul. It does not fit
+itself: the calibration pipeline (:mod:`vitquant.calibration`) observes its input, runs the spec's
+search and installs the fitted quantizer with :meth:`QuantPoint.set_quantizer`. Its mode, also set
+by the pipeline:
 
-- ``Mode.FLOAT``: identity (the full-precision model);
-- ``Mode.CALIBRATE``: fit its spec on the incoming tensor (the observer step), record the data range,
-  then fake-quantize, so downstream points calibrate on quantized inputs (as RepQ-ViT does);
+- ``Mode.FLOAT``: identity (the full-precision model, and points not yet fitted during calibration);
 - ``Mode.QUANTIZE``: fake-quantize with the fitted quantizer.
 
 With ``track_levels`` on, it also counts which codes were used (for level reports).
@@ -19,46 +19,49 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from vitquant.qconfig import QuantSpec
 from vitquant.quantizers.base import Quantizer
-from vitquant.search.percentile_mse import channel_rows
+from vitquant.quantizers.spec import QuantSpec
 
 
 class Mode(enum.Enum):
     FLOAT = "float"
-    CALIBRATE = "calibrate"
     QUANTIZE = "quantize"
 
 
 class QuantPoint(nn.Module):
-    """One activation quantization point with a role (see :mod:`vitquant.qconfig`)."""
+    """One activation quantization point with a role (see :mod:`vitquant.qconfig`).
 
-    def __init__(self, role: str, channel_dim: int | None = -1) -> None:
+    ``channel_dim`` and ``head_dim`` are the axes a per-channel or per-head spec takes its rows from
+    (``None``: the granularity is not available at this point).
+    """
+
+    def __init__(self, role: str, channel_dim: int | None = -1, head_dim: int | None = None) -> None:
         super().__init__()
         self.role = role
-        self.channel_dim = channel_dim  # channel axis used when the spec is per-channel
+        self.channel_dim = channel_dim
+        self.head_dim = head_dim
         self.point_name = ""  # module path, set when the model is prepared
         self.spec: QuantSpec | None = None
         self.quantizer: Quantizer | None = None
         self.mode = Mode.FLOAT
         self.track_levels = False
         self.register_buffer("level_counts", None, persistent=False)
-        self.register_buffer("observed_min", None)  # per channel when the spec is per-channel
+        self.register_buffer("observed_min", None)  # per row of the spec's granularity
         self.register_buffer("observed_max", None)
 
-    def calibrate(self, x: torch.Tensor) -> None:
-        """Fit the spec on ``x`` and record its range (per channel for per-channel specs)."""
-        if self.spec is None:
-            raise RuntimeError(f"quantization point {self.point_name or self.role} has no spec")
-        self.quantizer = self.spec.fit(x, self.channel_dim, where=self.point_name or self.role)
-        if self.spec.per_channel and self.channel_dim is not None:
-            rows = channel_rows(x, self.channel_dim)
-            self.observed_min, self.observed_max = rows.amin(dim=1), rows.amax(dim=1)
-        else:
-            self.observed_min, self.observed_max = torch.aminmax(x.detach())
+    def axis(self, granularity: str) -> int | None:
+        """The axis whose entries get their own parameters under ``granularity``."""
+        if granularity == "tensor":
+            return None
+        axis = self.channel_dim if granularity == "channel" else self.head_dim
+        if axis is None:
+            from vitquant.errors import ConfigError
+
+            raise ConfigError(f"quantization point {self.point_name or self.role} has no {granularity} axis")
+        return axis
 
     def set_quantizer(self, quantizer: Quantizer) -> None:
-        """Replace the fitted quantizer (used by reparameterization)."""
+        """Install a fitted quantizer (by the calibration pipeline or a reparameterization)."""
         self.quantizer = quantizer
         self.level_counts = None
 
@@ -74,8 +77,6 @@ class QuantPoint(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode is Mode.FLOAT:
             return x
-        if self.mode is Mode.CALIBRATE:
-            self.calibrate(x)
         if self.quantizer is None:
             raise RuntimeError(f"quantization point {self.point_name or self.role} is not calibrated")
         if self.track_levels:

@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.spec import Params, QuantSpec, register_spec
 
 _MAX_INT_MAX = 2**62  # int64 headroom: x_int and shifts must stay exact
 
@@ -186,16 +188,16 @@ def code_float(v: torch.Tensor, half: bool) -> torch.Tensor:
 
 
 class BitLog2Quantizer(Quantizer):
-    """BitLog2 fake-quant with a fitted integer divisor ``s``: x̂ = D(x_int) / s."""
+    """BitLog2 fake-quant with a fitted integer divisor ``s`` (per tensor or broadcast-shaped): x̂ = D(x_int) / s."""
 
-    def __init__(self, scheme: BitLog2Scheme, divisor: int) -> None:
+    def __init__(self, scheme: BitLog2Scheme, divisor: int | torch.Tensor) -> None:
         super().__init__()
         self.scheme = scheme
         self.bits = scheme.bits
-        divisor = int(divisor)
-        if divisor < 1:
-            raise ConfigError(f"BitLog2 divisor must be a positive integer, got {divisor}")
-        self.divisor = divisor
+        d = torch.as_tensor(divisor, dtype=torch.float64)
+        if not torch.isfinite(d).all() or (d < 1).any() or (d != d.round()).any():
+            raise ConfigError(f"BitLog2 divisor must be a positive integer, got {d.flatten()[:4].tolist()}")
+        self.register_buffer("divisor", d.to(torch.float32))
 
     @property
     def max_levels(self) -> int:
@@ -214,7 +216,58 @@ class BitLog2Quantizer(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """D(x_int) / s. NaN input stays non-finite (NaN, or inf for Single: its mask keeps no mantissa)."""
         d = dequant_float(to_int_domain(x, self.scheme), self.scheme.half)
-        return d.div_(float(self.divisor)).to(x.dtype)
+        return d.div_(self.divisor).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.scheme.name}, bits={self.bits}, int_max={self.scheme.int_max}, divisor={self.divisor}"
+        div = int(self.divisor) if self.divisor.numel() == 1 else f"x{self.divisor.numel()}"
+        return f"{self.scheme.name}, bits={self.bits}, int_max={self.scheme.int_max}, divisor={div}"
+
+
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class BitLog2Spec(QuantSpec):
+    """BitLog2 Single/Half, 16/17: the divisor in closed form (default) or searched over an integer grid."""
+
+    variant: int = 17
+    half: bool = True
+
+    kind: ClassVar[str] = "bitlog2"
+    default_search: ClassVar[str] = "percentile"
+    nonnegative: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.scheme  # validates variant and int_max for the bit width
+
+    @property
+    def scheme(self) -> BitLog2Scheme:
+        return BitLog2Scheme(half=self.half, variant=self.variant, bits=self.bits)
+
+    @property
+    def format_name(self) -> str:
+        return self.scheme.name
+
+    @property
+    def max_levels(self) -> int:
+        return self.scheme.max_levels
+
+    def check_input(self, rows: torch.Tensor, where: str) -> None:
+        from vitquant.errors import NumericalError
+
+        lo, hi = float(rows.min()), float(rows.max())
+        if lo < 0 or hi > 1.0 + 1e-6:
+            raise NumericalError(f"{where}: BitLog2 needs probabilities in [0, 1], got range [{lo}, {hi}]")
+
+    def initialize(self, rows: torch.Tensor, where: str) -> Params:
+        from vitquant.search.bitlog2_divisor import row_divisors
+
+        return {"divisor": row_divisors(rows, self.scheme)}
+
+    def grid(self, rows: torch.Tensor, init: Params) -> Params:
+        """32 integer divisors spaced geometrically from s*/2 to 2·s* (s* the closed-form optimum)."""
+        factors = torch.logspace(-1, 1, 32, base=2.0, dtype=torch.float64).unsqueeze(1)
+        cand = (init["divisor"].double().unsqueeze(0) * factors).round().clamp(1, self.scheme.int_max - 1)
+        return {"divisor": cand.float()}
+
+    def build(self, params: Params, shape: tuple[int, ...]) -> BitLog2Quantizer:
+        return BitLog2Quantizer(self.scheme, params["divisor"].reshape(shape))

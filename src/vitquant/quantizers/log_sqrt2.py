@@ -19,11 +19,14 @@ in float32 for every code 0..256 (checked exhaustively in the tests), without a 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.spec import Params, QuantSpec, register_spec
 
 VARIANTS = (16, 17)
 
@@ -43,7 +46,7 @@ def log_sqrt2_levels(bits: int, variant: int, delta: torch.Tensor) -> torch.Tens
 
 
 class LogSqrt2Quantizer(Quantizer):
-    """log√2 quantizer with fitted per-tensor scale ``delta`` (Δ, the largest level)."""
+    """log√2 quantizer with fitted scale ``delta`` (Δ, the largest level), per tensor or broadcast-shaped."""
 
     def __init__(self, bits: int, variant: int, delta: torch.Tensor) -> None:
         super().__init__()
@@ -51,9 +54,9 @@ class LogSqrt2Quantizer(Quantizer):
         if variant not in VARIANTS:
             raise ConfigError(f"log-sqrt2 variant must be 16 or 17, got {variant!r}")
         self.variant = variant
-        delta = torch.as_tensor(delta, dtype=torch.float32).reshape(())
-        if not torch.isfinite(delta) or delta <= 0:
-            raise ConfigError(f"log-sqrt2 delta must be finite and > 0, got {float(delta)}")
+        delta = torch.as_tensor(delta, dtype=torch.float32)
+        if not torch.isfinite(delta).all() or (delta <= 0).any():
+            raise ConfigError(f"log-sqrt2 delta must be finite and > 0, got {delta.flatten()[:4].tolist()}")
         self.register_buffer("delta", delta)
 
     @property
@@ -61,8 +64,10 @@ class LogSqrt2Quantizer(Quantizer):
         return 2**self.bits - 1 if self.variant == 17 else 2**self.bits - 2
 
     def levels(self) -> torch.Tensor:
-        """The dequantized value of every code (``levels()[codes(x)] == forward(x)``)."""
-        return log_sqrt2_levels(self.bits, self.variant, self.delta)
+        """The dequantized value of every code (``levels()[codes(x)] == forward(x)``); per tensor only."""
+        if self.delta.numel() != 1:
+            raise ConfigError("levels() needs a per-tensor log-sqrt2 quantizer")
+        return log_sqrt2_levels(self.bits, self.variant, self.delta.reshape(()))
 
     @property
     def zero_code(self) -> int:
@@ -91,3 +96,43 @@ class LogSqrt2Quantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, variant=Sqrt2_{self.variant}, levels={self.max_levels}"
+
+
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class LogSqrt2Spec(QuantSpec):
+    """log√2 (RepQ-ViT): ``variant`` 16 or 17; Δ by the quantile/MSE rule, or searched over a Δ grid."""
+
+    variant: int = 17
+
+    kind: ClassVar[str] = "log_sqrt2"
+    nonnegative: ClassVar[bool] = True
+    refinable: ClassVar[tuple[str, ...]] = ("delta",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"log_sqrt2 needs variant 16 or 17, got {self.variant!r}")
+
+    @property
+    def format_name(self) -> str:
+        return f"Sqrt2_{self.variant}"
+
+    @property
+    def max_levels(self) -> int:
+        return log_sqrt2_max_levels(self.bits, self.variant)
+
+    def initialize(self, rows: torch.Tensor, where: str) -> Params:
+        from vitquant.search.log_sqrt2_delta import search_log_sqrt2_delta
+
+        return {"delta": search_log_sqrt2_delta(rows, self.bits, self.variant)}
+
+    def grid(self, rows: torch.Tensor, init: Params) -> Params:
+        """Δ from half the initial Δ to the row maximum (32 values)."""
+        top = rows.amax(dim=1)
+        low = (init["delta"] * 0.5).clamp(max=top)
+        t = torch.linspace(0, 1, 32).unsqueeze(1)
+        return {"delta": (low + t * (top - low)).clamp(min=torch.finfo(torch.float32).tiny)}
+
+    def build(self, params: Params, shape: tuple[int, ...]) -> LogSqrt2Quantizer:
+        return LogSqrt2Quantizer(self.bits, self.variant, params["delta"].reshape(shape))

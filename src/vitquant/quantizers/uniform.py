@@ -11,10 +11,14 @@ round-half-to-even. Emits at most ``2^b`` distinct values (per channel).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.spec import Params, QuantSpec, register_spec
 
 
 class UniformQuantizer(Quantizer):
@@ -64,3 +68,50 @@ class UniformQuantizer(Quantizer):
     def extra_repr(self) -> str:
         kind = f"per-channel x{self.scale.numel()}" if self.per_channel else "per-tensor"
         return f"bits={self.bits}, {kind}, levels={self.max_levels}"
+
+
+# --------------------------------------------------------------------------- spec
+
+SEARCH_SCALES = 32  # scale candidates of the metric searches (zero points: up to 16)
+MAX_ZERO_POINTS = 16
+
+
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class UniformSpec(QuantSpec):
+    """Asymmetric uniform: initialised by RepQ-ViT's percentile/MSE rule; searched over (Δ, z).
+
+    Metric-search grid (AdaLog's FPCS candidates): Δ from (P90 - P10)/(2^b - 1) to (max - min)/(2^b - 1)
+    (continuous, refinable), z over the integers 0..2^b - 1 (16 evenly spaced above 4 bits).
+    """
+
+    kind: ClassVar[str] = "uniform"
+    refinable: ClassVar[tuple[str, ...]] = ("scale",)
+
+    @property
+    def format_name(self) -> str:
+        return "uniform"
+
+    @property
+    def max_levels(self) -> int:
+        return 2**self.bits
+
+    def initialize(self, rows: torch.Tensor, where: str) -> Params:
+        from vitquant.search.percentile_mse import search_uniform_params
+
+        scale, zero = search_uniform_params(rows, self.bits)
+        return {"scale": scale, "zero_point": zero}
+
+    def grid(self, rows: torch.Tensor, init: Params) -> Params:
+        from vitquant.search.quantiles import row_quantiles
+
+        qmax = 2**self.bits - 1
+        lo, hi = row_quantiles(rows, [0.1, 0.9])
+        narrow = ((hi - lo) / qmax).clamp(min=torch.finfo(torch.float32).tiny)
+        wide = ((rows.amax(dim=1) - rows.amin(dim=1)) / qmax).clamp(min=narrow)
+        t = torch.linspace(0, 1, SEARCH_SCALES).unsqueeze(1)
+        zeros = torch.linspace(0, qmax, min(qmax + 1, MAX_ZERO_POINTS)).round().unsqueeze(1)
+        return {"scale": narrow + t * (wide - narrow), "zero_point": zeros.expand(-1, rows.shape[0])}
+
+    def build(self, params: Params, shape: tuple[int, ...]) -> UniformQuantizer:
+        return UniformQuantizer(self.bits, params["scale"].reshape(shape), params["zero_point"].reshape(shape))

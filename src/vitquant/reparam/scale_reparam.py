@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from vitquant.errors import ConfigError
-from vitquant.models.adapters.base import ReparamPair
-from vitquant.quantizers.uniform import UniformQuantizer
+from vitquant.quantizers.spec import QuantSpec
+from vitquant.quantizers.uniform import UniformQuantizer, UniformSpec
+from vitquant.reparam.base import LAYERNORM_SCALE, Reparameterization, ReparamSite, register_reparam
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ def _targets(
     return delta[active].mean(), zero[active].clamp(0, qmax).mean().round()
 
 
-def reparameterize_pair(pair: ReparamPair) -> None:
+def reparameterize_pair(pair: ReparamSite) -> None:
     """Apply the scale reparameterization to one (LayerNorm, Linear) pair in place."""
-    norm, linear = pair.norm, pair.linear
+    norm, linear = pair.producer, pair.consumer
     point = linear.input_quant
     quantizer = point.quantizer
     if not isinstance(quantizer, UniformQuantizer) or not quantizer.per_channel:
@@ -94,14 +95,21 @@ def reparameterize_pair(pair: ReparamPair) -> None:
     linear.quantize_weight()
 
 
-def reparameterize(pairs: list[ReparamPair]) -> int:
-    """Reparameterize every pair whose Linear input has a per-channel uniform quantizer; returns the count."""
-    done = 0
-    for pair in pairs:
-        quantizer = pair.linear.input_quant.quantizer
-        if isinstance(quantizer, UniformQuantizer) and quantizer.per_channel:
-            reparameterize_pair(pair)
-            done += 1
-        else:
-            log.info("%s: input quantizer is not per-channel uniform, no reparameterization", pair.name)
-    return done
+class LayerNormScale(Reparameterization):
+    """RepQ-ViT's post-LayerNorm scale folding, for a per-channel uniform input spec."""
+
+    kind = LAYERNORM_SCALE
+    stage = "after"
+
+    def applies(self, site: ReparamSite, spec: QuantSpec) -> bool:
+        quantizer = site.consumer.input_quant.quantizer
+        per_channel = isinstance(quantizer, UniformQuantizer) and quantizer.per_channel
+        if isinstance(spec, UniformSpec) and spec.granularity == "channel" and not per_channel:
+            log.info("%s: input quantizer is not per-channel uniform, no reparameterization", site.name)
+        return per_channel
+
+    def apply(self, site: ReparamSite) -> None:
+        reparameterize_pair(site)
+
+
+register_reparam(LayerNormScale())

@@ -43,18 +43,25 @@ def optimal_divisor(a: float, b: float, lo: int, hi: int) -> int:
     return min(candidates, key=lambda s: (loss(s), s))
 
 
+def row_divisors(rows: torch.Tensor, scheme: BitLog2Scheme) -> torch.Tensor:
+    """The optimal divisor of every row of probabilities ``[R, M]`` -> ``[R]`` (float32 integers)."""
+    out = []
+    for row in rows:  # two dot products per row
+        d = dequant_float(to_int_domain(row, scheme), scheme.half)
+        lo, hi = divisor_range(d, scheme)
+        xf, df = row.to(torch.float64), d.to(torch.float64)
+        out.append(optimal_divisor(float(torch.dot(xf, df)), float(torch.dot(df, df)), lo, hi))
+    return torch.tensor(out, dtype=torch.float32)
+
+
 def fit_bitlog2(x: torch.Tensor, scheme: BitLog2Scheme, where: str = "BitLog2 quantizer") -> BitLog2Quantizer:
-    """Fit the divisor of a :class:`BitLog2Quantizer` to probabilities in [0, 1]."""
+    """Fit the per-tensor divisor of a :class:`BitLog2Quantizer` to probabilities in [0, 1]."""
     check_calibration_tensor(x, where)
     x = x.detach().to(torch.float32)
     lo_x, hi_x = float(x.min()), float(x.max())
     if lo_x < 0 or hi_x > 1.0 + 1e-6:
         raise NumericalError(f"{where}: BitLog2 needs probabilities in [0, 1], got range [{lo_x}, {hi_x}]")
-    d = dequant_float(to_int_domain(x, scheme), scheme.half)
-    lo, hi = divisor_range(d, scheme)
-    xf, df = x.reshape(-1).to(torch.float64), d.reshape(-1).to(torch.float64)
-    divisor = optimal_divisor(float(torch.dot(xf, df)), float(torch.dot(df, df)), lo, hi)
-    return BitLog2Quantizer(scheme, divisor)
+    return BitLog2Quantizer(scheme, int(row_divisors(x.reshape(1, -1), scheme)[0]))
 
 
 def brute_force_divisor(x: torch.Tensor, scheme: BitLog2Scheme) -> int:

@@ -1,29 +1,29 @@
 """The model-adapter contract: how one timm model family is rewritten for quantization.
 
 An adapter is the single place that knows a family's module layout: which Linear layers exist, which
-role each quantization point has, and which LayerNorm feeds which Linear (for reparameterization).
-Nothing else in vitquant matches module names.
+role each quantization point has, which producer feeds which Linear (reparameterization sites), and
+the model's *units*: the consecutive blocks whose outputs the calibration passes cache. Nothing else
+in vitquant matches module names.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-
 from torch import nn
 
 from vitquant.errors import ConfigError
 from vitquant import qconfig
 from vitquant.nn.linear import QuantConv2d, QuantLinear
+from vitquant.reparam.base import ACTIVATION_SHIFT, LAYERNORM_SCALE, ReparamSite
 
 
-@dataclass(frozen=True)
-class ReparamPair:
-    """A LayerNorm and the Linear that consumes its output (RepQ-ViT scale reparameterization)."""
+def layernorm_site(norm: nn.Module, linear: nn.Module, name: str) -> ReparamSite:
+    return ReparamSite(LAYERNORM_SCALE, name, norm, linear)
 
-    norm: nn.LayerNorm
-    linear: QuantLinear
-    name: str
+
+def activation_site(mlp: nn.Module, name: str) -> ReparamSite:
+    """The Mlp's activation (``mlp.act``) before its ``fc2``."""
+    return ReparamSite(ACTIVATION_SHIFT, name, mlp, mlp.fc2, attr="act")
 
 
 class ModelAdapter(abc.ABC):
@@ -40,8 +40,13 @@ class ModelAdapter(abc.ABC):
         """Swap attention, Linear and patch-embedding modules for quantizable ones (in place)."""
 
     @abc.abstractmethod
-    def reparam_pairs(self, model: nn.Module) -> list[ReparamPair]:
-        """(LayerNorm, next Linear) pairs of a prepared model."""
+    def reparam_sites(self, model: nn.Module) -> list[ReparamSite]:
+        """Producer/consumer pairs of a prepared model that admit a reparameterization."""
+
+    @abc.abstractmethod
+    def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The model's consecutive blocks, in order: the input of each is the output of the one before,
+        with nothing in between (the calibration passes cache and replay their outputs)."""
 
 
 _ADAPTERS: list[ModelAdapter] = []

@@ -16,7 +16,9 @@ from vitquant import qconfig
 from vitquant.errors import ConfigError
 from vitquant.models.adapters.base import (
     ModelAdapter,
-    ReparamPair,
+    ReparamSite,
+    activation_site,
+    layernorm_site,
     register_adapter,
     swap_linear,
     swap_patch_embed,
@@ -60,19 +62,28 @@ class SwinAdapter(ModelAdapter):
         swap_remaining_linears(model)
         return model
 
-    def reparam_pairs(self, model: nn.Module) -> list[ReparamPair]:
-        pairs = []
+    def reparam_sites(self, model: nn.Module) -> list[ReparamSite]:
+        sites = []
         for s, stage in enumerate(model.layers):
             if isinstance(stage.downsample, PatchMerging):
-                pairs.append(ReparamPair(stage.downsample.norm, stage.downsample.reduction, f"layers.{s}.downsample.norm"))
+                sites.append(layernorm_site(stage.downsample.norm, stage.downsample.reduction, f"layers.{s}.downsample.norm"))
             for b, block in enumerate(stage.blocks):
                 prefix = f"layers.{s}.blocks.{b}"
                 if _pads_windows(block):
                     log.info("%s.norm1: windows are zero-padded, qkv input stays per-channel", prefix)
                 else:
-                    pairs.append(ReparamPair(block.norm1, block.attn.qkv, f"{prefix}.norm1"))
-                pairs.append(ReparamPair(block.norm2, block.mlp.fc1, f"{prefix}.norm2"))
-        return pairs
+                    sites.append(layernorm_site(block.norm1, block.attn.qkv, f"{prefix}.norm1"))
+                sites.append(layernorm_site(block.norm2, block.mlp.fc1, f"{prefix}.norm2"))
+                sites.append(activation_site(block.mlp, f"{prefix}.mlp.act"))
+        return sites
+
+    def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        out: list[tuple[str, nn.Module]] = []
+        for s, stage in enumerate(model.layers):
+            if isinstance(stage.downsample, PatchMerging):
+                out.append((f"layers.{s}.downsample", stage.downsample))
+            out += [(f"layers.{s}.blocks.{b}", block) for b, block in enumerate(stage.blocks)]
+        return out
 
 
 register_adapter(SwinAdapter())

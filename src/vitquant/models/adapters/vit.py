@@ -15,7 +15,9 @@ from vitquant import qconfig
 from vitquant.errors import ConfigError
 from vitquant.models.adapters.base import (
     ModelAdapter,
-    ReparamPair,
+    ReparamSite,
+    activation_site,
+    layernorm_site,
     register_adapter,
     swap_linear,
     swap_patch_embed,
@@ -46,12 +48,16 @@ class ViTAdapter(ModelAdapter):
         swap_remaining_linears(model)
         return model
 
-    def reparam_pairs(self, model: nn.Module) -> list[ReparamPair]:
-        pairs = []
+    def reparam_sites(self, model: nn.Module) -> list[ReparamSite]:
+        sites = []
         for i, block in enumerate(model.blocks):
-            pairs.append(ReparamPair(block.norm1, block.attn.qkv, f"blocks.{i}.norm1"))
-            pairs.append(ReparamPair(block.norm2, block.mlp.fc1, f"blocks.{i}.norm2"))
-        return pairs
+            sites.append(layernorm_site(block.norm1, block.attn.qkv, f"blocks.{i}.norm1"))
+            sites.append(layernorm_site(block.norm2, block.mlp.fc1, f"blocks.{i}.norm2"))
+            sites.append(activation_site(block.mlp, f"blocks.{i}.mlp.act"))
+        return sites
+
+    def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
 
 
 register_adapter(ViTAdapter())

@@ -1,0 +1,48 @@
+"""AdaLog's post-GELU bias reparameterization (ECCV 2024, Eq. 15).
+
+GELU's output lies in [-c, ∞) with c = -min GELU = 0.16997124254703522. A log quantizer needs a
+non-negative input, so the activation becomes ``GELU(x) + c`` and the next Linear absorbs the shift:
+
+    y = Ŵ·g + b = Ŵ·(g + c·1) + (b - c·Ŵ·1)
+
+with Ŵ the layer's *de-quantized* weight, so the rewrite is exact before the input is quantized. It
+applies when the Linear's input spec is non-negative only (the log formats); twin-uniform and uniform
+quantize negative values themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vitquant.errors import ConfigError
+from vitquant.nn.shift import ShiftedActivation
+from vitquant.quantizers.spec import QuantSpec
+from vitquant.reparam.base import ACTIVATION_SHIFT, Reparameterization, ReparamSite, register_reparam
+
+GELU_MIN_ABS = 0.16997124254703522  # -min_x GELU(x), at x ≈ -0.7518
+
+
+class ActivationShift(Reparameterization):
+    kind = ACTIVATION_SHIFT
+    stage = "before"
+
+    def applies(self, site: ReparamSite, spec: QuantSpec) -> bool:
+        return spec.nonnegative
+
+    def apply(self, site: ReparamSite) -> None:
+        act = getattr(site.producer, site.attr, None)
+        if not isinstance(act, nn.GELU):
+            raise ConfigError(f"{site.name}: the activation shift is defined for GELU, got {type(act).__name__}")
+        linear = site.consumer
+        weight = linear.effective_weight().detach().double()  # de-quantized when the layer is quantized
+        shift = GELU_MIN_ABS * weight.sum(dim=1)
+        with torch.no_grad():
+            if linear.bias is None:
+                linear.bias = nn.Parameter((-shift).float())
+            else:
+                linear.bias.copy_((linear.bias.double() - shift).float())
+        setattr(site.producer, site.attr, ShiftedActivation(act, GELU_MIN_ABS))
+
+
+register_reparam(ActivationShift())
