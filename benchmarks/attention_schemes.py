@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,19 @@ def _logits(model: torch.nn.Module, batches: list[torch.Tensor]) -> tuple[torch.
             outs.append(model(images))
             seconds += time.perf_counter() - t
     return torch.cat(outs), seconds
+
+
+def provenance() -> dict:
+    """The commit the figures come from (``dirty``: uncommitted changes were present)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks/*.py"))}
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> ClassificationMeter:
@@ -102,7 +116,7 @@ def run(args: argparse.Namespace) -> dict:
         "evaluation_images": len(label_tensor), "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed,
         "timing_batch": len(timing_batch), "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "torch": torch.__version__,
-        "vitquant": __version__, "rows": rows,
+        "vitquant": __version__, **provenance(), "rows": rows,
     }
 
 
@@ -110,7 +124,8 @@ def to_markdown(res: dict) -> str:
     lines = [
         f"W{res['w_bits']}A{res['a_bits']} `{res['model']}`, calibrated on {res['calibration_images']} images "
         f"(seed {res['seed']}), evaluated on {res['evaluation_images']} other images of `{Path(res['eval_dir']).name}`; "
-        f"{res['threads']} CPU threads, torch {res['torch']}.",
+        f"{res['threads']} CPU threads, torch {res['torch']}; commit {str(res.get('commit'))[:10]}"
+        f"{' (uncommitted changes)' if res.get('dirty') else ''}.",
         "",
         "| scheme | top-1 % | top-5 % | agreement % | mean KL | attn levels used (max) | calib s | speed vs FP |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

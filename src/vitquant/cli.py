@@ -20,7 +20,9 @@ _SEED_FLAGS = frozenset(
 
 
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
-    from vitquant.qconfig import ATTENTION_SCHEMES
+    from vitquant.qconfig import ATTENTION_SCHEMES, OTHER_ATTENTION_QUANTIZERS
+    from vitquant.recipes import POST_GELU_QUANTIZERS, recipe_names
+    from vitquant.search.registry import METRIC_NAMES, SEARCHES
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="deit_tiny", metavar="NAME", help="short name (deit_tiny, vit_small, swin_tiny, ...) or timm name")
@@ -29,13 +31,21 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--w-bits", type=int, metavar="N", default=4, help="weight bits, 2..8 (default 4)")
     g.add_argument("--a-bits", type=int, metavar="N", default=4, help="activation bits, 2..8 (default 4)")
     g.add_argument(
-        "--attn-quant",
+        "--recipe",
         default="bitlog2-half-17",
-        metavar="SCHEME",
-        help=f"post-softmax quantizer: {', '.join(ATTENTION_SCHEMES)} (seed spellings such as "
-        "BitLog2_Half_17 work too; default bitlog2-half-17)",
+        metavar="NAME",
+        help=f"quantization recipe: {', '.join(recipe_names())} (default bitlog2-half-17; 'vitquant recipes' lists them)",
+    )
+    g.add_argument(
+        "--attn-quant",
+        metavar="NAME",
+        help=f"replace the recipe's post-softmax quantizer: {', '.join(ATTENTION_SCHEMES + OTHER_ATTENTION_QUANTIZERS)} "
+        "(seed spellings such as BitLog2_Half_17 work too)",
     )
     g.add_argument("--attn-bits", type=int, metavar="N", help="bits of the attention-map quantizer (default: --a-bits)")
+    g.add_argument("--post-gelu", metavar="NAME", help=f"replace the recipe's post-GELU quantizer: {', '.join(POST_GELU_QUANTIZERS)}")
+    g.add_argument("--search", metavar="NAME", help=f"search of every activation point: {', '.join(SEARCHES)}")
+    g.add_argument("--metric", metavar="NAME", help=f"metric of the searches: {', '.join(METRIC_NAMES)}")
     g = p.add_argument_group("data")
     g.add_argument("--calib-data", type=Path, metavar="DIR", help="calibration images (default: the shared ImageNet sample)")
     g.add_argument("--calib-size", type=int, metavar="N", default=32, help="number of calibration images (default 32)")
@@ -65,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize_args(q)
     sub.add_parser("models", help="list the short model names")
     sub.add_parser("schemes", help="list the attention quantization schemes and their levels")
+    sub.add_parser("recipes", help="list the quantization recipes")
     return parser
 
 
@@ -130,8 +141,12 @@ def _run_quantize(args: argparse.Namespace) -> int:
         weights=args.weights,
         w_bits=args.w_bits,
         a_bits=args.a_bits,
+        recipe=getattr(args, "recipe", "bitlog2-half-17"),
         attn_quant=args.attn_quant,
         attn_bits=getattr(args, "attn_bits", None),
+        post_gelu=getattr(args, "post_gelu", None),
+        search=getattr(args, "search", None),
+        metric=getattr(args, "metric", None),
         calib_data=getattr(args, "calib_data", None),
         calib_size=args.calib_size,
         eval_data=getattr(args, "eval_data", None),
@@ -144,8 +159,10 @@ def _run_quantize(args: argparse.Namespace) -> int:
     )
     report = run_quantize(job)
     cfg = report["config"]
+    roles = cfg["qconfig"]["roles"]
     print(
-        f"{cfg['timm_model']}  W{cfg['w_bits']}A{cfg['a_bits']}  attention {cfg['attn_quant']}\n"
+        f"{cfg['timm_model']}  W{cfg['w_bits']}A{cfg['a_bits']}  recipe {cfg['recipe']}  "
+        f"attention {roles['post_softmax']['name']}  post-GELU {roles['post_gelu']['name']}\n"
         f"weights: {cfg['weights_source']}\n"
         f"calibration: {report['calibration']['images']} images from {cfg['calib_dir']} (seed {cfg['seed']}); "
         f"evaluation: {report['fp']['images']} other images from {cfg['eval_dir']}\n"
@@ -173,10 +190,18 @@ def _list_models() -> int:
     return 0
 
 
-def _list_schemes() -> int:
-    from vitquant.qconfig import ATTENTION_SCHEMES, attention_spec
+def _list_recipes() -> int:
+    from vitquant.recipes import recipe_names, recipe_summary
 
-    for name in ATTENTION_SCHEMES:
+    for name in recipe_names():
+        print(f"{name:<20} {recipe_summary(name)}")
+    return 0
+
+
+def _list_schemes() -> int:
+    from vitquant.qconfig import ATTENTION_SCHEMES, OTHER_ATTENTION_QUANTIZERS, attention_spec
+
+    for name in ATTENTION_SCHEMES + OTHER_ATTENTION_QUANTIZERS:
         spec = attention_spec(name, 4)
         print(f"{name:<20} {spec.name:<20} {spec.max_levels} levels at 4 bit")
     return 0
@@ -201,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_models()
         if args.command == "schemes":
             return _list_schemes()
+        if args.command == "recipes":
+            return _list_recipes()
         _setup_logging(args.quiet, args.verbose)
         return _run_quantize(args)
     except VitQuantError as exc:

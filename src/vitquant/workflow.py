@@ -30,8 +30,9 @@ from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation import build_report, evaluate_pair
 from vitquant.models import create_model, resolve_model_name
 from vitquant.paths import default_sample_images
-from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name, repq_vit_qconfig
+from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
+from vitquant.recipes import build_qconfig, normalize_recipe_name
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,12 @@ class QuantizeJob:
     weights: Path | None = None
     w_bits: int = 4
     a_bits: int = 4
-    attn_quant: str = "bitlog2-half-17"
+    recipe: str = "bitlog2-half-17"
+    attn_quant: str | None = None  # None: the recipe's
     attn_bits: int | None = None
+    post_gelu: str | None = None
+    search: str | None = None
+    metric: str | None = None
     calib_data: Path | None = None
     calib_size: int = 32
     eval_data: Path | None = None
@@ -61,7 +66,9 @@ class QuantizeJob:
         check_bits(self.a_bits, "--a-bits")
         if self.attn_bits is not None:
             check_bits(self.attn_bits, "--attn-bits")
-        self.attn_quant = normalize_scheme_name(self.attn_quant)
+        self.recipe = normalize_recipe_name(self.recipe)
+        if self.attn_quant is not None:
+            self.attn_quant = normalize_scheme_name(self.attn_quant)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers < 0:
@@ -70,7 +77,10 @@ class QuantizeJob:
             check_crop_pct(self.crop_pct)
 
     def qconfig(self) -> QConfig:
-        return repq_vit_qconfig(self.w_bits, self.a_bits, self.attn_quant, self.attn_bits)
+        return build_qconfig(
+            self.recipe, self.w_bits, self.a_bits, attn_quant=self.attn_quant, attn_bits=self.attn_bits,
+            post_gelu=self.post_gelu, search=self.search, metric=self.metric,
+        )
 
 
 @dataclass
@@ -130,8 +140,9 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     t = time.perf_counter()
     calib_images = load_batch(data.calibration, transform)
     decode_seconds = time.perf_counter() - t
-    log.info("calibrating %s (W%dA%d, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.attn_quant)
-    result = quantize_model(model, calib_images, qconfig)
+    attention = qconfig.specs[POST_SOFTMAX].name
+    log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
+    result = quantize_model(model, calib_images, qconfig, progress=job.progress)
     log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
 
     loader = make_loader(data.evaluation, transform, job.batch_size, job.workers)

@@ -217,20 +217,20 @@ class _Fitter:
         self.consumers = consumers_in_order(qmodel, self.units, batches[0][:1])
         self.search_images = min(qconfig.search_images, batches[0].shape[0])
         metric_specs = [p.spec for c in self.consumers for p in c.points if p.spec is not None and needs_consumer(p.spec)]
-        self.float_model: nn.Module | None = None
         self.grads: dict[str, torch.Tensor] = {}
         self.evaluations: dict[str, int] = {}
         self.passes = 0
         self.reparameterizations: dict[str, int] = {}
-        if metric_specs:  # the float reference: a prepared copy with every point off
+        self.float_model: nn.Module | None = None
+        hessian = {c.name for c in self.consumers for p in c.points
+                   if p.spec is not None and needs_consumer(p.spec) and p.spec.metric == "hessian"}
+        if metric_specs and (qconfig.reference == "float" or hessian):  # a prepared copy with every point off
             self.float_model = prepare(copy.deepcopy(float_model).eval(), qconfig)
             self.float_model.requires_grad_(False)
             set_mode(self.float_model, Mode.FLOAT)
             self.float_cache = UnitCache(adapter.units(self.float_model))
             self.float_modules = dict(self.float_model.named_modules())
             self.search_batch = [batches[0][: self.search_images]]
-            hessian = {c.name for c in self.consumers for p in c.points
-                       if p.spec is not None and needs_consumer(p.spec) and p.spec.metric == "hessian"}
             if hessian:
                 self.grads = collect_output_grads(self.float_model, self.search_batch[0], hessian)
                 self.passes += 1
@@ -259,17 +259,27 @@ class _Fitter:
         self.passes += 1
         points = consumer.points
         specs = [p.spec for p in points]
-        reference = None
-        if any(s is not None and needs_consumer(s) for s in specs):
-            reference = self._reference(consumer)
-        rounds = self.qconfig.operand_rounds if reference is not None and len(points) > 1 else 1
+        searched = any(s is not None and needs_consumer(s) for s in specs)
         subset_rows = observed[0][0].shape[0] * self.search_images // self.batches[0].shape[0]
         operands = [op[:subset_rows] for op in observed[0]]
+        float_output = self._float_output(consumer) if searched and self.qconfig.reference == "float" else None
+        rounds = self.qconfig.operand_rounds if searched and len(points) > 1 else 1
         for _ in range(rounds):
             for i, point in enumerate(points):
+                reference = None
+                if searched:
+                    reference = float_output if float_output is not None else self._local_reference(consumer, operands, i)
                 self._fit_point(point, i, consumer, observed, operands, reference)
 
-    def _reference(self, consumer: Consumer) -> torch.Tensor:
+    @staticmethod
+    def _local_reference(consumer: Consumer, operands: list[torch.Tensor], index: int) -> torch.Tensor:
+        """The consumer's output with operand ``index`` at full precision and the others as they are."""
+        with torch.no_grad():
+            ops = [x if j == index else point(x) for j, (x, point) in enumerate(zip(operands, consumer.points))]
+            return consumer.module.consume(ops)  # type: ignore[operator]
+
+    def _float_output(self, consumer: Consumer) -> torch.Tensor:
+        """The float model's output of the same consumer on the search images."""
         assert self.float_model is not None
         self.passes += self.float_cache.advance(self.float_model, self.search_batch, consumer.unit) + 1
         return self.float_cache.run(self.float_model, self.search_batch, self.float_modules[consumer.name], "output")[0]

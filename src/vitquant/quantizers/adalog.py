@@ -37,7 +37,6 @@ SEARCH_Q = tuple(range(10, 138))  # AdaLog's q grid: 128 values, base 2^(10/37) 
 INIT_Q = tuple(range(10, 138, 9))  # data-only fit: 15 of them (37 included)
 INIT_PERCENTILES = (0.999, 0.9999, 0.99999)
 SEARCH_SCALES = 32
-_CHUNK = 1 << 22  # elements per broadcast block in the data-only fit
 
 
 def table_denominator(bits: int) -> int:
@@ -65,7 +64,9 @@ def _as_int_q(q: torch.Tensor | int) -> torch.Tensor:
     return q
 
 
-def table_and_shift(codes: torch.Tensor, q: torch.Tensor | int, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def table_and_shift(
+    codes: torch.Tensor, q: torch.Tensor | int, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer dequantization of non-zero codes c in [0, 2^b): ``(T[(c·q) mod r], floor(c·q / r))``.
 
     int64 ops only; ``q`` broadcasts against ``codes``. The value is ``s / D * ldexp(T, -shift)``.
@@ -96,9 +97,9 @@ def adalog_levels(bits: int, scale: torch.Tensor, q: torch.Tensor) -> torch.Tens
 def ideal_levels(bits: int, scale: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The float definition s · 2^(-c·q/r) of the non-zero codes, ``[..., 2^b]`` in float64."""
     scale = torch.as_tensor(scale, dtype=torch.float64)
-    q64 = _as_int_q(q).to(torch.float64)
+    q64 = _as_int_q(q).to(device=scale.device, dtype=torch.float64)
     scale, q64 = torch.broadcast_tensors(scale, q64)
-    c = torch.arange(2 ** check_bits(bits), dtype=torch.float64)
+    c = torch.arange(2 ** check_bits(bits), dtype=torch.float64, device=scale.device)
     return scale.unsqueeze(-1) * torch.exp2(-c * q64.unsqueeze(-1) / ADALOG_R)
 
 
@@ -151,7 +152,7 @@ class AdaLogQuantizer(Quantizer):
         self.register_buffer("level_table", table.reshape(-1))
         self.register_buffer("code_table", _canonical_codes(levels, self.bits).reshape(-1))
         rows = scale.numel()
-        offsets = torch.arange(rows, dtype=torch.int64) * table.shape[-1]
+        offsets = torch.arange(rows, dtype=torch.int64, device=scale.device) * table.shape[-1]
         self.register_buffer("row_offset", offsets.reshape(scale.shape))
 
     @property
@@ -195,29 +196,54 @@ class AdaLogQuantizer(Quantizer):
 # --------------------------------------------------------------------------- data-only fit
 
 
+def sort_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows sorted ascending ``[R, M]``, their float64 prefix sums ``[R, M + 1]`` and sums of squares
+    ``[R]``: the inputs of :func:`piecewise_sq_error`."""
+    ordered = torch.sort(rows, dim=1).values.contiguous()
+    prefix = torch.zeros(rows.shape[0], rows.shape[1] + 1, dtype=torch.float64, device=rows.device)
+    torch.cumsum(ordered, dim=1, dtype=torch.float64, out=prefix[:, 1:])
+    return ordered, prefix, ordered.double().square().sum(dim=1)
+
+
+def piecewise_sq_error(
+    sorted_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor], bounds: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Summed squared error ``[K, R]`` of K piecewise-constant quantizers on each row, from sorted rows.
+
+    Candidate k maps x in ``[bounds[k, r, i-1], bounds[k, r, i])`` to ``values[k, r, i]`` (``bounds
+    [K, R, B]`` ascending, ``values [K, R, B + 1]``). With bucket counts n and sums S:
+    Σ(v - x)² = Σx² + Σ_buckets (n·v² - 2·v·S), so each candidate costs O(B log M), not O(M). Inputs
+    equal to a bound go to the upper bucket; only inputs within rounding of a bound can be bucketed
+    differently from the quantizer's own float32 arithmetic.
+    """
+    ordered, prefix, total_sq = sorted_rows
+    k, n_r, n_b = bounds.shape
+    queries = bounds.to(ordered.dtype).permute(1, 0, 2).reshape(n_r, k * n_b).contiguous()
+    pos = torch.searchsorted(ordered, queries).reshape(n_r, k, n_b)
+    first = torch.zeros(n_r, k, 1, dtype=pos.dtype, device=pos.device)
+    edges = torch.cat([first, pos, torch.full_like(first, ordered.shape[1])], dim=-1)  # [R, K, B + 2]
+    cum = prefix.gather(1, edges.reshape(n_r, -1)).reshape(edges.shape)
+    count = edges.diff(dim=-1).permute(1, 0, 2).to(torch.float64)
+    total = cum.diff(dim=-1).permute(1, 0, 2)
+    v = values.to(torch.float64)
+    return total_sq + (count * v * v - 2 * v * total).sum(dim=-1)
+
+
 def adalog_sq_error(rows: torch.Tensor, scales: torch.Tensor, qs: torch.Tensor, bits: int) -> torch.Tensor:
     """Summed squared fake-quant error of every row ``[R, M]`` for every (s, q): ``[S, Q, R]``.
 
-    ``scales`` is ``[S, R]`` (> 0), ``qs`` ``[Q]`` integers. Same arithmetic as :class:`AdaLogQuantizer`;
-    the log is taken once per scale, the Q bases are one broadcast, columns go in blocks.
+    ``scales`` is ``[S, R]`` (> 0), ``qs`` ``[Q]`` integers. Table-form levels as :class:`AdaLogQuantizer`;
+    code c covers x/s in [2^(-(c+1/2)q/r), 2^(-(c-1/2)q/r)) (:func:`piecewise_sq_error` on sorted rows).
     """
-    n_s, n_r = scales.shape
-    q_f = qs.to(torch.float32).reshape(-1, 1, 1)  # [Q, 1, 1]
-    n_q = q_f.shape[0]
-    width = 2**bits + 2
-    levels = adalog_levels(bits, scales.unsqueeze(1), q_f.reshape(1, -1, 1))  # [S, Q, R, 2^b + 1]
-    table = torch.cat([levels, levels.new_full(levels.shape[:-1] + (1,), float("nan"))], dim=-1).reshape(-1)
-    offsets = (torch.arange(n_s * n_q * n_r) * width).reshape(n_s, n_q, n_r, 1)
-    total = torch.zeros(n_s, n_q, n_r, dtype=torch.float64)
-    block = max(1, _CHUNK // (n_q * n_r))
-    for start in range(0, rows.shape[1], block):
-        x = rows[:, start : start + block]
-        for i in range(n_s):
-            u = _scaled_log(x, scales[i].unsqueeze(1))
-            idx = _table_index(u.unsqueeze(0), q_f, bits).add_(offsets[i])
-            err = table.take(idx).sub_(x)
-            total[i] += err.square_().sum(dim=-1, dtype=torch.float64)
-    return total
+    levels = adalog_levels(bits, scales.unsqueeze(1), qs.reshape(1, -1, 1))  # [S, Q, R, 2^b + 1]
+    n_s, n_q, n_r, _ = levels.shape
+    c = torch.arange(2**bits - 1, -1, -1, dtype=torch.float64, device=rows.device)  # smallest level first
+    q64 = qs.to(torch.float64).reshape(1, -1, 1, 1)
+    bounds = scales.to(torch.float64).reshape(n_s, 1, n_r, 1) * torch.exp2(-(c + 0.5) * q64 / ADALOG_R)
+    values = torch.cat([levels[..., -1:], levels[..., :-1].flip(-1)], dim=-1)  # 0, then levels ascending
+    k = n_s * n_q
+    err = piecewise_sq_error(sort_rows(rows), bounds.reshape(k, n_r, -1), values.reshape(k, n_r, -1))
+    return err.reshape(n_s, n_q, n_r)
 
 
 def fit_adalog_params(rows: torch.Tensor, bits: int) -> Params:
@@ -229,11 +255,11 @@ def fit_adalog_params(rows: torch.Tensor, bits: int) -> Params:
     cand = torch.cat([row_quantiles(rows, list(INIT_PERCENTILES)), top.unsqueeze(0)])  # [S, R]
     usable = torch.isfinite(cand) & (cand > 0)
     safe = torch.where(usable, cand, torch.ones_like(cand))
-    qs = torch.tensor(INIT_Q, dtype=torch.float32)
+    qs = torch.tensor(INIT_Q, dtype=torch.float32, device=rows.device)
     err = adalog_sq_error(rows, safe, qs, bits)  # [S, Q, R]
     err = torch.where(usable.unsqueeze(1), err, torch.full_like(err, float("inf")))
     best = err.reshape(-1, rows.shape[0]).argmin(dim=0)  # first minimum in (s, q) order
-    r_idx = torch.arange(rows.shape[0])
+    r_idx = torch.arange(rows.shape[0], device=rows.device)
     scale = safe[best // len(INIT_Q), r_idx]
     q = qs[best % len(INIT_Q)]
     degenerate = ~(top > 0)
@@ -252,7 +278,8 @@ def positive_quantile(rows: torch.Tensor, p: float) -> torch.Tensor:
     # the positives are the n_pos largest entries: ascending rank k is descending index n - 1 - k
     d_lo, d_hi = (n - 1 - lo).to(torch.int64), (n - 1 - hi).to(torch.int64)
     top = torch.topk(rows, int(d_lo.max()) + 1, dim=1).values
-    out = torch.lerp(top.gather(1, d_lo.unsqueeze(1)), top.gather(1, d_hi.unsqueeze(1)), weight.unsqueeze(1))[:, 0]
+    low, high = top.gather(1, d_lo.unsqueeze(1))[:, 0], top.gather(1, d_hi.unsqueeze(1))[:, 0]
+    out = torch.lerp(low, high, weight)
     return torch.where(n_pos > 0, out, torch.zeros_like(out))
 
 
@@ -281,10 +308,11 @@ class AdaLogSpec(QuantSpec):
         top = rows.amax(dim=1)
         degenerate = ~(top > 0)
         top = torch.where(degenerate, torch.ones_like(top), top)
-        low = torch.where(degenerate, top, positive_quantile(rows, 0.9).clamp(min=torch.finfo(torch.float32).tiny))
-        t = torch.linspace(0, 1, SEARCH_SCALES).unsqueeze(1)
-        q = torch.tensor(SEARCH_Q, dtype=torch.float32).unsqueeze(1).expand(-1, rows.shape[0])
-        return {"scale": low + t * (top - low), "q": q}
+        low = positive_quantile(rows, 0.9).clamp(min=torch.finfo(torch.float32).tiny)
+        low = torch.where(degenerate, top, low)
+        t = torch.linspace(0, 1, SEARCH_SCALES, device=rows.device).unsqueeze(1)
+        q = torch.tensor(SEARCH_Q, dtype=torch.float32, device=rows.device).unsqueeze(1)
+        return {"scale": low + t * (top - low), "q": q.expand(-1, rows.shape[0])}
 
     def build(self, params: Params, shape: tuple[int, ...]) -> AdaLogQuantizer:
         return AdaLogQuantizer(self.bits, params["scale"].reshape(shape), params["q"].reshape(shape))

@@ -25,13 +25,13 @@ Both emit at most 2^b distinct values per row (``max_levels = 2^b``). Zero is al
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from vitquant.errors import ConfigError, NumericalError
+from vitquant.quantizers.adalog import piecewise_sq_error, sort_rows
 from vitquant.quantizers.base import Quantizer, check_bits
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
 
@@ -42,7 +42,6 @@ M_MAX = 100  # Δ1 = 2^-(b-1+m) stays a normal float32
 GELU_SCALES = 100
 GELU_RANGE = (0.5, 1.2)  # Δp candidates: [0.5, 1.2] · max(x) / (n - 1)
 SOFTMAX_MAX = 1.0 + 1e-6
-_CHUNK = 1 << 22  # elements per broadcast block in the data-only fit
 
 
 def _half(bits: int) -> int:
@@ -54,34 +53,11 @@ def gelu_negative_step(bits: int) -> float:
     return float(torch.tensor(GELU_MIN_ABS / _half(bits), dtype=torch.float32))
 
 
-# --------------------------------------------------------------------------- value functions
-# (params broadcast against x; shared by the quantizers and the data-only fit)
-
-
 def _softmax_index(x: torch.Tensor, n: int, inv_d1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """R1 index clamp(round(x/Δ1), 0, n-1) and R2 index clamp(round(x·n), 1, n) (x/Δ exact: Δ = 2^-k)."""
     i = torch.mul(x, inv_d1).round_().clamp_(0, n - 1)
     j = torch.mul(x, n).round_().clamp_(1, n)
     return i, j
-
-
-def softmax_values(x: torch.Tensor, bits: int, m: torch.Tensor) -> torch.Tensor:
-    """Twin-uniform softmax fake-quant of float32 ``x`` with integer ``m`` (float tensor, broadcasts)."""
-    n = _half(bits)
-    inv_d1 = torch.exp2(m.to(torch.float32) + (bits - 1))
-    i, j = _softmax_index(x, n, inv_d1)
-    low = i.div_(inv_d1)
-    high = j.div_(n)
-    return torch.where(x < (n - 0.5) / inv_d1, low, high).add_(0.0)
-
-
-def gelu_values(x: torch.Tensor, bits: int, scale: torch.Tensor) -> torch.Tensor:
-    """Twin-uniform GELU fake-quant of float32 ``x`` with positive step ``scale`` (broadcasts)."""
-    n = _half(bits)
-    dn = gelu_negative_step(bits)
-    neg = torch.div(x, dn).round_().clamp_(-n, 0).mul_(dn)  # == -clamp(round(-x/Δn), 0, n)·Δn
-    pos = torch.div(x, scale).round_().clamp_(0, n - 1).mul_(scale)
-    return torch.where(x < 0, neg, pos).add_(0.0)  # -0.0 -> +0.0
 
 
 # --------------------------------------------------------------------------- quantizers
@@ -116,7 +92,11 @@ class TwinSoftmaxQuantizer(Quantizer):
         return torch.where(x < self.threshold, i, high).to(torch.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return softmax_values(x.to(torch.float32), self.bits, self.m).to(x.dtype)
+        x32 = x.to(torch.float32)
+        n = _half(self.bits)
+        i, j = _softmax_index(x32, n, self.inv_step1)
+        out = torch.where(x32 < self.threshold, i.div_(self.inv_step1), j.div_(n))
+        return out.add_(0.0).to(x.dtype)  # -0.0 (negative input) -> +0.0
 
     def extra_repr(self) -> str:
         kind = f"per-channel x{self.m.numel()}" if self.m.numel() > 1 else f"m={int(self.m)}"
@@ -153,7 +133,11 @@ class TwinGeluQuantizer(Quantizer):
         return torch.where(x < 0, neg, p + n).to(torch.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu_values(x.to(torch.float32), self.bits, self.scale).to(x.dtype)
+        x32 = x.to(torch.float32)
+        n, dn = _half(self.bits), self.negative_step
+        neg = torch.div(x32, dn).round_().clamp_(-n, 0).mul_(dn)  # == -clamp(round(-x/Δn), 0, n)·Δn
+        pos = torch.div(x32, self.scale).round_().clamp_(0, n - 1).mul_(self.scale)
+        return torch.where(x32 < 0, neg, pos).add_(0.0).to(x.dtype)  # -0.0 -> +0.0
 
     def extra_repr(self) -> str:
         kind = f"per-channel x{self.scale.numel()}" if self.scale.numel() > 1 else "per-tensor"
@@ -163,24 +147,54 @@ class TwinGeluQuantizer(Quantizer):
 # --------------------------------------------------------------------------- data-only fit
 
 
-def sq_error(rows: torch.Tensor, params: torch.Tensor, values: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Summed squared error ``[K, R]`` of ``values(x, p)`` for each candidate row of ``params [K, R]``
-    on ``rows [R, M]`` (one broadcast per block of columns)."""
-    k, n_r = params.shape
-    p = params.unsqueeze(-1)
-    total = torch.zeros(k, n_r, dtype=torch.float64)
-    block = max(1, _CHUNK // (k * n_r))
-    for start in range(0, rows.shape[1], block):
-        x = rows[:, start : start + block]
-        total += values(x.unsqueeze(0), p).sub_(x).square_().sum(dim=-1, dtype=torch.float64)
-    return total
+def softmax_pieces(bits: int, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax mode as buckets for :func:`piecewise_sq_error`: bounds ``[..., 2n-1]``, values ``[..., 2n]``.
+
+    R1 levels iΔ1 split at (i + 1/2)Δ1, then the range split (n - 1/2)Δ1, then the R2 levels j/n
+    (j = 1..n) split at max((j + 1/2)/n, range split) (empty buckets where R2 levels lie below R1's top).
+    """
+    n = _half(bits)
+    d1 = torch.exp2(-(m.to(torch.float64) + (bits - 1))).unsqueeze(-1)
+    i = torch.arange(n, dtype=torch.float64, device=m.device)
+    j = torch.arange(1, n + 1, dtype=torch.float64, device=m.device)
+    split = (n - 0.5) * d1
+    bounds = torch.cat([(i[:-1] + 0.5) * d1, split, torch.maximum((j[:-1] + 0.5) / n, split)], dim=-1)
+    values = torch.cat([i * d1, (j / n).expand(*d1.shape[:-1], n)], dim=-1)
+    return bounds, values
+
+
+def gelu_pieces(bits: int, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU mode as buckets: negative levels -kΔn split at -(k + 1/2)Δn, the sign split at 0, then the
+    positive levels pΔp split at (p + 1/2)Δp: ``bounds [..., 2n]``, ``values [..., 2n + 1]``."""
+    n = _half(bits)
+    dn = gelu_negative_step(bits)
+    dp = scale.to(torch.float64).unsqueeze(-1)
+    k = torch.arange(n, -1, -1, dtype=torch.float64, device=scale.device)  # n .. 0: ascending negatives
+    p = torch.arange(n, dtype=torch.float64, device=scale.device)
+    neg_bounds = (-(k[:-1] - 0.5) * dn).expand(*dp.shape[:-1], n)
+    bounds = torch.cat([neg_bounds, torch.zeros_like(dp), (p[:-1] + 0.5) * dp], dim=-1)
+    neg_values = (-k * dn).expand(*dp.shape[:-1], n + 1)
+    values = torch.cat([neg_values, p * dp], dim=-1)
+    return bounds, values
+
+
+def twin_sq_error(rows: torch.Tensor, bits: int, mode: str, params: torch.Tensor) -> torch.Tensor:
+    """Summed squared error ``[K, R]`` on ``rows [R, M]`` for candidates ``params [K, R]`` (m or Δp)."""
+    bounds, values = (softmax_pieces if mode == "softmax" else gelu_pieces)(bits, params)
+    return piecewise_sq_error(sort_rows(rows), bounds, values)
+
+
+def softmax_m_grid(rows: torch.Tensor) -> torch.Tensor:
+    """m candidates ``[20, R]``: 0..19 for every row."""
+    m = torch.tensor(SOFTMAX_M, dtype=torch.float32, device=rows.device)
+    return m.unsqueeze(1).expand(-1, rows.shape[0])
 
 
 def gelu_scale_grid(rows: torch.Tensor, bits: int) -> torch.Tensor:
     """Δp candidates ``[100, R]``: linspace(0.5, 1.2) · max(x) / (n - 1) (max 0.16997... if none > 0)."""
     top = rows.amax(dim=1)
     top = torch.where(top > 0, top, torch.full_like(top, GELU_MIN_ABS))
-    t = torch.linspace(*GELU_RANGE, GELU_SCALES).unsqueeze(1)
+    t = torch.linspace(*GELU_RANGE, GELU_SCALES, device=rows.device).unsqueeze(1)
     return (t * (top / (_half(bits) - 1))).clamp(min=torch.finfo(torch.float32).tiny)
 
 
@@ -230,16 +244,14 @@ class TwinUniformSpec(QuantSpec):
 
     def initialize(self, rows: torch.Tensor, where: str) -> Params:
         if self.mode == "softmax":
-            cand = torch.tensor(SOFTMAX_M, dtype=torch.float32).unsqueeze(1).expand(-1, rows.shape[0])
-            err = sq_error(rows, cand, lambda x, m: softmax_values(x, self.bits, m))
-            return {"m": _best(cand, err)}
+            cand = softmax_m_grid(rows)
+            return {"m": _best(cand, twin_sq_error(rows, self.bits, self.mode, cand))}
         cand = gelu_scale_grid(rows, self.bits)
-        err = sq_error(rows, cand, lambda x, s: gelu_values(x, self.bits, s))
-        return {"scale": _best(cand, err)}
+        return {"scale": _best(cand, twin_sq_error(rows, self.bits, self.mode, cand))}
 
     def grid(self, rows: torch.Tensor, init: Params) -> Params:
         if self.mode == "softmax":
-            return {"m": torch.tensor(SOFTMAX_M, dtype=torch.float32).unsqueeze(1).expand(-1, rows.shape[0])}
+            return {"m": softmax_m_grid(rows)}
         return {"scale": gelu_scale_grid(rows, self.bits)}
 
     def build(self, params: Params, shape: tuple[int, ...]) -> Quantizer:

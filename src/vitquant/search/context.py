@@ -32,6 +32,7 @@ class FitContext:
     reference: torch.Tensor | None = None
     grad: torch.Tensor | None = None
     output_axis: int | None = None
+    _fixed: list | None = None
 
     @property
     def has_consumer(self) -> bool:
@@ -40,5 +41,6 @@ class FitContext:
     def consumer_output(self, quantized: torch.Tensor) -> torch.Tensor:
         """The consumer's output with this point's operand replaced by ``quantized``."""
         assert self.consume is not None and self.operands is not None and self.others is not None
-        ops = [quantized if i == self.operand else self.others[i](x) for i, x in enumerate(self.operands)]
-        return self.consume(ops)
+        if self._fixed is None:  # the other operands, quantized as they are, once per search
+            self._fixed = [None if i == self.operand else self.others[i](x) for i, x in enumerate(self.operands)]
+        return self.consume([quantized if i == self.operand else x for i, x in enumerate(self._fixed)])

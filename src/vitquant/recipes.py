@@ -1,0 +1,160 @@
+"""Recipes: named, complete quantization configurations (``vitquant recipes`` lists them).
+
+A recipe is a plain function ``(w_bits, a_bits) -> QConfig`` registered by name, like timm's model
+registry. Options on top of a recipe (:func:`build_qconfig`) replace parts of it: the post-softmax and
+post-GELU quantizers, and the search and metric of every activation point.
+
+- ``repq-vit`` (ICCV 2023): RepQ-ViT's percentile initialisation, per-channel post-LayerNorm inputs
+  folded into the LayerNorm, log√2 (Sqrt2_17) attention map; the six ``sqrt2-*`` / ``bitlog2-*``
+  schemes are this recipe with another attention quantizer (BitLog2, KICS 2024).
+- ``adalog`` (ECCV 2024): AdaLog for the attention map and the post-GELU input (with the shift folded
+  into fc2's bias), per-head uniform q, kᵀ and v, every activation searched by FPCS on the consumer's
+  output MSE; post-LayerNorm inputs as in RepQ-ViT.
+- ``ptq4vit`` (ECCV 2022): twin-uniform attention map and post-GELU input, per-head matmul operands,
+  every activation by the alternating search on the Hessian-guided metric; no reparameterization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from vitquant.errors import ConfigError
+from vitquant.qconfig import (
+    ATTENTION_SCHEMES,
+    LINEAR_INPUT,
+    MATMUL_INPUT,
+    PATCH_EMBED_INPUT,
+    POST_GELU,
+    POST_LAYERNORM,
+    POST_SOFTMAX,
+    WEIGHT,
+    QConfig,
+    attention_spec,
+    normalize_scheme_name,
+    repq_vit_qconfig,
+)
+from vitquant.quantizers import make_spec
+from vitquant.quantizers.spec import QuantSpec
+from vitquant.quantizers.uniform import UniformSpec
+from vitquant.search.registry import check_metric, check_search
+
+Recipe = Callable[[int, int], QConfig]
+_RECIPES: dict[str, tuple[Recipe, str]] = {}
+ACTIVATION_ROLES = (PATCH_EMBED_INPUT, POST_LAYERNORM, POST_SOFTMAX, POST_GELU, LINEAR_INPUT, MATMUL_INPUT)
+POST_GELU_QUANTIZERS = ("uniform", "adalog", "twin-uniform")
+
+
+def register_recipe(name: str, summary: str) -> Callable[[Recipe], Recipe]:
+    def wrap(fn: Recipe) -> Recipe:
+        _RECIPES[name] = (fn, summary)
+        return fn
+
+    return wrap
+
+
+def recipe_names() -> list[str]:
+    return list(_RECIPES)
+
+
+def recipe_summary(name: str) -> str:
+    return _RECIPES[normalize_recipe_name(name)][1]
+
+
+def normalize_recipe_name(name: str) -> str:
+    canonical = name.strip().lower().replace("_", "-")
+    if canonical not in _RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(_RECIPES)}")
+    return canonical
+
+
+def _scheme_recipe(scheme: str) -> Recipe:
+    return lambda w_bits, a_bits: repq_vit_qconfig(w_bits, a_bits, scheme)
+
+
+register_recipe("repq-vit", "RepQ-ViT: percentile init, LayerNorm reparameterization, Sqrt2_17 attention")(
+    _scheme_recipe("sqrt2-17")
+)
+for _scheme in ATTENTION_SCHEMES:
+    register_recipe(_scheme, f"RepQ-ViT with the {attention_spec(_scheme, 4).name} attention map")(_scheme_recipe(_scheme))
+
+
+@register_recipe("adalog", "AdaLog: adaptive-base log attention and post-GELU, per-head matmuls, FPCS on output MSE")
+def adalog(w_bits: int, a_bits: int) -> QConfig:
+    fpcs = {"search": "fpcs", "metric": "mse"}
+    base = repq_vit_qconfig(w_bits, a_bits, "sqrt2-17")
+    return base.with_roles(
+        **{
+            POST_SOFTMAX: make_spec("adalog", bits=a_bits, **fpcs),
+            POST_GELU: make_spec("adalog", bits=a_bits, **fpcs),
+            MATMUL_INPUT: UniformSpec(bits=a_bits, granularity="head", **fpcs),
+            LINEAR_INPUT: UniformSpec(bits=a_bits, **fpcs),
+        }
+    )
+
+
+@register_recipe("ptq4vit", "PTQ4ViT: twin-uniform attention and post-GELU, alternating search, Hessian metric")
+def ptq4vit(w_bits: int, a_bits: int) -> QConfig:
+    alt = {"search": "alternating", "metric": "hessian"}
+    cfg = QConfig(
+        specs={
+            WEIGHT: UniformSpec(bits=w_bits, granularity="channel"),
+            PATCH_EMBED_INPUT: UniformSpec(bits=8),
+            POST_LAYERNORM: UniformSpec(bits=a_bits, **alt),
+            POST_SOFTMAX: make_spec("twin_uniform", bits=a_bits, mode="softmax", **alt),
+            POST_GELU: make_spec("twin_uniform", bits=a_bits, mode="gelu", **alt),
+            LINEAR_INPUT: UniformSpec(bits=a_bits, **alt),
+            MATMUL_INPUT: UniformSpec(bits=a_bits, granularity="head", **alt),
+        },
+        reparam=False,
+        operand_rounds=2,
+    )
+    return cfg
+
+
+def post_gelu_spec(name: str, bits: int, **options: object) -> QuantSpec:
+    canonical = name.strip().lower().replace("_", "-")
+    if canonical not in POST_GELU_QUANTIZERS:
+        raise ConfigError(f"unknown post-GELU quantizer {name!r}; choose one of {', '.join(POST_GELU_QUANTIZERS)}")
+    if canonical == "twin-uniform":
+        return make_spec("twin_uniform", bits=bits, mode="gelu", **options)
+    return make_spec(canonical, bits=bits, **options)
+
+
+def build_qconfig(
+    recipe: str = "bitlog2-half-17",
+    w_bits: int = 4,
+    a_bits: int = 4,
+    attn_quant: str | None = None,
+    attn_bits: int | None = None,
+    post_gelu: str | None = None,
+    search: str | None = None,
+    metric: str | None = None,
+) -> QConfig:
+    """The recipe's QConfig with explicit choices replacing parts of it.
+
+    ``attn_quant`` / ``post_gelu`` replace those roles' quantizers (keeping the recipe's search and
+    metric for the role); ``attn_bits`` the attention map's bit width; ``search`` / ``metric`` apply to
+    every activation point (not the weights, which are fitted on their own values).
+    """
+    cfg = _RECIPES[normalize_recipe_name(recipe)][0](w_bits, a_bits)
+    roles: dict[str, QuantSpec] = {}
+    if attn_quant is not None or attn_bits is not None:
+        old = cfg.specs[POST_SOFTMAX]
+        if attn_quant is None:
+            roles[POST_SOFTMAX] = replace(old, bits=attn_bits)
+        else:
+            keep = {"search": old.search, "metric": old.metric}
+            roles[POST_SOFTMAX] = attention_spec(normalize_scheme_name(attn_quant), attn_bits or a_bits, **keep)
+    if post_gelu is not None:
+        old = cfg.specs[POST_GELU]
+        roles[POST_GELU] = post_gelu_spec(post_gelu, a_bits, search=old.search, metric=old.metric)
+    cfg = cfg.with_roles(**roles) if roles else cfg
+    if search is not None or metric is not None:
+        changes = {}
+        if search is not None:
+            changes["search"] = check_search(search)
+        if metric is not None:
+            changes["metric"] = check_metric(metric)
+        cfg = cfg.with_roles(**{role: replace(cfg.specs[role], **changes) for role in ACTIVATION_ROLES})
+    return cfg
