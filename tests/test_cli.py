@@ -26,6 +26,16 @@ def test_schemes_lists_all_six_with_levels(capsys):
         assert f"{levels} levels at 4 bit" in line
 
 
+def test_recipes_lists_every_recipe(capsys):
+    from vitquant.recipes import recipe_names
+
+    rc, out, _ = _run(["recipes"], capsys)
+    assert rc == 0
+    listed = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert listed == recipe_names()
+    assert {"repq-vit", "adalog", "ptq4vit", "bitlog2-half-17"} <= set(listed)
+
+
 def test_models_lists_short_names(capsys):
     rc, out, _ = _run(["models"], capsys)
     assert rc == 0 and "deit_tiny" in out and "swin_small_patch4_window7_224" in out
@@ -49,8 +59,12 @@ def tiny_folder(tmp_path: Path) -> Path:
     [
         (["quantize", "--w-bits", "1"], "--w-bits must be between 2 and 8"),
         (["quantize", "--a-bits", "9"], "--a-bits must be between 2 and 8"),
-        (["quantize", "--attn-quant", "bitlog2-third-17"], "unknown attention scheme"),
+        (["quantize", "--attn-quant", "bitlog2-third-17"], "unknown attention quantizer 'bitlog2-third-17'"),
         (["quantize", "--a-bits", "8"], "--attn-bits"),
+        (["quantize", "--recipe", "nope"], "unknown recipe 'nope'"),
+        (["quantize", "--post-gelu", "nope"], "unknown post-GELU quantizer 'nope'"),
+        (["quantize", "--search", "nope"], "unknown search 'nope'"),
+        (["quantize", "--metric", "nope"], "unknown metric 'nope'"),
         (["quantize", "--model", "not_a_model_xyz"], "unknown model"),
         (["quantize", "--model", "resnet18"], "unsupported model class ResNet"),
         (["quantize", "--weights", "/nonexistent/w.safetensors"], "weights file not found"),
@@ -113,6 +127,9 @@ def test_main_job_writes_report(form, tmp_path, capsys):
     rc, stdout, _ = _run(argv, capsys)
     assert rc == 0
     assert "top-1" in stdout and "attention map" in stdout
+    summary = stdout.splitlines()[0]
+    attention = "BitLog2_Half_17" if form == "quantize" else "Sqrt2_16"
+    assert f"recipe bitlog2-half-17  attention {attention}  post-GELU uniform" in summary
     report = json.loads(out.read_text())
     for key in ("fp", "quantized"):
         for field in ("top1", "top5", "images", "images_per_second"):

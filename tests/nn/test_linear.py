@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitquant.nn import Mode, QuantConv2d, QuantLinear
-from vitquant.qconfig import QuantSpec
+from vitquant.quantizers import UniformQuantizer, UniformSpec
 
 
 def _linear(bias: bool = True) -> nn.Linear:
@@ -26,7 +26,7 @@ def _quant(layer: nn.Module, bits: int = 4):
         q = QuantLinear.from_float(layer, "linear_input")
     else:
         q = QuantConv2d.from_float(layer, "patch_embed_input")
-    q.weight_spec = QuantSpec("uniform", bits, per_channel=True)
+    q.weight_spec = UniformSpec(bits=bits, granularity="channel")
     q.layer_name = "layer"
     return q
 
@@ -142,3 +142,23 @@ def test_weight_fq_is_a_buffer_in_the_state_dict():
     state = q.state_dict()
     assert "weight_fq" in state and torch.equal(state["weight_fq"], q.weight_fq)
     assert "input_quant.observed_min" not in state  # None buffers are not saved
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_input_points_and_consume(kind):
+    """The calibration pipeline's view of a layer: its one input point, and the layer on a given input."""
+    layer = LAYERS[kind]()
+    q = _quant(layer)
+    assert q.input_points() == [q.input_quant]
+    q.quantize_weight()
+    x = _input(layer)
+    q.mode = Mode.QUANTIZE
+    q.input_quant.set_quantizer(UniformQuantizer(4, torch.tensor(0.25), torch.tensor(8.0)))
+    q.input_quant.mode = Mode.QUANTIZE
+    with torch.no_grad():
+        xq = q.input_quant(x)
+        assert not torch.equal(xq, x)
+        # consume skips the input point (its operand is already quantized) and uses the cached weight
+        assert torch.equal(q.consume([xq]), q(x))
+        q.mode = Mode.FLOAT
+        assert torch.equal(q.consume([x]), layer(x))

@@ -9,10 +9,13 @@ metric scores rows separately (per-head matmul operands), otherwise they move to
 - ``alternating``: from the data-only initialisation, optimise one parameter over its whole grid with
   the others fixed, then the next, for ``rounds`` rounds (PTQ4ViT's alternating search, here between
   the parameters of one quantizer; the pipeline alternates between the operands of a matmul).
-- ``fpcs``: Fast Progressive Combining Search (AdaLog, ECCV 2024). Combine coarse values of the
-  parameters within a budget C = Ca·Cb (evenly thinned grids), keep the top-k, then ``steps - 1``
-  times expand each kept candidate by C/k finer values of its continuous parameter around it
-  (spacing δ, then δ / (C/k - 1/2) at each step) and keep the top-k again. C·steps evaluations.
+- ``fpcs``: Fast Progressive Combining Search (AdaLog, ECCV 2024). The discrete parameter (zero
+  point, AdaLog's base) is scored over its grid (at most C values) with the continuous one at its
+  initial value; its best C/Cb values are combined with Cb evenly spaced values of the continuous
+  parameter (Ca·Cb = C = 128 by default, Cb = C/k); the top-k (16) are kept, then ``steps - 1`` times
+  each kept candidate is expanded by C/k finer values of its continuous parameter around it (spacing
+  δ, then δ / (C/k - 1/2) at each step) and the top-k kept again. At most C·(steps + 1) evaluations.
+  With one parameter: its grid thinned to C values, then the same refinement.
 """
 
 from __future__ import annotations
@@ -116,19 +119,36 @@ def alternating(grid: Params, init: Params, ev: Evaluator, settings: SearchSetti
 
 def fpcs(grid: Params, init: Params, ev: Evaluator, settings: SearchSettings, refinable: tuple[str, ...]) -> Params:
     best = _start(grid, init, ev)
-    thinned = dict(grid)
-    while _count(thinned) > settings.budget:  # halve the largest grid until C = Ca·Cb fits the budget
-        name = max(thinned, key=lambda n: thinned[n].shape[0])
-        thinned[name] = _thin(thinned[name], max(1, thinned[name].shape[0] // 2))
-    cands = _product(thinned)
+    fine = next((n for n in refinable if n in grid), None)
+    coarse = [n for n in grid if n != fine]
+    if fine is not None and coarse:
+        # a discrete parameter (zero point, AdaLog's base) first, over its grid with the rest at their
+        # initial values; its top values are then combined with a thinned grid of the continuous one
+        d = coarse[0]
+        cands = {n: (_thin(grid[n], settings.budget) if n == d else init[n].to(torch.float32).unsqueeze(0)) for n in grid}
+        k = cands[d].shape[0]
+        cands = {n: v.expand(k, -1) for n, v in cands.items()}
+        scores = ev(cands)
+        best.update(cands, scores)
+        n_fine = min(grid[fine].shape[0], max(2, settings.budget // min(settings.topk, k)))
+        kd = min(k, max(1, settings.budget // n_fine))
+        top = _pick(cands, scores.topk(kd, dim=0, largest=False).indices)
+        values = _thin(grid[fine], n_fine)
+        cands = {n: v.repeat_interleave(n_fine, dim=0) for n, v in top.items()}
+        cands[fine] = values.repeat(kd, 1)
+    else:
+        thinned = dict(grid)
+        while _count(thinned) > settings.budget:  # halve the largest grid until C = Ca·Cb fits the budget
+            name = max(thinned, key=lambda n: thinned[n].shape[0])
+            thinned[name] = _thin(thinned[name], max(1, thinned[name].shape[0] // 2))
+        cands = _product(thinned)
+        values = thinned[fine] if fine is not None else None
     scores = ev(cands)
     best.update(cands, scores)
-    fine = next((n for n in refinable if n in grid), None)
-    k = min(settings.topk, scores.shape[0])
-    if fine is None or settings.steps <= 1:
+    if fine is None or values is None or settings.steps <= 1:
         return best.params
-    values = thinned[fine]
     delta = (values[1] - values[0]) if values.shape[0] > 1 else values[0].abs() / 8
+    k = min(settings.topk, scores.shape[0])
     per = max(2, settings.budget // k)
     offsets = (torch.linspace(0, 1, per) - 0.5).reshape(1, per, 1)
     for _ in range(settings.steps - 1):
