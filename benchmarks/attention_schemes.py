@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from vitquant.data import load_batch, make_loader
 from vitquant.data.transforms import eval_transform
 from vitquant.evaluation import ClassificationMeter, FidelityMeter, compare_throughput
 from vitquant.models import create_model, resolve_model_name
+from vitquant.paths import source_commit
 from vitquant.qconfig import ATTENTION_SCHEMES, POST_SOFTMAX, repq_vit_qconfig
 from vitquant.workflow import QuantizeJob, resolve_data
 
@@ -46,15 +46,7 @@ def _logits(model: torch.nn.Module, batches: list[torch.Tensor]) -> tuple[torch.
 
 def provenance() -> dict:
     """The commit the figures come from (``dirty``: uncommitted changes were present)."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks/*.py"))}
+    return source_commit()
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> ClassificationMeter:

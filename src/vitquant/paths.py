@@ -62,3 +62,21 @@ def default_sample_images() -> Path | None:
 def default_weights(timm_name: str) -> Path | None:
     """The shared safetensors weights of ``timm_name``, or ``None`` when absent."""
     return _shared_child("models", f"{timm_name}.safetensors")
+
+
+def source_commit() -> dict[str, object]:
+    """The git commit of this source tree (``commit`` None outside a checkout; ``dirty``: uncommitted
+    changes under src/ or benchmarks/), recorded in reports and results files."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]  # the repository root in a source checkout
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--", "src", "benchmarks/*.py") if commit else None
+    return {"commit": commit, "dirty": bool(status)}

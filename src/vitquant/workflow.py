@@ -29,7 +29,7 @@ from vitquant.data.transforms import check_crop_pct
 from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation import build_report, evaluate_pair
 from vitquant.models import create_model, resolve_model_name
-from vitquant.paths import default_sample_images
+from vitquant.paths import default_sample_images, source_commit
 from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
 from vitquant.recipes import build_qconfig, normalize_recipe_name
@@ -157,6 +157,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model, job.crop_pct).items()},
         "qconfig": qconfig.to_dict(),
         "vitquant_version": __version__,
+        **source_commit(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }

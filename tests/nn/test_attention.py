@@ -10,8 +10,8 @@ from timm.layers.attention import Attention
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 
 from vitquant import qconfig
-from vitquant.calibration import prepare
-from vitquant.nn import Mode, QuantPoint, QuantViTAttention, QuantWindowAttention, quant_points, set_mode
+from vitquant.calibration import prepare, quantize_model
+from vitquant.nn import Mode, QuantMatMul, QuantPoint, QuantViTAttention, QuantWindowAttention, quant_points
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.qconfig import repq_vit_qconfig
 
@@ -100,19 +100,23 @@ def test_prepared_attention_modules_and_points(tiny, kind):
     assert _timm_attentions(prepared) == []  # no plain timm attention left
     for name, attn in attns:
         assert type(attn) is QUANT_ATTENTION[kind]
-        for point_attr, role in (
-            ("q_quant", qconfig.MATMUL_INPUT),
-            ("k_quant", qconfig.MATMUL_INPUT),
-            ("v_quant", qconfig.MATMUL_INPUT),
-            ("attn_quant", qconfig.POST_SOFTMAX),
+        assert isinstance(attn.qk, QuantMatMul) and isinstance(attn.av, QuantMatMul)
+        for point_attr, role, channel_dim in (
+            ("qk.a_quant", qconfig.MATMUL_INPUT, -1),  # q·scale [B, heads, N, d]: channels last
+            ("qk.b_quant", qconfig.MATMUL_INPUT, -2),  # kᵀ [B, heads, d, N]: channels on -2
+            ("av.a_quant", qconfig.POST_SOFTMAX, -1),
+            ("av.b_quant", qconfig.MATMUL_INPUT, -2),  # v [B, heads, N, d]: the contracted axis N
         ):
-            point = getattr(attn, point_attr)
+            point = attn.get_submodule(point_attr)
             assert isinstance(point, QuantPoint)
             assert point.role == role
             assert point.point_name == f"{name}.{point_attr}"
             assert point.spec is not None
+            assert (point.channel_dim, point.head_dim) == (channel_dim, 1)
+        assert attn.qk.input_points() == [attn.qk.a_quant, attn.qk.b_quant]
+        assert attn.av.input_points() == [attn.av.a_quant, attn.av.b_quant]
     # the four attention points are distinct modules (no shared state between q, k, v, attn)
-    ids = [id(getattr(a, p)) for _, a in attns for p in ("q_quant", "k_quant", "v_quant", "attn_quant")]
+    ids = [id(a.get_submodule(p)) for _, a in attns for p in ("qk.a_quant", "qk.b_quant", "av.a_quant", "av.b_quant")]
     assert len(set(ids)) == 4 * n_attn
 
 
@@ -126,13 +130,12 @@ def test_prepare_on_a_copy_leaves_the_original_untouched(tiny, kind):
         ref = model(x)
 
     prepared = prepare(copy.deepcopy(model), repq_vit_qconfig(4, 4))
-    # drive the prepared copy through calibration and quantization: still no effect on the original
-    for m in prepared.modules():
-        if isinstance(m, WeightQuantMixin):
-            m.quantize_weight()
-    set_mode(prepared, Mode.CALIBRATE)
     with torch.no_grad():
         prepared(x)
+    # calibration and quantization (the pipeline works on its own copy): still no effect on the original
+    result = quantize_model(model, x, repq_vit_qconfig(4, 4))
+    with torch.no_grad():
+        result.model(x)
 
     assert [(n, type(m)) for n, m in model.named_modules()] == types_before
     assert not any(isinstance(m, QuantPoint) for m in model.modules())
@@ -145,20 +148,21 @@ def test_prepare_on_a_copy_leaves_the_original_untouched(tiny, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_calibrate_mode_gives_every_point_a_quantizer(tiny, kind):
+def test_calibration_gives_every_point_a_quantizer(tiny, kind):
     model = tiny.model(kind)
-    prepared = prepare(copy.deepcopy(model), repq_vit_qconfig(4, 4))
+    fresh = prepare(copy.deepcopy(model), repq_vit_qconfig(4, 4))
+    assert all(p.quantizer is None for _, p in quant_points(fresh))
+    x = tiny.images(4, kind, seed=4)
+    prepared = quantize_model(model, x, repq_vit_qconfig(4, 4)).model
     points = list(quant_points(prepared))
-    assert points and all(p.quantizer is None for _, p in points)
-    for m in prepared.modules():
-        if isinstance(m, WeightQuantMixin):
-            m.quantize_weight()
-    set_mode(prepared, Mode.CALIBRATE)
-    with torch.no_grad():
-        out = prepared(tiny.images(4, kind, seed=4))
-    assert torch.isfinite(out).all()
+    # the same points as a freshly prepared model, each fitted and quantizing
+    assert [name for name, _ in points] == [name for name, _ in quant_points(fresh)]
     missing = [name for name, p in points if p.quantizer is None or p.observed_min is None]
     assert missing == []
+    assert {p.mode for _, p in points} == {Mode.QUANTIZE}
+    with torch.no_grad():
+        out = prepared(x)
+    assert torch.isfinite(out).all()
     # every Linear/Conv of the prepared model is a quantized layer with a fitted weight quantizer
     plain = [n for n, m in prepared.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)]
     assert plain == []
@@ -192,6 +196,23 @@ def test_vit_attention_rejects_causal():
     _, quant = _vit_attention_pair()
     with pytest.raises(NotImplementedError):
         quant(torch.randn(1, 4, 24), is_causal=True)
+
+
+def test_vit_attention_points_see_scaled_q_k_transposed_softmax_and_v():
+    """Which tensor reaches which point: qk gets (q·scale, kᵀ), av gets (softmax(q·scale @ kᵀ), v)."""
+    attn, quant = _vit_attention_pair()
+    x = torch.randn(2, 7, 24)
+    seen = {}
+    for name in ("qk.a_quant", "qk.b_quant", "av.a_quant", "av.b_quant"):
+        quant.get_submodule(name).register_forward_pre_hook(
+            lambda mod, args, name=name: seen.__setitem__(name, args[0].detach()))
+    with torch.no_grad():
+        quant(x)
+        q, k, v = attn.qkv(x).reshape(2, 7, 3, 3, 8).permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, N, d]
+    assert torch.equal(seen["qk.a_quant"], q * attn.scale)
+    assert torch.equal(seen["qk.b_quant"], k.transpose(-2, -1))
+    assert torch.equal(seen["av.a_quant"], (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1))
+    assert torch.equal(seen["av.b_quant"], v)
 
 
 def test_from_float_shares_parameters_with_the_original():

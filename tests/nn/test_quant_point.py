@@ -112,8 +112,6 @@ def test_per_channel_fit_along_the_channel_axis(channel_dim):
     assert point.quantizer.per_channel and point.quantizer.scale.numel() == channels
     # the parameters broadcast along the channel axis: each channel is quantized with its own (Δ, z)
     ref = x.movedim(channel_dim, 0)
-    scale = point.quantizer.scale.reshape(-1)
-    assert torch.equal(scale, scale.sort().values)  # larger channels, larger steps
     out = point(x).movedim(channel_dim, 0)
     for c in range(channels):
         single = UniformSpec(bits=4).fit(ref[c])

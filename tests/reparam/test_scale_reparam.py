@@ -7,6 +7,7 @@ per-channel steps differ by an order of magnitude and the folding is far from th
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,10 +17,16 @@ from vitquant.calibration import prepare, quantize_model
 from vitquant.errors import ConfigError
 from vitquant.models import adapter_for
 from vitquant.nn import Mode, set_mode
-from vitquant.nn.linear import WeightQuantMixin
 from vitquant.qconfig import repq_vit_qconfig
 from vitquant.quantizers import UniformQuantizer
-from vitquant.reparam import reparameterize, reparameterize_pair
+from vitquant.reparam import (
+    ACTIVATION_SHIFT,
+    LAYERNORM_SCALE,
+    LayerNormScale,
+    ReparamSite,
+    reparam_for,
+    reparameterize_pair,
+)
 
 QC8 = repq_vit_qconfig(8, 8, "sqrt2-17")
 REL_TOL = 1e-4  # of the logit scale: float32 rounding of the folded parameters only
@@ -28,16 +35,28 @@ CONST_VALUE = 0.37
 
 
 def _calibrated(model: nn.Module, x: torch.Tensor, qc=QC8) -> nn.Module:
-    """Steps 1-3 of the pipeline (prepare, quantize weights, calibrate) on a copy; left in FLOAT mode."""
-    q = prepare(copy.deepcopy(model), qc)
-    for m in q.modules():
-        if isinstance(m, WeightQuantMixin):
-            m.quantize_weight()
-    set_mode(q, Mode.CALIBRATE)
-    with torch.no_grad():
-        q(x)
+    """Steps 1-3 of the pipeline (prepare, quantize weights, fit every point) on a copy, without the
+    reparameterization; left in FLOAT mode."""
+    q = quantize_model(model, x, replace(qc, reparam=False)).model
     set_mode(q, Mode.FLOAT)
     return q
+
+
+def _layernorm_sites(model: nn.Module) -> list[ReparamSite]:
+    """The (LayerNorm, Linear) reparameterization sites of a prepared model."""
+    return [s for s in adapter_for(model).reparam_sites(model) if s.kind == LAYERNORM_SCALE]
+
+
+def _reparameterize(sites: list[ReparamSite]) -> int:
+    """Stage 4 of the pipeline (``_Fitter.finish``): apply every "after" reparameterization that applies
+    to its site's fitted input point; returns how many sites were rewritten."""
+    done = 0
+    for site in sites:
+        reparam = reparam_for(site)
+        if reparam.stage == "after" and reparam.applies(site, site.consumer.input_quant.spec):
+            reparam.apply(site)
+            done += 1
+    return done
 
 
 def _max_abs(t: torch.Tensor) -> float:
@@ -65,12 +84,18 @@ def _set_constant_channels(model: nn.Module) -> list[tuple[nn.LayerNorm, int]]:
 def test_pipeline_makes_every_post_layernorm_point_per_tensor(tiny, kind):
     model = tiny.model(kind)
     result = quantize_model(model, tiny.images(8, kind), QC8)
-    pairs = adapter_for(result.model).reparam_pairs(result.model)
+    sites = adapter_for(result.model).reparam_sites(result.model)
+    pairs = [s for s in sites if s.kind == LAYERNORM_SCALE]
     expected = {"vit": 2 * 2, "swin": 2 * 4 + 1}[kind]  # norm1 + norm2 per block (+ Swin patch merging)
     assert len(pairs) == expected
+    assert all(isinstance(p.producer, nn.LayerNorm) for p in pairs)
+    assert {s.kind for s in sites} == {LAYERNORM_SCALE, ACTIVATION_SHIFT}
     assert result.reparameterized == expected
+    # the post-GELU input is uniform here, so only the LayerNorm folding applies
+    assert result.reparameterizations == {LAYERNORM_SCALE: expected}
     for pair in pairs:
-        quantizer = pair.linear.input_quant.quantizer
+        assert isinstance(reparam_for(pair), LayerNormScale) and reparam_for(pair).stage == "after"
+        quantizer = pair.consumer.input_quant.quantizer
         assert type(quantizer) is UniformQuantizer, pair.name
         assert not quantizer.per_channel and quantizer.scale.numel() == 1, pair.name
         assert quantizer.bits == 8
@@ -78,16 +103,16 @@ def test_pipeline_makes_every_post_layernorm_point_per_tensor(tiny, kind):
         assert z == round(z), pair.name
         assert float(quantizer.scale) > 0
         # the folded weights were quantized again: the cache holds the new weight's fake-quant
-        assert torch.equal(pair.linear.weight_fq, pair.linear.weight_quantizer(pair.linear.weight.detach()))
+        assert torch.equal(pair.consumer.weight_fq, pair.consumer.weight_quantizer(pair.consumer.weight.detach()))
 
 
 def test_reparam_off_keeps_per_channel_points(tiny):
     qc = repq_vit_qconfig(8, 8, "sqrt2-17")
     qc = type(qc)(specs=qc.specs, reparam=False)
     result = quantize_model(tiny.model("vit"), tiny.images(8, "vit"), qc)
-    assert result.reparameterized == 0
-    for pair in adapter_for(result.model).reparam_pairs(result.model):
-        assert pair.linear.input_quant.quantizer.per_channel
+    assert result.reparameterized == 0 and result.reparameterizations == {}
+    for pair in _layernorm_sites(result.model):
+        assert pair.consumer.input_quant.quantizer.per_channel
 
 
 # ------------------------------------------------------------------------- exactness in float
@@ -99,12 +124,12 @@ def test_folding_keeps_the_float_function(tiny, kind):
     with torch.no_grad():
         ref = model(x)
         assert torch.allclose(q(x), ref, atol=1e-5, rtol=0)
-    pairs = adapter_for(q).reparam_pairs(q)
-    gammas = [p.norm.weight.detach().clone() for p in pairs]
+    pairs = _layernorm_sites(q)
+    gammas = [p.producer.weight.detach().clone() for p in pairs]
     for pair in pairs:
         reparameterize_pair(pair)
     # the folding really moved the parameters (r_c far from 1) ...
-    ratios = torch.cat([(g / p.norm.weight.detach()).reshape(-1) for g, p in zip(gammas, pairs)])
+    ratios = torch.cat([(g / p.producer.weight.detach()).reshape(-1) for g, p in zip(gammas, pairs)])
     assert float(ratios.max() / ratios.min()) > 3.0
     # ... and left the float function unchanged
     set_mode(q, Mode.FLOAT)
@@ -124,14 +149,14 @@ def test_folding_maps_per_channel_quantized_inputs_onto_per_tensor_ones(tiny, ki
     model = tiny.model(kind)
     x = tiny.images(8, kind)
     q = _calibrated(model, x)
-    pairs = adapter_for(q).reparam_pairs(q)
+    pairs = _layernorm_sites(q)
     for pair in pairs:
-        pair.linear.input_quant.mode = Mode.QUANTIZE
+        pair.consumer.input_quant.mode = Mode.QUANTIZE
     with torch.no_grad():
         float_logits = model(x)
         before = q(x)
     assert _max_abs(before - float_logits) > 1e-3  # the per-channel quantizers are really active
-    reparameterize(pairs)
+    assert _reparameterize(pairs) == len(pairs)
     with torch.no_grad():
         after = q(x)
     assert _max_abs(after - before) <= 20 * REL_TOL * _max_abs(before), _max_abs(after - before)
@@ -144,31 +169,33 @@ def test_folding_preserves_integer_codes_per_pair(tiny, kind):
     model = tiny.model(kind)
     x = tiny.images(8, kind)
     q = _calibrated(model, x)
-    pairs = adapter_for(q).reparam_pairs(q)
+    pairs = _layernorm_sites(q)
     captured: dict[str, torch.Tensor] = {}
     hooks = [
-        p.norm.register_forward_hook(lambda mod, inp, out, name=p.name: captured.__setitem__(name, inp[0]))
+        p.producer.register_forward_hook(lambda mod, inp, out, name=p.name: captured.__setitem__(name, inp[0]))
         for p in pairs
     ]
     with torch.no_grad():
         q(x)
     for h in hooks:
         h.remove()
-    old = {p.name: (copy.deepcopy(p.norm), copy.deepcopy(p.linear), p.linear.input_quant.quantizer) for p in pairs}
-    reparameterize(pairs)
+    old = {
+        p.name: (copy.deepcopy(p.producer), copy.deepcopy(p.consumer), p.consumer.input_quant.quantizer) for p in pairs
+    }
+    assert _reparameterize(pairs) == len(pairs)
     for pair in pairs:
         norm0, linear0, quant0 = old[pair.name]
-        quant1 = pair.linear.input_quant.quantizer
+        quant1 = pair.consumer.input_quant.quantizer
         with torch.no_grad():
-            ln0, ln1 = norm0(captured[pair.name]), pair.norm(captured[pair.name])
+            ln0, ln1 = norm0(captured[pair.name]), pair.producer(captured[pair.name])
             codes0, codes1 = quant0.codes(ln0), quant1.codes(ln1)
             # float rounding may flip an exact .5 tie: allow 0.1 % of codes to move by one step
             mismatch = codes0 != codes1
             assert float(mismatch.float().mean()) <= 1e-3, pair.name
             assert int((codes0 - codes1).abs().max()) <= 1, pair.name
-            linear0.mode = pair.linear.mode = Mode.FLOAT
-            linear0.input_quant.mode = pair.linear.input_quant.mode = Mode.QUANTIZE
-            y0, y1 = linear0(ln0), pair.linear(ln1)
+            linear0.mode = pair.consumer.mode = Mode.FLOAT
+            linear0.input_quant.mode = pair.consumer.input_quant.mode = Mode.QUANTIZE
+            y0, y1 = linear0(ln0), pair.consumer(ln1)
             rows = ~mismatch.any(dim=-1)  # tokens whose codes all agree
             assert float(rows.float().mean()) >= 0.95
             err = _max_abs((y1 - y0)[rows])
@@ -185,9 +212,9 @@ def test_constant_channel_calibrates_and_folds_exactly(tiny, bits):
 
     # the observer sees the constant: min == max == 0.37 on that channel only
     q = _calibrated(model, x, qc)
-    pairs = {p.name: p for p in adapter_for(q).reparam_pairs(q)}
+    pairs = {p.name: p for p in _layernorm_sites(q)}
     for (norm, c), name in zip(chosen, ("blocks.0.norm1", "blocks.1.norm2")):
-        point = pairs[name].linear.input_quant
+        point = pairs[name].consumer.input_quant
         assert float(point.observed_min[c]) == float(point.observed_max[c]) == pytest.approx(CONST_VALUE)
         assert int((point.observed_min == point.observed_max).sum()) == 1
 
@@ -204,11 +231,11 @@ def test_constant_channel_calibrates_and_folds_exactly(tiny, bits):
 
     # the constant channel now emits a value on the per-tensor grid (the grid point nearest zero)
     for name, c in (("blocks.0.norm1", 5), ("blocks.1.norm2", 7)):
-        pair = next(p for p in adapter_for(qmodel).reparam_pairs(qmodel) if p.name == name)
-        quantizer = pair.linear.input_quant.quantizer
+        pair = next(p for p in _layernorm_sites(qmodel) if p.name == name)
+        quantizer = pair.consumer.input_quant.quantizer
         assert not quantizer.per_channel
         with torch.no_grad():
-            channel = pair.norm(torch.randn(4, 9, pair.norm.weight.numel()))[..., c]
+            channel = pair.producer(torch.randn(4, 9, pair.producer.weight.numel()))[..., c]
         g = float(channel[0, 0])
         assert torch.all(channel == g)
         delta, zero = float(quantizer.scale), float(quantizer.zero_point)
@@ -249,7 +276,7 @@ def test_every_channel_constant(tiny):
         norm.bias.copy_(torch.linspace(-1.0, 1.0, norm.bias.numel()))
     x = tiny.images(8, "vit")
     q = _calibrated(model, x)
-    pair = next(p for p in adapter_for(q).reparam_pairs(q) if p.name == "blocks.0.norm2")
+    pair = next(p for p in _layernorm_sites(q) if p.name == "blocks.0.norm2")
     with torch.no_grad():
         ref = q(x)
     reparameterize_pair(pair)
@@ -281,13 +308,22 @@ def test_near_constant_channel_folding_costs_no_accuracy(tiny, gamma):
 # ------------------------------------------------------------------------------ bad input
 def test_reparameterize_pair_needs_a_calibrated_per_channel_point(tiny):
     q = prepare(copy.deepcopy(tiny.model("vit")), QC8)
-    pair = adapter_for(q).reparam_pairs(q)[0]
+    pair = _layernorm_sites(q)[0]
+    point = pair.consumer.input_quant
     with pytest.raises(ConfigError, match=pair.name):
         reparameterize_pair(pair)  # not calibrated
-    pair.linear.input_quant.set_quantizer(UniformQuantizer(8, torch.tensor(0.1), torch.tensor(3.0)))
+    point.set_quantizer(UniformQuantizer(8, torch.tensor(0.1), torch.tensor(3.0)))
     with pytest.raises(ConfigError, match="per-channel"):
         reparameterize_pair(pair)
-    assert reparameterize([pair]) == 0  # skipped, not an error
+    # the pipeline skips it, not an error: the folding does not apply to a per-tensor quantizer
+    assert not reparam_for(pair).applies(pair, point.spec)
+    assert _reparameterize([pair]) == 0
+    # a per-channel quantizer installed without the observed range (which the pipeline records)
+    channels = pair.producer.weight.numel()
+    point.set_quantizer(UniformQuantizer(8, torch.full((channels,), 0.1), torch.full((channels,), 3.0)))
+    assert reparam_for(pair).applies(pair, point.spec)
+    with pytest.raises(ConfigError, match="range was not recorded"):
+        reparameterize_pair(pair)
 
 
 def test_swin_with_padded_windows_stays_exact():

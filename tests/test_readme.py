@@ -1,0 +1,52 @@
+"""Every table and example output in the README equals the results file it was copied from."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = (ROOT / "README.md").read_text()
+
+
+def _tables(text: str) -> list[str]:
+    """Every markdown table (consecutive lines starting with '|') of ``text``."""
+    return [m.group(0).strip() for m in re.finditer(r"(?:^\|.*\n?)+", text, flags=re.MULTILINE)]
+
+
+def test_readme_tables_come_from_results_files():
+    readme_tables = _tables(README)
+    assert readme_tables
+    sources = {}
+    for md in sorted(RESULTS.glob("*.md")):
+        for table in _tables(md.read_text()):
+            sources[table] = md.name
+    # every README table of figures (a '%' column) is a results table, verbatim
+    for table in readme_tables:
+        if "%" in table.splitlines()[0]:
+            assert table in sources, f"README table not found in benchmarks/results/*.md:\n{table[:300]}"
+
+
+@pytest.mark.parametrize("md", sorted(p.name for p in RESULTS.glob("*.md")))
+def test_results_tables_are_in_the_readme(md):
+    for table in _tables((RESULTS / md).read_text()):
+        assert table in README, f"{md}: its table is missing from (or differs in) the README"
+
+
+def test_readme_main_job_output_is_the_recorded_one():
+    recorded = (RESULTS / "main_job.txt").read_text().strip()
+    assert recorded in README, "README's main-job output differs from benchmarks/results/main_job.txt"
+
+
+def test_results_files_record_their_commit():
+    import json
+
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        commit = data.get("commit") or data.get("config", {}).get("commit")
+        assert commit and re.fullmatch(r"[0-9a-f]{40}", commit), path.name
+        dirty = data.get("dirty", data.get("config", {}).get("dirty"))
+        assert dirty is False, f"{path.name} was produced from uncommitted code"

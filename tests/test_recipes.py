@@ -1,0 +1,79 @@
+"""Recipes by name and the options that replace parts of them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitquant import qconfig as qc
+from vitquant.errors import ConfigError
+from vitquant.recipes import build_qconfig, recipe_names
+from vitquant.workflow import QuantizeJob
+
+
+def test_recipes_listed():
+    names = recipe_names()
+    assert {"repq-vit", "adalog", "ptq4vit"} <= set(names)
+    assert set(qc.ATTENTION_SCHEMES) <= set(names)
+
+
+def test_repq_vit_is_sqrt2_17_and_schemes_are_repq():
+    assert build_qconfig("repq-vit", 4, 4) == qc.repq_vit_qconfig(4, 4, "sqrt2-17")
+    for scheme in qc.ATTENTION_SCHEMES:
+        assert build_qconfig(scheme.upper().replace("-", "_"), 3, 4) == qc.repq_vit_qconfig(3, 4, scheme)
+
+
+def test_adalog_recipe():
+    cfg = build_qconfig("adalog", 4, 4)
+    assert cfg.specs[qc.POST_SOFTMAX].kind == "adalog" and cfg.specs[qc.POST_GELU].kind == "adalog"
+    assert cfg.specs[qc.MATMUL_INPUT].granularity == "head"
+    assert {cfg.specs[r].search_name for r in (qc.POST_SOFTMAX, qc.POST_GELU, qc.MATMUL_INPUT, qc.LINEAR_INPUT)} == {"fpcs"}
+    assert cfg.specs[qc.PATCH_EMBED_INPUT].bits == 8 and cfg.reparam
+
+
+def test_ptq4vit_recipe():
+    cfg = build_qconfig("ptq4vit", 6, 6)
+    assert cfg.specs[qc.POST_SOFTMAX].kind == "twin_uniform" and cfg.specs[qc.POST_SOFTMAX].mode == "softmax"
+    assert cfg.specs[qc.POST_GELU].mode == "gelu"
+    assert {s.metric for r, s in cfg.specs.items() if r not in (qc.WEIGHT, qc.PATCH_EMBED_INPUT)} == {"hessian"}
+    assert not cfg.reparam
+
+
+def test_explicit_choices_replace_parts_of_a_recipe():
+    cfg = build_qconfig("bitlog2-half-17", 4, 4, post_gelu="adalog")  # the mix of the benchmark
+    assert cfg.specs[qc.POST_SOFTMAX].name == "BitLog2_Half_17" and cfg.specs[qc.POST_GELU].kind == "adalog"
+    cfg = build_qconfig("adalog", 4, 4, attn_quant="BitLog2_Half_17", attn_bits=3)
+    assert cfg.specs[qc.POST_SOFTMAX].format_name == "BitLog2_Half_17" and cfg.specs[qc.POST_SOFTMAX].bits == 3
+    assert cfg.specs[qc.POST_SOFTMAX].search_name == "fpcs"  # the recipe's search for the role stays
+    cfg = build_qconfig("repq-vit", 4, 4, search="brute-force", metric="cosine")
+    assert all(cfg.specs[r].search_name == "brute-force" and cfg.specs[r].metric == "cosine"
+               for r in qc.ROLES if r != qc.WEIGHT)
+    assert cfg.specs[qc.WEIGHT].search_name == "percentile"
+    cfg = build_qconfig("ptq4vit", 4, 4, attn_quant="twin-uniform", post_gelu="twin-uniform")
+    assert cfg.specs[qc.POST_GELU].mode == "gelu"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"recipe": "brecq"}, "unknown recipe"),
+        ({"attn_quant": "log2"}, "unknown attention quantizer"),
+        ({"post_gelu": "bitlog2"}, "unknown post-GELU quantizer"),
+        ({"search": "random"}, "unknown search"),
+        ({"metric": "kl"}, "unknown metric"),
+    ],
+)
+def test_bad_choices(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        build_qconfig(**{"recipe": "repq-vit", **kwargs})
+
+
+def test_job_records_the_resolved_configuration():
+    job = QuantizeJob(recipe="ptq4vit", attn_quant="BitLog2_Half_17", post_gelu="adalog", search="fpcs")
+    job.validate()
+    d = json.loads(json.dumps(job.qconfig().to_dict()))
+    assert d["roles"]["post_softmax"]["name"] == "BitLog2_Half_17"
+    assert d["roles"]["post_gelu"]["kind"] == "adalog" and d["roles"]["post_gelu"]["search"] == "fpcs"
+    assert d["roles"]["post_gelu"]["metric"] == "hessian"
+    assert d["search"]["budget"] == 128 and d["reference"] == "local" and d["reparam"] is False
