@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> dict:
                 "agreement": fidelity.top1_agreement, "mean_kl": fidelity.mean_kl,
                 "calibration_seconds": result.seconds, "stage_seconds": result.stage_seconds,
                 "passes": result.passes, "evaluations": sum(p.evaluations for p in result.points),
+                "search_seconds_by_role": result.search_seconds_by_role(),
                 "qconfig": qconfig.to_dict(),
             })
             log.info("W%dA%d %s: top-1 %.2f %%, agreement %.2f %%, calibration %.1f s", bits, bits, spec,

@@ -57,6 +57,7 @@ class PointReport:
     search: str = "percentile"
     metric: str | None = None
     evaluations: int = 0
+    search_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,6 +76,13 @@ class CalibrationResult:
     reparameterizations: dict[str, int] = field(default_factory=dict)
     passes: int = 0
     points: list[PointReport] = field(default_factory=list)
+
+    def search_seconds_by_role(self) -> dict[str, float]:
+        """Seconds the searches took, summed per role (observation passes not included)."""
+        out: dict[str, float] = {}
+        for p in self.points:
+            out[p.role] = out.get(p.role, 0.0) + p.search_seconds
+        return out
 
     def role_summary(self, role: str) -> dict[str, Any]:
         """Bound and used levels over all points of one role (e.g. post_softmax)."""
@@ -151,7 +159,7 @@ def _quantizer_name(point: QuantPoint) -> str:
     return point.spec.name
 
 
-def _point_reports(model: nn.Module, evaluations: dict[str, int]) -> list[PointReport]:
+def _point_reports(model: nn.Module, evaluations: dict[str, tuple[int, float]]) -> list[PointReport]:
     reports = []
     for name, point in quant_points(model):
         if point.quantizer is None or point.spec is None:
@@ -167,7 +175,8 @@ def _point_reports(model: nn.Module, evaluations: dict[str, int]) -> list[PointR
                 levels_used=point.levels_used,
                 search=spec.search_name,
                 metric=spec.metric if needs_consumer(spec) else None,
-                evaluations=evaluations.get(name, 0),
+                evaluations=evaluations.get(name, (0, 0.0))[0],
+                search_seconds=evaluations.get(name, (0, 0.0))[1],
             )
         )
     return reports
@@ -218,7 +227,7 @@ class _Fitter:
         self.search_images = min(qconfig.search_images, batches[0].shape[0])
         metric_specs = [p.spec for c in self.consumers for p in c.points if p.spec is not None and needs_consumer(p.spec)]
         self.grads: dict[str, torch.Tensor] = {}
-        self.evaluations: dict[str, int] = {}
+        self.evaluations: dict[str, tuple[int, float]] = {}  # point -> (candidates scored, search seconds)
         self.passes = 0
         self.reparameterizations: dict[str, int] = {}
         self.float_model: nn.Module | None = None
@@ -300,13 +309,16 @@ class _Fitter:
             ctx.others = list(consumer.points)
             ctx.grad = self.grads.get(consumer.name)
             ctx.output_axis = 1 if spec.granularity == "head" and axis is not None and reference.dim() == 4 else None
+        start = time.perf_counter()
         quantizer, evaluations = fit_point(spec, ctx, self.qconfig.search)
+        seconds = time.perf_counter() - start
         point.set_quantizer(quantizer)
         point.mode = Mode.QUANTIZE
         rows = rows_of(inputs, axis)
         shape = param_shape(inputs.shape, axis)
         point.observed_min, point.observed_max = rows.amin(dim=1).reshape(shape), rows.amax(dim=1).reshape(shape)
-        self.evaluations[point.point_name] = self.evaluations.get(point.point_name, 0) + evaluations
+        n, t = self.evaluations.get(point.point_name, (0, 0.0))
+        self.evaluations[point.point_name] = (n + evaluations, t + seconds)
 
     def finish(self) -> int:
         """Stage 4: the "after" reparameterizations; returns how many sites were rewritten."""
