@@ -30,6 +30,7 @@ def test_adalog_recipe():
     assert cfg.specs[qc.MATMUL_INPUT].granularity == "head"
     assert {cfg.specs[r].search_name for r in (qc.POST_SOFTMAX, qc.POST_GELU, qc.MATMUL_INPUT, qc.LINEAR_INPUT)} == {"fpcs"}
     assert cfg.specs[qc.PATCH_EMBED_INPUT].bits == 8 and cfg.reparam
+    assert cfg.specs[qc.WEIGHT].search_name == "fpcs" and cfg.specs[qc.WEIGHT].granularity == "channel"
 
 
 def test_ptq4vit_recipe():

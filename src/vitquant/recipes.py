@@ -8,8 +8,8 @@ post-GELU quantizers, and the search and metric of every activation point.
   folded into the LayerNorm, log√2 (Sqrt2_17) attention map; the six ``sqrt2-*`` / ``bitlog2-*``
   schemes are this recipe with another attention quantizer (BitLog2, KICS 2024).
 - ``adalog`` (ECCV 2024): AdaLog for the attention map and the post-GELU input (with the shift folded
-  into fc2's bias), per-head uniform q, kᵀ and v, every activation searched by FPCS on the consumer's
-  output MSE; post-LayerNorm inputs as in RepQ-ViT.
+  into fc2's bias), per-head uniform q, kᵀ and v, weights and every activation searched by FPCS on the
+  consumer's output MSE; post-LayerNorm inputs as in RepQ-ViT.
 - ``ptq4vit`` (ECCV 2022): twin-uniform attention map and post-GELU input, per-head matmul operands,
   every activation by the alternating search on the Hessian-guided metric; no reparameterization.
 """
@@ -85,6 +85,7 @@ def adalog(w_bits: int, a_bits: int) -> QConfig:
     base = repq_vit_qconfig(w_bits, a_bits, "sqrt2-17")
     return base.with_roles(
         **{
+            WEIGHT: UniformSpec(bits=w_bits, granularity="channel", **fpcs),
             POST_SOFTMAX: make_spec("adalog", bits=a_bits, **fpcs),
             POST_GELU: make_spec("adalog", bits=a_bits, **fpcs),
             MATMUL_INPUT: UniformSpec(bits=a_bits, granularity="head", **fpcs),

@@ -86,7 +86,7 @@ def test_recipes_calibrate_tiny_models(tiny, kind, recipe, single_thread):
     assert torch.isfinite(logits).all()
     for report in result.points:
         assert 1 <= report.levels_used <= report.max_levels, report
-        searched = report.role != qc.WEIGHT and cfg.spec_for(report.name, report.role).search_name != "percentile"
+        searched = cfg.spec_for(report.name, report.role).search_name != "percentile"
         assert (report.evaluations > 0) == searched, report
     if recipe == "adalog":  # the post-GELU shift went into every fc2 bias
         assert result.reparameterizations["activation_shift"] == sum(1 for p in result.points if p.role == qc.POST_GELU)

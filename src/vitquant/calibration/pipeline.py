@@ -133,7 +133,7 @@ def prepare(model: nn.Module, qconfig: QConfig) -> nn.Module:
     return model
 
 
-def _weight_reports(model: nn.Module) -> list[PointReport]:
+def _weight_reports(model: nn.Module, evaluations: dict[str, tuple[int, float]]) -> list[PointReport]:
     reports = []
     for name, module in model.named_modules():
         if isinstance(module, WeightQuantMixin) and module.weight_quantizer is not None:
@@ -146,6 +146,10 @@ def _weight_reports(model: nn.Module) -> list[PointReport]:
                     bits=quantizer.bits,
                     max_levels=quantizer.max_levels,
                     levels_used=quantizer.levels_used(module.weight.detach()),
+                    search=module.weight_spec.search_name if module.weight_spec else "percentile",
+                    metric=module.weight_spec.metric if module.weight_spec and needs_consumer(module.weight_spec) else None,
+                    evaluations=evaluations.get(f"{name}.weight", (0, 0.0))[0],
+                    search_seconds=evaluations.get(f"{name}.weight", (0, 0.0))[1],
                 )
             )
     return reports
@@ -214,6 +218,13 @@ def calibration_batches(images: torch.Tensor | Sequence[torch.Tensor], search_im
     return batches
 
 
+def _specs(consumer: Consumer) -> list:
+    """The specs fitted at a consumer: its input points' and, for a layer, its weight's."""
+    specs = [p.spec for p in consumer.points if p.spec is not None]
+    weight = getattr(consumer.module, "weight_spec", None)
+    return specs + ([weight] if weight is not None else [])
+
+
 class _Fitter:
     """Fits the activation points of a prepared model, consumer by consumer (stage 3)."""
 
@@ -225,14 +236,13 @@ class _Fitter:
         self.sites = adapter.reparam_sites(qmodel)
         self.consumers = consumers_in_order(qmodel, self.units, batches[0][:1])
         self.search_images = min(qconfig.search_images, batches[0].shape[0])
-        metric_specs = [p.spec for c in self.consumers for p in c.points if p.spec is not None and needs_consumer(p.spec)]
+        metric_specs = [s for c in self.consumers for s in _specs(c) if needs_consumer(s)]
         self.grads: dict[str, torch.Tensor] = {}
         self.evaluations: dict[str, tuple[int, float]] = {}  # point -> (candidates scored, search seconds)
         self.passes = 0
         self.reparameterizations: dict[str, int] = {}
         self.float_model: nn.Module | None = None
-        hessian = {c.name for c in self.consumers for p in c.points
-                   if p.spec is not None and needs_consumer(p.spec) and p.spec.metric == "hessian"}
+        hessian = {c.name for c in self.consumers for s in _specs(c) if needs_consumer(s) and s.metric == "hessian"}
         if metric_specs and (qconfig.reference == "float" or hessian):  # a prepared copy with every point off
             self.float_model = prepare(copy.deepcopy(float_model).eval(), qconfig)
             self.float_model.requires_grad_(False)
@@ -248,29 +258,30 @@ class _Fitter:
         for consumer in tqdm(self.consumers, desc="calibrating", unit="layer", disable=not progress, leave=False):
             self._fit_consumer(consumer)
 
-    def _apply_reparams(self, consumer: Consumer, stage: str) -> None:
-        for site in self.sites:
-            if site.consumer is not consumer.module:
-                continue
-            self._maybe_apply(site, stage)
+    def _apply_reparams(self, consumer: Consumer, stage: str) -> bool:
+        """Apply the consumer's reparameterizations of ``stage``; whether any applied."""
+        applied = [self._maybe_apply(site, stage) for site in self.sites if site.consumer is consumer.module]
+        return any(applied)
 
-    def _maybe_apply(self, site: ReparamSite, stage: str) -> None:
+    def _maybe_apply(self, site: ReparamSite, stage: str) -> bool:
         reparam = reparam_for(site)
         point = site.consumer.input_quant
         if reparam.stage == stage and self.qconfig.reparam and point.spec is not None and reparam.applies(site, point.spec):
             reparam.apply(site)
             self.reparameterizations[site.kind] = self.reparameterizations.get(site.kind, 0) + 1
+            return True
+        return False
 
     def _fit_consumer(self, consumer: Consumer) -> None:
-        self._apply_reparams(consumer, "before")
         self.passes += self.cache.advance(self.qmodel, self.batches, consumer.unit)
-        observed = self.cache.run(self.qmodel, self.batches, consumer.module, "input")
-        self.passes += 1
+        observed = self._observe(consumer)
+        self._fit_weight(consumer, observed)  # weights first, on the input as it arrives
+        if self._apply_reparams(consumer, "before"):  # the consumer's input changed: observe again
+            observed = self._observe(consumer)
         points = consumer.points
         specs = [p.spec for p in points]
         searched = any(s is not None and needs_consumer(s) for s in specs)
-        subset_rows = observed[0][0].shape[0] * self.search_images // self.batches[0].shape[0]
-        operands = [op[:subset_rows] for op in observed[0]]
+        operands = self._search_subset(observed)
         float_output = self._float_output(consumer) if searched and self.qconfig.reference == "float" else None
         rounds = self.qconfig.operand_rounds if searched and len(points) > 1 else 1
         for _ in range(rounds):
@@ -279,6 +290,41 @@ class _Fitter:
                 if searched:
                     reference = float_output if float_output is not None else self._local_reference(consumer, operands, i)
                 self._fit_point(point, i, consumer, observed, operands, reference)
+
+    def _observe(self, consumer: Consumer) -> list[tuple]:
+        self.passes += 1
+        return self.cache.run(self.qmodel, self.batches, consumer.module, "input")
+
+    def _search_subset(self, observed: list[tuple]) -> list[torch.Tensor]:
+        """The consumer's operands on the first ``search_images`` images (the first batch starts with them)."""
+        rows = observed[0][0].shape[0] * self.search_images // self.batches[0].shape[0]
+        return [op[:rows] for op in observed[0]]
+
+    def _fit_weight(self, consumer: Consumer, observed: list[tuple]) -> None:
+        """Search the consumer's weight quantizer by its output, when its spec asks for a metric search.
+
+        The reference is the layer with its float weight on the same input; each output channel (one
+        weight row) keeps its own best candidate.
+        """
+        layer = consumer.module
+        spec = getattr(layer, "weight_spec", None)
+        if not isinstance(layer, WeightQuantMixin) or spec is None or not needs_consumer(spec):
+            return
+        x = self._search_subset(observed)[0]
+        weight = layer.weight.detach()
+        with torch.no_grad():
+            reference = layer.consume_weight(x, weight)  # type: ignore[attr-defined]
+        ctx = FitContext(
+            where=f"{consumer.name}.weight", inputs=weight, axis=0,
+            consume=lambda ops: layer.consume_weight(x, ops[0]),  # type: ignore[attr-defined]
+            operands=[weight], operand=0, others=[lambda w: w], reference=reference,
+            output_axis=layer.out_channel_axis,  # type: ignore[attr-defined]
+            grad=self.grads.get(consumer.name) if spec.metric == "hessian" else None,
+        )
+        start = time.perf_counter()
+        quantizer, evaluations = fit_point(spec, ctx, self.qconfig.search)
+        layer.set_weight_quantizer(quantizer)
+        self.evaluations[ctx.where] = (evaluations, time.perf_counter() - start)
 
     @staticmethod
     def _local_reference(consumer: Consumer, operands: list[torch.Tensor], index: int) -> torch.Tensor:
@@ -322,10 +368,7 @@ class _Fitter:
 
     def finish(self) -> int:
         """Stage 4: the "after" reparameterizations; returns how many sites were rewritten."""
-        before = sum(self.reparameterizations.values())
-        for site in self.sites:
-            self._maybe_apply(site, "after")
-        return sum(self.reparameterizations.values()) - before
+        return sum(self._maybe_apply(site, "after") for site in self.sites)
 
 
 def quantize_model(
@@ -372,7 +415,7 @@ def quantize_model(
     set_level_tracking(qmodel, False)
     stages["level_count"] = time.perf_counter() - t
 
-    points = _weight_reports(qmodel) + _point_reports(qmodel, fitter.evaluations)
+    points = _weight_reports(qmodel, fitter.evaluations) + _point_reports(qmodel, fitter.evaluations)
     images_total = sum(int(b.shape[0]) for b in batches)
     log.info("calibrated %d points on %d images in %.2f s (%d passes)", len(points), images_total, seconds, fitter.passes)
     return CalibrationResult(

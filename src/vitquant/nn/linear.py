@@ -35,9 +35,17 @@ class WeightQuantMixin:
         """Fit the weight quantizer per output channel and cache the fake-quantized weight."""
         if self.weight_spec is None:
             raise RuntimeError(f"layer {self.layer_name} has no weight spec")
+        self.set_weight_quantizer(self.weight_spec.fit(self.weight, axis=0, where=f"{self.layer_name}.weight"))
+
+    def set_weight_quantizer(self, quantizer: Quantizer) -> None:
+        """Install a fitted weight quantizer (per output channel) and cache the fake-quantized weight."""
         with torch.no_grad():
-            self.weight_quantizer = self.weight_spec.fit(self.weight, axis=0, where=f"{self.layer_name}.weight")
-            self.weight_fq = self.weight_quantizer(self.weight.detach())
+            self.weight_quantizer = quantizer
+            self.weight_fq = quantizer(self.weight.detach())
+
+    def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer on input ``x`` with ``weight`` in place of its own (weight searches)."""
+        raise NotImplementedError
 
     def effective_weight(self) -> torch.Tensor:
         if self.mode is Mode.FLOAT:
@@ -49,6 +57,8 @@ class WeightQuantMixin:
 
 class QuantLinear(WeightQuantMixin, nn.Linear):
     """``nn.Linear`` with ``input_quant`` (a :class:`QuantPoint`) and quantized weights."""
+
+    out_channel_axis = -1  # the output axis of the weight's rows
 
     @classmethod
     def from_float(cls, linear: nn.Linear, input_role: str) -> QuantLinear:
@@ -66,12 +76,17 @@ class QuantLinear(WeightQuantMixin, nn.Linear):
         """The layer on an already-quantized input (calibration searches)."""
         return F.linear(operands[0], self.effective_weight(), self.bias)
 
+    def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quant(x), self.effective_weight(), self.bias)
 
 
 class QuantConv2d(WeightQuantMixin, nn.Conv2d):
     """``nn.Conv2d`` (the patch embedding) with a per-tensor input point and quantized weights."""
+
+    out_channel_axis = 1
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, input_role: str) -> QuantConv2d:
@@ -98,6 +113,9 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
 
     def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
         return self._conv_forward(operands[0], self.effective_weight(), self.bias)
+
+    def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quant(x), self.effective_weight(), self.bias)

@@ -18,9 +18,8 @@ from torch import nn
 from vitquant.errors import ConfigError
 from vitquant.nn.shift import ShiftedActivation
 from vitquant.quantizers.spec import QuantSpec
+from vitquant.quantizers.twin_uniform import GELU_MIN_ABS
 from vitquant.reparam.base import ACTIVATION_SHIFT, Reparameterization, ReparamSite, register_reparam
-
-GELU_MIN_ABS = 0.16997124254703522  # -min_x GELU(x), at x ≈ -0.7518
 
 
 class ActivationShift(Reparameterization):
