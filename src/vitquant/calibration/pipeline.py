@@ -241,6 +241,7 @@ class _Fitter:
         self.evaluations: dict[str, tuple[int, float]] = {}  # point -> (candidates scored, search seconds)
         self.passes = 0
         self.reparameterizations: dict[str, int] = {}
+        self.applied: set[int] = set()  # sites already rewritten
         self.float_model: nn.Module | None = None
         hessian = {c.name for c in self.consumers for s in _specs(c) if needs_consumer(s) and s.metric == "hessian"}
         if metric_specs and (qconfig.reference == "float" or hessian):  # a prepared copy with every point off
@@ -266,18 +267,22 @@ class _Fitter:
     def _maybe_apply(self, site: ReparamSite, stage: str) -> bool:
         reparam = reparam_for(site)
         point = site.consumer.input_quant
-        if reparam.stage == stage and self.qconfig.reparam and point.spec is not None and reparam.applies(site, point.spec):
+        if id(site) in self.applied or not self.qconfig.reparam or reparam.stage != stage:
+            return False
+        if point.spec is not None and reparam.applies(site, point.spec):
             reparam.apply(site)
+            self.applied.add(id(site))
             self.reparameterizations[site.kind] = self.reparameterizations.get(site.kind, 0) + 1
             return True
         return False
 
     def _fit_consumer(self, consumer: Consumer) -> None:
+        """Stage 3 at one consumer: "before" reparameterizations, its input points, then its weight
+        when the weight's spec asks for a metric search."""
         self.passes += self.cache.advance(self.qmodel, self.batches, consumer.unit)
+        if self._apply_reparams(consumer, "before"):
+            log.debug("%s: input reparameterized before fitting", consumer.name)
         observed = self._observe(consumer)
-        self._fit_weight(consumer, observed)  # weights first, on the input as it arrives
-        if self._apply_reparams(consumer, "before"):  # the consumer's input changed: observe again
-            observed = self._observe(consumer)
         points = consumer.points
         specs = [p.spec for p in points]
         searched = any(s is not None and needs_consumer(s) for s in specs)
@@ -290,6 +295,12 @@ class _Fitter:
                 if searched:
                     reference = float_output if float_output is not None else self._local_reference(consumer, operands, i)
                 self._fit_point(point, i, consumer, observed, operands, reference)
+        if self._weight_searched(consumer):
+            # AdaLog's order: fold the fitted per-channel input first (its weights change), then search
+            # the weight on the input as it now arrives, quantized by the fitted point
+            if self._apply_reparams(consumer, "after"):
+                observed = self._observe(consumer)
+            self._fit_weight(consumer, self._search_subset(observed))
 
     def _observe(self, consumer: Consumer) -> list[tuple]:
         self.passes += 1
@@ -300,17 +311,21 @@ class _Fitter:
         rows = observed[0][0].shape[0] * self.search_images // self.batches[0].shape[0]
         return [op[:rows] for op in observed[0]]
 
-    def _fit_weight(self, consumer: Consumer, observed: list[tuple]) -> None:
-        """Search the consumer's weight quantizer by its output, when its spec asks for a metric search.
+    @staticmethod
+    def _weight_searched(consumer: Consumer) -> bool:
+        spec = getattr(consumer.module, "weight_spec", None)
+        return isinstance(consumer.module, WeightQuantMixin) and spec is not None and needs_consumer(spec)
+
+    def _fit_weight(self, consumer: Consumer, operands: list[torch.Tensor]) -> None:
+        """Search the consumer's weight quantizer by the layer's output on the quantized input.
 
         The reference is the layer with its float weight on the same input; each output channel (one
         weight row) keeps its own best candidate.
         """
         layer = consumer.module
-        spec = getattr(layer, "weight_spec", None)
-        if not isinstance(layer, WeightQuantMixin) or spec is None or not needs_consumer(spec):
-            return
-        x = self._search_subset(observed)[0]
+        spec = layer.weight_spec  # type: ignore[union-attr]
+        with torch.no_grad():
+            x = consumer.points[0](operands[0])
         weight = layer.weight.detach()
         with torch.no_grad():
             reference = layer.consume_weight(x, weight)  # type: ignore[attr-defined]
@@ -367,8 +382,11 @@ class _Fitter:
         self.evaluations[point.point_name] = (n + evaluations, t + seconds)
 
     def finish(self) -> int:
-        """Stage 4: the "after" reparameterizations; returns how many sites were rewritten."""
-        return sum(self._maybe_apply(site, "after") for site in self.sites)
+        """Stage 4: the "after" reparameterizations (all of them, also those already applied at a
+        consumer whose weight was searched); returns how many sites were rewritten in all."""
+        for site in self.sites:
+            self._maybe_apply(site, "after")
+        return sum(1 for site in self.sites if id(site) in self.applied and reparam_for(site).stage == "after")
 
 
 def quantize_model(
