@@ -44,6 +44,24 @@ def _logits(model: torch.nn.Module, batches: list[torch.Tensor]) -> tuple[torch.
     return torch.cat(outs), seconds
 
 
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Model, weights, images, calibration/evaluation sizes and seed: the options every benchmark takes."""
+    p.add_argument("--model", default="deit_tiny")
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--data", type=Path, help="image folder (default: the shared ImageNet sample)")
+    p.add_argument("--calib-size", type=int, default=32)
+    p.add_argument("--eval-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def write_results(res: dict, out: Path, stem: str, markdown: str) -> None:
+    """``<out>/<stem>.json`` (every figure) and ``<out>/<stem>.md`` (the table); prints the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)
+
+
 def provenance() -> dict:
     """The commit the figures come from (``dirty``: uncommitted changes were present)."""
     return source_commit()
@@ -136,12 +154,7 @@ def to_markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="deit_tiny")
-    p.add_argument("--weights", type=Path)
-    p.add_argument("--data", type=Path, help="image folder (default: the shared ImageNet sample)")
-    p.add_argument("--calib-size", type=int, default=32)
-    p.add_argument("--eval-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    add_data_args(p)
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
     p.add_argument("--schemes", nargs="+", default=list(ATTENTION_SCHEMES))
@@ -152,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     res = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"attention_schemes_{args.model}_w{args.w_bits}a{args.a_bits}"
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (args.out / f"{stem}.md").write_text(to_markdown(res))
-    print(to_markdown(res))
+    write_results(res, args.out, f"attention_schemes_{args.model}_w{args.w_bits}a{args.a_bits}", to_markdown(res))
     return 0
 
 

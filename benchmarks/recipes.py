@@ -14,7 +14,6 @@ A row is a recipe name, optionally with options: ``bitlog2-half-17+post_gelu=ada
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from attention_schemes import _accuracy, _logits, provenance
+from attention_schemes import _accuracy, _logits, add_data_args, provenance, write_results
 from vitquant import __version__
 from vitquant.calibration import quantize_model
 from vitquant.data import load_batch, make_loader
@@ -110,12 +109,7 @@ def to_markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="deit_tiny")
-    p.add_argument("--weights", type=Path)
-    p.add_argument("--data", type=Path, help="image folder (default: the shared ImageNet sample)")
-    p.add_argument("--calib-size", type=int, default=32)
-    p.add_argument("--eval-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    add_data_args(p)
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3], help="W/A bit widths (default 4 3)")
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
     p.add_argument("--batch-size", type=int, default=64)
@@ -123,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     res = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"recipes_{args.model}"
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (args.out / f"{stem}.md").write_text(to_markdown(res))
-    print(to_markdown(res))
+    write_results(res, args.out, f"recipes_{args.model}", to_markdown(res))
     return 0
 
 

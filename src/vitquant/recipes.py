@@ -79,7 +79,7 @@ for _scheme in ATTENTION_SCHEMES:
     register_recipe(_scheme, f"RepQ-ViT with the {attention_spec(_scheme, 4).name} attention map")(_scheme_recipe(_scheme))
 
 
-@register_recipe("adalog", "AdaLog: adaptive-base log attention and post-GELU, per-head matmuls, FPCS on output MSE")
+@register_recipe("adalog", "AdaLog: adaptive-base log attention and post-GELU, per-head matmuls, weights and activations by FPCS")
 def adalog(w_bits: int, a_bits: int) -> QConfig:
     fpcs = {"search": "fpcs", "metric": "mse"}
     base = repq_vit_qconfig(w_bits, a_bits, "sqrt2-17")
