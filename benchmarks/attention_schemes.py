@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> dict:
     }]
     for scheme in args.schemes:
         log.info("scheme %s ...", scheme)
-        result = quantize_model(model, calib_images, repq_vit_qconfig(args.w_bits, args.a_bits, scheme))
+        qconfig = repq_vit_qconfig(args.w_bits, args.a_bits, scheme)
+        result = quantize_model(model, calib_images, qconfig)
         q_logits, q_seconds = _logits(result.model, batches)
         meter = _accuracy(q_logits, label_tensor)
         fidelity = FidelityMeter()
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> dict:
             "images_per_second": len(label_tensor) / q_seconds,
             "relative_throughput": q_ips / fp_ips,
             "throughput_fp_images_per_second": fp_ips, "throughput_quantized_images_per_second": q_ips,
+            "qconfig": qconfig.to_dict(),
         })
         log.info("%s: top-1 %.2f %%, agreement %.2f %%, calibration %.2f s, %.2fx FP throughput",
                  scheme, meter.top1, fidelity.top1_agreement, result.seconds, q_ips / fp_ips)
