@@ -50,3 +50,13 @@ def test_results_files_record_their_commit():
         assert commit and re.fullmatch(r"[0-9a-f]{40}", commit), path.name
         dirty = data.get("dirty", data.get("config", {}).get("dirty"))
         assert dirty is False, f"{path.name} was produced from uncommitted code"
+
+
+def test_benchmark_rows_record_their_configuration():
+    import json
+
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        for row in data.get("rows", []):
+            if row.get("calibration_seconds") is not None:  # a quantized row (not FP32)
+                assert set(row["qconfig"]["roles"]) >= {"weight", "post_softmax", "post_gelu"}, path.name
