@@ -287,6 +287,7 @@ class _Fitter:
         specs = [p.spec for p in points]
         searched = any(s is not None and needs_consumer(s) for s in specs)
         operands = self._search_subset(observed)
+        inputs = [torch.cat([ops[i] for ops in observed]) if len(observed) > 1 else observed[0][i] for i in range(len(points))]
         float_output = self._float_output(consumer) if searched and self.qconfig.reference == "float" else None
         rounds = self.qconfig.operand_rounds if searched and len(points) > 1 else 1
         for _ in range(rounds):
@@ -294,7 +295,7 @@ class _Fitter:
                 reference = None
                 if searched:
                     reference = float_output if float_output is not None else self._local_reference(consumer, operands, i)
-                self._fit_point(point, i, consumer, observed, operands, reference)
+                self._fit_point(point, i, consumer, inputs[i], operands, reference)
         if self._weight_searched(consumer):
             # AdaLog's order: fold the fitted per-channel input first (its weights change), then search
             # the weight on the input as it now arrives, quantized by the fitted point
@@ -355,13 +356,14 @@ class _Fitter:
         return self.float_cache.run(self.float_model, self.search_batch, self.float_modules[consumer.name], "output")[0]
 
     def _fit_point(
-        self, point: QuantPoint, index: int, consumer: Consumer, observed: list[tuple],
+        self, point: QuantPoint, index: int, consumer: Consumer, inputs: torch.Tensor,
         operands: list[torch.Tensor], reference: torch.Tensor | None,
     ) -> None:
+        """Fit one point on everything that reached it (``inputs``); ``operands`` and ``reference``:
+        the consumer's operands and reference output on the search images, for metric searches."""
         spec = point.spec
         if spec is None:
             raise RuntimeError(f"quantization point {point.point_name} has no spec")
-        inputs = observed[0][index] if len(observed) == 1 else torch.cat([ops[index] for ops in observed])
         axis = point.axis(spec.granularity)
         ctx = FitContext(where=point.point_name or point.role, inputs=inputs, axis=axis)
         if needs_consumer(spec) and reference is not None:
@@ -369,7 +371,8 @@ class _Fitter:
             ctx.operands, ctx.operand, ctx.reference = operands, index, reference
             ctx.others = list(consumer.points)
             ctx.grad = self.grads.get(consumer.name)
-            ctx.output_axis = 1 if spec.granularity == "head" and axis is not None and reference.dim() == 4 else None
+            # a matmul keeps its operands' head axis in its output: per-head rows are scored apart
+            ctx.output_axis = axis if spec.granularity == "head" else None
         start = time.perf_counter()
         quantizer, evaluations = fit_point(spec, ctx, self.qconfig.search)
         seconds = time.perf_counter() - start

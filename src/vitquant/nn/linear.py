@@ -44,8 +44,18 @@ class WeightQuantMixin:
             self.weight_fq = quantizer(self.weight.detach())
 
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The layer on input ``x`` with ``weight`` in place of its own (weight searches)."""
+        """The layer's operation on input ``x`` with ``weight`` (its own, or a weight-search candidate)."""
         raise NotImplementedError
+
+    def input_points(self) -> list[QuantPoint]:
+        return [self.input_quant]  # type: ignore[attr-defined]
+
+    def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
+        """The layer on an already-quantized input (calibration searches)."""
+        return self.consume_weight(operands[0], self.effective_weight())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.consume_weight(self.input_quant(x), self.effective_weight())  # type: ignore[attr-defined]
 
     def effective_weight(self) -> torch.Tensor:
         if self.mode is Mode.FLOAT:
@@ -69,18 +79,8 @@ class QuantLinear(WeightQuantMixin, nn.Linear):
         new.input_quant = QuantPoint(input_role, channel_dim=-1)
         return new
 
-    def input_points(self) -> list[QuantPoint]:
-        return [self.input_quant]
-
-    def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
-        """The layer on an already-quantized input (calibration searches)."""
-        return F.linear(operands[0], self.effective_weight(), self.bias)
-
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight, self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quant(x), self.effective_weight(), self.bias)
 
 
 class QuantConv2d(WeightQuantMixin, nn.Conv2d):
@@ -108,14 +108,5 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
         new.input_quant = QuantPoint(input_role, channel_dim=1)
         return new
 
-    def input_points(self) -> list[QuantPoint]:
-        return [self.input_quant]
-
-    def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
-        return self._conv_forward(operands[0], self.effective_weight(), self.bias)
-
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, weight, self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quant(x), self.effective_weight(), self.bias)

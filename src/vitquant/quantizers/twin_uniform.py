@@ -63,6 +63,14 @@ def _softmax_index(x: torch.Tensor, n: int, inv_d1: torch.Tensor) -> tuple[torch
 # --------------------------------------------------------------------------- quantizers
 
 
+def _checked(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 for :meth:`codes`; NaN is an error (a code must name a level)."""
+    x = x.to(torch.float32)
+    if torch.isnan(x).any():
+        raise NumericalError("twin-uniform quantizer got NaN input")
+    return x
+
+
 class TwinSoftmaxQuantizer(Quantizer):
     """Twin uniform for post-softmax values with per-row integer ``m`` (Δ1 = 2^-(b-1+m), Δ2 = 2^-(b-1))."""
 
@@ -82,9 +90,7 @@ class TwinSoftmaxQuantizer(Quantizer):
         return 2**self.bits
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float32)
-        if torch.isnan(x).any():
-            raise NumericalError("twin-uniform quantizer got NaN input")
+        x = _checked(x)
         n = _half(self.bits)
         i, j = _softmax_index(x, n, self.inv_step1)
         shared = j * self.pow_m  # the R1 index of R2 level j, if there is one
@@ -123,9 +129,7 @@ class TwinGeluQuantizer(Quantizer):
         return 2**self.bits
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float32)
-        if torch.isnan(x).any():
-            raise NumericalError("twin-uniform quantizer got NaN input")
+        x = _checked(x)
         n = _half(self.bits)
         i = torch.div(x, self.negative_step).round_().clamp_(-n, 0)  # -index of the negative level
         p = torch.div(x, self.scale).round_().clamp_(0, n - 1)
