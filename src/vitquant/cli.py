@@ -22,6 +22,7 @@ _SEED_FLAGS = frozenset(
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     from vitquant.qconfig import ATTENTION_SCHEMES, OTHER_ATTENTION_QUANTIZERS
     from vitquant.recipes import POST_GELU_QUANTIZERS, recipe_names
+    from vitquant.nonlinear.config import CHOICES as NONLINEAR_CHOICES, RULES
     from vitquant.search.registry import METRIC_NAMES, SEARCHES
 
     g = p.add_argument_group("model")
@@ -46,6 +47,13 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--post-gelu", metavar="NAME", help=f"replace the recipe's post-GELU quantizer: {', '.join(POST_GELU_QUANTIZERS)}")
     g.add_argument("--search", metavar="NAME", help=f"search of every activation point: {', '.join(SEARCHES)}")
     g.add_argument("--metric", metavar="NAME", help=f"metric of the searches: {', '.join(METRIC_NAMES)}")
+    g.add_argument(
+        "--nonlinear", default="float", metavar="NAME",
+        help=f"kernels of Softmax, GELU and LayerNorm: {', '.join(NONLINEAR_CHOICES)} (default float: the exact ops; "
+        "mixed: each layer picks a family by SQNR)",
+    )
+    g.add_argument("--mixed-rule", default="sqnr-diff", metavar="RULE", help=f"rule of --nonlinear mixed: {', '.join(RULES)} (default sqnr-diff)")
+    g.add_argument("--nonlinear-bits", type=int, metavar="N", help="bits of the kernels' integer inputs, 2..8 (default: --a-bits, at least 6)")
     g = p.add_argument_group("data")
     g.add_argument("--calib-data", type=Path, metavar="DIR", help="calibration images (default: the shared ImageNet sample)")
     g.add_argument("--calib-size", type=int, metavar="N", default=32, help="number of calibration images (default 32)")
@@ -147,6 +155,9 @@ def _run_quantize(args: argparse.Namespace) -> int:
         post_gelu=getattr(args, "post_gelu", None),
         search=getattr(args, "search", None),
         metric=getattr(args, "metric", None),
+        nonlinear=getattr(args, "nonlinear", "float"),
+        mixed_rule=getattr(args, "mixed_rule", "sqnr-diff"),
+        nonlinear_bits=getattr(args, "nonlinear_bits", None),
         calib_data=getattr(args, "calib_data", None),
         calib_size=args.calib_size,
         eval_data=getattr(args, "eval_data", None),
@@ -173,6 +184,10 @@ def _run_quantize(args: argparse.Namespace) -> int:
         f"attention map ({', '.join(levels['quantizer'])}): at most {levels['max_levels']} levels, "
         f"used {levels['levels_used_min']}-{levels['levels_used_max']} per layer on the calibration images"
     )
+    nonlinear = report.get("nonlinear")
+    if nonlinear:
+        counts = "; ".join(f"{op}: " + ", ".join(f"{f} x{n}" for f, n in fam.items()) for op, fam in nonlinear["counts"].items())
+        print(f"non-linear kernels ({cfg['nonlinear']}, rule {nonlinear['rule']}): {counts}")
     if getattr(args, "levels", False):
         _print_levels(report)
     if args.json:

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vitquant.errors import ConfigError
+from vitquant.nonlinear.config import NonlinearConfig
 from vitquant.quantizers import make_spec
 from vitquant.quantizers.bitlog2 import BitLog2Spec
 from vitquant.quantizers.log_sqrt2 import LogSqrt2Spec
@@ -83,6 +84,8 @@ class QConfig:
     - ``search``: budgets of the metric searches; ``search_images``: how many calibration images the
       metric searches score candidates on (the first ones); ``operand_rounds``: how often the two
       operands of a matmul are fitted in turn when one of them uses a metric search.
+    - ``nonlinear``: which integer kernel (if any) runs each Softmax, GELU and LayerNorm
+      (:class:`~vitquant.nonlinear.config.NonlinearConfig`; default: every op in float).
     - ``reference``: what a metric search compares the consumer's output with. ``"local"`` (default):
       the same consumer on the same (already partly quantized) inputs with this point's operand left
       at full precision, so the metric measures the error this point adds. ``"float"``: the float
@@ -98,6 +101,7 @@ class QConfig:
     search_images: int = 4
     operand_rounds: int = 1
     reference: str = "local"
+    nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
 
     def __post_init__(self) -> None:
         if self.reference not in ("local", "float"):
@@ -124,6 +128,9 @@ class QConfig:
     def with_overrides(self, overrides: Mapping[str, QuantSpec]) -> QConfig:
         return replace(self, overrides={**self.overrides, **overrides})
 
+    def with_nonlinear(self, nonlinear: NonlinearConfig) -> QConfig:
+        return replace(self, nonlinear=nonlinear)
+
     def with_roles(self, **specs: QuantSpec) -> QConfig:
         unknown = sorted(set(specs) - set(ROLES))
         if unknown:
@@ -142,6 +149,7 @@ class QConfig:
             "search_images": self.search_images,
             "operand_rounds": self.operand_rounds,
             "reference": self.reference,
+            "nonlinear": self.nonlinear.to_dict(),
         }
 
 

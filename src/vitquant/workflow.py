@@ -29,6 +29,7 @@ from vitquant.data.transforms import check_crop_pct
 from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation import build_report, evaluate_pair
 from vitquant.models import create_model, resolve_model_name
+from vitquant.nonlinear import NonlinearConfig, default_bits
 from vitquant.paths import default_sample_images, source_commit
 from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
@@ -51,6 +52,9 @@ class QuantizeJob:
     post_gelu: str | None = None
     search: str | None = None
     metric: str | None = None
+    nonlinear: str = "float"  # float | ivit | ibert | fqvit | mixed
+    mixed_rule: str = "sqnr-diff"
+    nonlinear_bits: int | None = None  # None: a_bits, at least 6
     calib_data: Path | None = None
     calib_size: int = 32
     eval_data: Path | None = None
@@ -77,10 +81,12 @@ class QuantizeJob:
             check_crop_pct(self.crop_pct)
 
     def qconfig(self) -> QConfig:
-        return build_qconfig(
+        qconfig = build_qconfig(
             self.recipe, self.w_bits, self.a_bits, attn_quant=self.attn_quant, attn_bits=self.attn_bits,
             post_gelu=self.post_gelu, search=self.search, metric=self.metric,
         )
+        bits = default_bits(self.a_bits) if self.nonlinear_bits is None else self.nonlinear_bits
+        return qconfig.with_nonlinear(NonlinearConfig.everywhere(self.nonlinear, bits, self.mixed_rule))
 
 
 @dataclass
@@ -155,7 +161,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "calib_dir": str(data.calib_dir.resolve()),
         "eval_dir": str(data.eval_dir.resolve()),
         "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model, job.crop_pct).items()},
-        "qconfig": qconfig.to_dict(),
+        "qconfig": result.qconfig.to_dict(),  # resolved: mixed kernel choices pinned per layer
         "vitquant_version": __version__,
         **source_commit(),
         "torch_version": torch.__version__,
@@ -166,6 +172,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "levels": _levels_summary(result),
         "calibration": result.to_dict(),
         "calibration_decode_seconds": decode_seconds,
+        "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
     }
     return build_report(
         config=config,

@@ -43,6 +43,12 @@ class Consumer:
     def points(self) -> list[QuantPoint]:
         return self.module.input_points()  # type: ignore[operator]
 
+    @property
+    def operands(self) -> list[int]:
+        """Which operand each input point quantizes (default: point i quantizes operand i)."""
+        mapping = getattr(self.module, "point_operands", None)
+        return mapping() if callable(mapping) else list(range(len(self.points)))
+
 
 def is_consumer(module: nn.Module) -> bool:
     return callable(getattr(module, "input_points", None)) and callable(getattr(module, "consume", None))

@@ -32,7 +32,11 @@ from tqdm import tqdm
 from vitquant.calibration.passes import Consumer, UnitCache, collect_output_grads, consumers_in_order
 from vitquant.errors import DataError, NumericalError
 from vitquant.models.adapters import adapter_for
+from vitquant.kernels.base import make_kernel
 from vitquant.nn.linear import WeightQuantMixin
+from vitquant.nn.nonlinear import KERNEL_INPUT_ROLES, QuantNonLinear
+from vitquant.nonlinear.config import input_spec
+from vitquant.nonlinear.mixed import NonlinearReport, apply_choices, choose, kernel_layers, measure
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 from vitquant.qconfig import POST_SOFTMAX, WEIGHT, QConfig
 from vitquant.quantizers.spec import param_shape, rows_of
@@ -76,6 +80,7 @@ class CalibrationResult:
     reparameterizations: dict[str, int] = field(default_factory=dict)
     passes: int = 0
     points: list[PointReport] = field(default_factory=list)
+    nonlinear: NonlinearReport | None = None  # kernel layers: per-layer SQNR table and choices
 
     def search_seconds_by_role(self) -> dict[str, float]:
         """Seconds the searches took, summed per role (observation passes not included)."""
@@ -106,6 +111,7 @@ class CalibrationResult:
             "passes": self.passes,
             "attention_levels": self.role_summary(POST_SOFTMAX),
             "points": [p.to_dict() for p in self.points],
+            "nonlinear": None if self.nonlinear is None else self.nonlinear.to_dict(),
         }
 
 
@@ -121,15 +127,22 @@ def check_images(images: torch.Tensor, what: str = "calibration images") -> None
 
 
 def prepare(model: nn.Module, qconfig: QConfig) -> nn.Module:
-    """Make the quantization points of ``model`` explicit (in place) and give each its spec."""
+    """Make the quantization points of ``model`` explicit (in place) and give each its spec; give the
+    non-linear modules their kernels (one per family the config asks for there, none: float)."""
     adapter_for(model).prepare(model)
-    for name, module in model.named_modules():
-        if isinstance(module, QuantPoint):
-            module.point_name = name
-            module.spec = qconfig.spec_for(name, module.role)
+    nonlinear = qconfig.nonlinear
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantNonLinear):
+            module.layer_name = name
+            kernels = {f: make_kernel(f, module.op) for f in nonlinear.families_for(name, module.op)}
+            module.set_kernels(kernels, {f: input_spec(k.input_format, nonlinear.bits) for f, k in kernels.items()})
         elif isinstance(module, WeightQuantMixin):
             module.layer_name = name
             module.weight_spec = qconfig.spec_for(f"{name}.weight", WEIGHT)
+    for name, point in quant_points(model):
+        point.point_name = name
+        if point.role not in KERNEL_INPUT_ROLES:  # kernel inputs: spec set with the kernel
+            point.spec = qconfig.spec_for(name, point.role)
     return model
 
 
@@ -234,7 +247,7 @@ class _Fitter:
         self.units = adapter.units(qmodel)
         self.cache = UnitCache(self.units)
         self.sites = adapter.reparam_sites(qmodel)
-        self.consumers = consumers_in_order(qmodel, self.units, batches[0][:1])
+        self.consumers = [c for c in consumers_in_order(qmodel, self.units, batches[0][:1]) if c.points]
         self.search_images = min(qconfig.search_images, batches[0].shape[0])
         metric_specs = [s for c in self.consumers for s in _specs(c) if needs_consumer(s)]
         self.grads: dict[str, torch.Tensor] = {}
@@ -287,7 +300,7 @@ class _Fitter:
         specs = [p.spec for p in points]
         searched = any(s is not None and needs_consumer(s) for s in specs)
         operands = self._search_subset(observed)
-        inputs = [torch.cat([ops[i] for ops in observed]) if len(observed) > 1 else observed[0][i] for i in range(len(points))]
+        inputs = [torch.cat([ops[i] for ops in observed]) if len(observed) > 1 else observed[0][i] for i in consumer.operands]
         float_output = self._float_output(consumer) if searched and self.qconfig.reference == "float" else None
         rounds = self.qconfig.operand_rounds if searched and len(points) > 1 else 1
         for _ in range(rounds):
@@ -424,6 +437,12 @@ def quantize_model(
     reparameterized = fitter.finish()
     stages["reparameterization"] = time.perf_counter() - t
     set_mode(qmodel, Mode.QUANTIZE)
+
+    nonlinear = None
+    if kernel_layers(qmodel):
+        t = time.perf_counter()
+        nonlinear, qconfig = _select_kernels(model, qmodel, batches, qconfig)
+        stages["nonlinear_sensitivity"] = time.perf_counter() - t
     seconds = time.perf_counter() - start
 
     t = time.perf_counter()
@@ -441,7 +460,7 @@ def quantize_model(
     log.info("calibrated %d points on %d images in %.2f s (%d passes)", len(points), images_total, seconds, fitter.passes)
     return CalibrationResult(
         model=qmodel,
-        qconfig=qconfig,
+        qconfig=qconfig,  # with the mixed kernel choices pinned
         images=images_total,
         seconds=seconds,
         stage_seconds=stages,
@@ -449,4 +468,23 @@ def quantize_model(
         reparameterizations=dict(fitter.reparameterizations),
         passes=fitter.passes,
         points=points,
+        nonlinear=nonlinear,
     )
+
+
+def _select_kernels(
+    model: nn.Module, qmodel: nn.Module, batches: list[torch.Tensor], qconfig: QConfig
+) -> tuple[NonlinearReport, QConfig]:
+    """The sensitivity pass of the kernel layers (:mod:`vitquant.nonlinear.mixed`): measure every
+    prepared family against the float model, keep one per layer by the config's rule; the returned
+    QConfig names the choice of every layer that had several candidates."""
+    float_model = prepare(copy.deepcopy(model).eval(), qconfig)
+    set_mode(float_model, Mode.FLOAT)
+    rows = measure(float_model, qmodel, batches)
+    choices = choose(rows, qconfig.nonlinear.rule)
+    mixed = {name: choices[name] for name, m in kernel_layers(qmodel).items() if len(m.slots) > 1}
+    apply_choices(qmodel, choices)
+    if mixed:
+        log.info("mixed non-linear kernels (%s): %s", qconfig.nonlinear.rule, NonlinearReport(qconfig.nonlinear.rule, rows, choices).counts())
+        qconfig = qconfig.with_nonlinear(qconfig.nonlinear.resolved(mixed))
+    return NonlinearReport(qconfig.nonlinear.rule, rows, choices), qconfig

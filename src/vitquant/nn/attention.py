@@ -5,6 +5,8 @@ run the explicit path:
 
     attn = softmax(Q(q·scale) @ Q(kᵀ) + bias/mask),   out = Q_softmax(attn) @ Q(v)
 
+with ``softmax`` a :class:`~vitquant.nn.nonlinear.QuantSoftmax` (the float op unless given a kernel).
+
 Both matmuls are :class:`~vitquant.nn.matmul.QuantMatMul` modules (``qk`` and ``av``), so calibration
 can treat them like any other consumer of quantized inputs.
 
@@ -25,6 +27,7 @@ from torch import nn
 
 from vitquant import qconfig
 from vitquant.nn.matmul import QuantMatMul
+from vitquant.nn.nonlinear import QuantSoftmax
 
 
 def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
@@ -39,13 +42,16 @@ def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
 
 
 class _AttentionPoints:
-    """The two quantized matmuls of one attention: ``qk`` (q, kᵀ) and ``av`` (softmax output, v)."""
+    """The two quantized matmuls of one attention, ``qk`` (q, kᵀ) and ``av`` (softmax output, v), and
+    the replaceable ``softmax`` between them."""
 
     qk: QuantMatMul
     av: QuantMatMul
+    softmax: QuantSoftmax
 
     def _add_points(self) -> None:
         self.qk = QuantMatMul(qconfig.MATMUL_INPUT, qconfig.MATMUL_INPUT)
+        self.softmax = QuantSoftmax()
         self.av = QuantMatMul(qconfig.POST_SOFTMAX, qconfig.MATMUL_INPUT)
 
     def _attend(
@@ -58,7 +64,7 @@ class _AttentionPoints:
         attn = self.qk(q * self.scale, k.transpose(-2, -1))  # type: ignore[attr-defined]
         if add_bias is not None:
             attn = add_bias(attn)
-        attn = self.attn_drop(attn.softmax(dim=-1))  # type: ignore[attr-defined]
+        attn = self.attn_drop(self.softmax(attn))  # type: ignore[attr-defined]
         return self.av(attn, v)
 
 

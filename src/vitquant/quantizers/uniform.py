@@ -61,6 +61,12 @@ class UniformQuantizer(Quantizer):
         q = x * self.inv_scale
         return q.round_().add_(self.zero_point).clamp_(0, self.qmax).to(torch.int64)
 
+    def integer_view(self, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q - z, Δ) of an already-quantized ``x_hat = (q - z)·Δ``: integer values (float64) and the
+        float64 step, the input an integer kernel takes."""
+        ints = torch.round(x_hat.double() / self.scale.double())
+        return ints, self.scale.double()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = x * self.inv_scale
         return q.round_().clamp_(self.code_min, self.code_max).mul_(self.scale)

@@ -14,6 +14,7 @@ from torch import nn
 from vitquant.errors import ConfigError
 from vitquant import qconfig
 from vitquant.nn.linear import QuantConv2d, QuantLinear
+from vitquant.nn.nonlinear import QuantGELU, QuantLayerNorm
 from vitquant.reparam.base import ACTIVATION_SHIFT, LAYERNORM_SCALE, ReparamSite
 
 
@@ -37,7 +38,8 @@ class ModelAdapter(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Swap attention, Linear and patch-embedding modules for quantizable ones (in place)."""
+        """Swap attention, Linear, patch-embedding and the non-linear modules (Softmax, GELU,
+        LayerNorm) for quantizable ones (in place)."""
 
     @abc.abstractmethod
     def reparam_sites(self, model: nn.Module) -> list[ReparamSite]:
@@ -89,3 +91,16 @@ def swap_remaining_linears(model: nn.Module) -> None:
         for attr, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 swap_linear(parent, attr, qconfig.LINEAR_INPUT)
+
+
+def swap_nonlinear(model: nn.Module) -> None:
+    """Replace every ``nn.GELU`` and ``nn.LayerNorm`` by its kernel module (float until given kernels;
+    parameters shared). The attention softmax is already one in the attention rewrites."""
+    for parent in list(model.modules()):
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, (QuantGELU, QuantLayerNorm)):
+                continue
+            if type(child) is nn.GELU:
+                setattr(parent, attr, QuantGELU.from_float(child))
+            elif isinstance(child, nn.LayerNorm):  # also timm's LayerNorm subclass (same function)
+                setattr(parent, attr, QuantLayerNorm.from_float(child))

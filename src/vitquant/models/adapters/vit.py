@@ -21,6 +21,7 @@ from vitquant.models.adapters.base import (
     register_adapter,
     swap_linear,
     swap_patch_embed,
+    swap_nonlinear,
     swap_remaining_linears,
 )
 from vitquant.nn.attention import QuantViTAttention
@@ -46,6 +47,7 @@ class ViTAdapter(ModelAdapter):
             swap_linear(block.mlp, "fc1", qconfig.POST_LAYERNORM)
             swap_linear(block.mlp, "fc2", qconfig.POST_GELU)
         swap_remaining_linears(model)
+        swap_nonlinear(model)
         return model
 
     def reparam_sites(self, model: nn.Module) -> list[ReparamSite]:

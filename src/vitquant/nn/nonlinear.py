@@ -1,0 +1,165 @@
+"""Softmax, GELU and LayerNorm as replaceable kernel modules with explicit integer inputs.
+
+Each module runs its exact float op until it is given kernels (:meth:`QuantNonLinear.set_kernels`,
+from the QConfig's non-linear part). A kernel sits in a :class:`KernelSlot` with the quantization
+point in front of it; the module runs the *active* slot:
+
+    x̂ = Q_in(x),   (x_int, S) = integer view of x̂,   (y_int, S_y) = kernel(x_int, S),   y = y_int · S_y
+
+with the kernel's float64 simulation (:data:`vitquant.kernels.arith.FLOAT`), equal bit for bit to its
+integer implementation. Several slots exist only for ``mixed`` layers, where every candidate family is
+calibrated and the sensitivity pass (:mod:`vitquant.nonlinear.mixed`) picks the active one.
+
+Like a Linear, a kernel module is a calibration *consumer*: its input points are fitted in network
+order (``input_points``; all slots read the same operand, ``point_operands``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitquant.kernels.arith import FLOAT
+from vitquant.kernels.base import IntKernel
+from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.quantizers.spec import QuantSpec
+
+SOFTMAX_INPUT = "softmax_input"
+GELU_INPUT = "gelu_input"
+LAYERNORM_INPUT = "layernorm_input"
+KERNEL_INPUT_ROLES = (SOFTMAX_INPUT, GELU_INPUT, LAYERNORM_INPUT)
+
+
+class KernelSlot(nn.Module):
+    """One candidate kernel and the quantization point that makes its integer input."""
+
+    def __init__(self, kernel: IntKernel, role: str, spec: QuantSpec) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.input_quant = QuantPoint(role, channel_dim=-1)
+        self.input_quant.spec = spec
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel.name}"
+
+
+class QuantNonLinear:
+    """Mixin: kernel slots, the active one, and the consumer protocol for calibration."""
+
+    op: ClassVar[str] = ""
+    role: ClassVar[str] = ""
+    slots: nn.ModuleDict
+    active: str | None
+    layer_name: str
+
+    def _init_slots(self) -> None:
+        self.slots = nn.ModuleDict()
+        self.active = None
+        self.layer_name = ""
+
+    def set_kernels(self, kernels: dict[str, IntKernel], spec_for: dict[str, QuantSpec]) -> None:
+        """One slot per family (``{}``: the float op); the first becomes active."""
+        self.slots = nn.ModuleDict({f: KernelSlot(k, self.role, spec_for[f]) for f, k in kernels.items()})
+        self.active = next(iter(kernels), None)
+
+    def activate(self, family: str | None) -> None:
+        """Run ``family``'s kernel (``None``: the float op)."""
+        if family is not None and family not in self.slots:
+            raise KeyError(f"{self.layer_name}: no {family!r} kernel prepared (have {list(self.slots)})")
+        self.active = family
+
+    def input_points(self) -> list[QuantPoint]:
+        return [slot.input_quant for slot in self.slots.values()]
+
+    def point_operands(self) -> list[int]:
+        return [0] * len(self.slots)
+
+    def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
+        """The float op on an already-quantized input (metric searches; kernel inputs use data-only fits)."""
+        return self.float_forward(operands[0])
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def kernel_args(self) -> tuple:
+        return ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slot = self.slots[self.active] if self.active is not None else None
+        if slot is None or slot.input_quant.mode is Mode.FLOAT:
+            return self.float_forward(x)
+        point = slot.input_quant
+        xq = point(x)
+        ints, scale = point.quantizer.integer_view(xq)  # type: ignore[union-attr]
+        if slot.kernel.elementwise and scale.numel() == 1:
+            y, y_scale = _tabulated(slot.kernel, ints, scale, point.quantizer)
+        else:
+            y, y_scale = slot.kernel(ints, scale, FLOAT, *self.kernel_args())
+        return (y * y_scale).to(x.dtype)
+
+
+def _tabulated(kernel: IntKernel, ints: torch.Tensor, scale: torch.Tensor, quantizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """An elementwise kernel run once on every integer the input point can emit (at most 2^b),
+    then looked up: the same values as running it on ``ints``, without its arithmetic per element."""
+    lo, hi = int(quantizer.code_min), int(quantizer.code_max)
+    domain = torch.arange(lo, hi + 1, dtype=torch.float64)
+    table, y_scale = kernel(domain, scale, FLOAT)
+    return table[(ints - lo).long()], y_scale
+
+
+class QuantSoftmax(QuantNonLinear, nn.Module):
+    """Softmax over the last dim (the attention map)."""
+
+    op = "softmax"
+    role = SOFTMAX_INPUT
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._init_slots()
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.softmax(dim=-1)
+
+
+class QuantGELU(QuantNonLinear, nn.GELU):
+    """``nn.GELU`` (exact erf form in float)."""
+
+    op = "gelu"
+    role = GELU_INPUT
+
+    @classmethod
+    def from_float(cls, act: nn.GELU) -> QuantGELU:
+        new = cls(approximate=act.approximate)
+        new._init_slots()
+        return new
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+
+class QuantLayerNorm(QuantNonLinear, nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dim; shares the original's affine parameters (which the
+    RepQ-ViT reparameterization may rewrite: kernels read them at every call)."""
+
+    op = "layernorm"
+    role = LAYERNORM_INPUT
+
+    @classmethod
+    def from_float(cls, norm: nn.LayerNorm) -> QuantLayerNorm:
+        new = cls(norm.normalized_shape, eps=norm.eps, elementwise_affine=norm.elementwise_affine,
+                  bias=norm.bias is not None, device="meta")
+        new.weight, new.bias = norm.weight, norm.bias
+        new._init_slots()
+        return new
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def kernel_args(self) -> tuple:
+        c = self.normalized_shape[-1]
+        weight = self.weight.detach().double() if self.weight is not None else torch.ones(c, dtype=torch.float64)
+        bias = self.bias.detach().double() if self.bias is not None else torch.zeros(c, dtype=torch.float64)
+        return weight, bias

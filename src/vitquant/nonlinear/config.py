@@ -1,0 +1,107 @@
+"""Which non-linear kernel runs at which layer: plain data, like the quantizer QConfig.
+
+A :class:`NonlinearConfig` maps each non-linear *op* (``softmax``, ``gelu``, ``layernorm``) to a
+choice: ``float`` (the exact op, today's behaviour), a kernel family (``ivit``, ``ibert``, ``fqvit``)
+or ``mixed`` (every family that implements the op is prepared and the calibration's sensitivity pass
+picks one per layer, :mod:`vitquant.nonlinear.mixed`). Per-layer ``overrides`` by exact module name
+or ``fnmatch`` pattern (``blocks.11.*``) come first. Ops not mentioned stay float, so a config written
+before an op was added keeps its meaning.
+
+``bits`` is the bit width of each kernel's integer input (the point in front of the op);
+``rule`` the mixed selection rule (``sqnr-diff`` as in the paper, or ``output-sqnr``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from vitquant.errors import ConfigError
+from vitquant.kernels.base import FAMILIES, OPS, kernel_choices
+from vitquant.quantizers.base import check_bits
+from vitquant.quantizers.spec import QuantSpec, make_spec
+
+FLOAT = "float"
+MIXED = "mixed"
+CHOICES = (FLOAT, *FAMILIES, MIXED)
+RULES = ("sqnr-diff", "output-sqnr")
+MIN_BITS = 6  # default input bits: the activation bits, at least 6
+
+
+def default_bits(a_bits: int) -> int:
+    """``--nonlinear-bits`` default: the activation bits, at least 6."""
+    return max(a_bits, MIN_BITS)
+
+
+@dataclass(frozen=True)
+class NonlinearConfig:
+    ops: Mapping[str, str] = field(default_factory=dict)
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    bits: int = 8
+    rule: str = "sqnr-diff"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.ops) - set(OPS))
+        if unknown:
+            raise ConfigError(f"unknown non-linear ops {unknown}; ops: {', '.join(OPS)}")
+        for where, choice in [*self.ops.items(), *self.overrides.items()]:
+            if choice not in CHOICES:
+                raise ConfigError(f"non-linear choice {choice!r} for {where}: choose one of {', '.join(CHOICES)}")
+        check_bits(self.bits, "non-linear input bits")
+        if self.rule not in RULES:
+            raise ConfigError(f"unknown mixed rule {self.rule!r}; choose one of {', '.join(RULES)}")
+        object.__setattr__(self, "ops", MappingProxyType(dict(self.ops)))
+        object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
+
+    @classmethod
+    def everywhere(cls, choice: str, bits: int = 8, rule: str = "sqnr-diff") -> NonlinearConfig:
+        """The same choice for every op (``--nonlinear``)."""
+        if choice not in CHOICES:
+            raise ConfigError(f"unknown --nonlinear {choice!r}; choose one of {', '.join(CHOICES)}")
+        return cls(ops={op: choice for op in OPS} if choice != FLOAT else {}, bits=bits, rule=rule)
+
+    @property
+    def is_float(self) -> bool:
+        return all(c == FLOAT for c in [*self.ops.values(), *self.overrides.values()])
+
+    def choice_for(self, layer: str, op: str) -> str:
+        """The choice at module ``layer`` running ``op``."""
+        if layer in self.overrides:
+            return self.overrides[layer]
+        for pattern, choice in self.overrides.items():
+            if fnmatch.fnmatchcase(layer, pattern):
+                return choice
+        return self.ops.get(op, FLOAT)
+
+    def families_for(self, layer: str, op: str) -> list[str]:
+        """Kernel families prepared at ``layer``: none (float), one, or every candidate (mixed).
+
+        A family without a kernel for ``op`` (FQ-ViT has no GELU) leaves the layer float.
+        """
+        choice = self.choice_for(layer, op)
+        if choice == FLOAT:
+            return []
+        available = kernel_choices(op)
+        if choice == MIXED:
+            return available
+        return [choice] if choice in available else []
+
+    def resolved(self, choices: Mapping[str, str]) -> NonlinearConfig:
+        """This config with every layer in ``choices`` pinned to its family (mixed -> plain data)."""
+        return NonlinearConfig(ops=self.ops, overrides={**self.overrides, **choices}, bits=self.bits, rule=self.rule)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ops": dict(self.ops), "overrides": dict(self.overrides), "bits": self.bits, "rule": self.rule}
+
+
+def input_spec(input_format: str, bits: int) -> QuantSpec:
+    """The spec of the point in front of a kernel: one uniform step per tensor (I-ViT, I-BERT), or
+    FQ-ViT's power-of-two factors per channel (``ptf``); data-only fits."""
+    if input_format == "ptf":
+        return make_spec("ptf", bits=bits)
+    if input_format == "uniform":
+        return make_spec("uniform", bits=bits)
+    raise ConfigError(f"unknown kernel input format {input_format!r}")
