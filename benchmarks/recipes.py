@@ -41,7 +41,30 @@ def parse_row(row: str) -> tuple[str, dict[str, str]]:
     return recipe, options
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure_row(model, calib_images, batches, labels, fp_logits, qconfig, name: str, bits: int) -> tuple[dict, object]:
+    """Calibrate ``qconfig`` and evaluate it on the batches: the row (with the resolved configuration)
+    and the calibration result."""
+    log.info("W%dA%d %s ...", bits, bits, name)
+    result = quantize_model(model, calib_images, qconfig)
+    q_logits, _ = _logits(result.model, batches)
+    meter = _accuracy(q_logits, labels)
+    fidelity = FidelityMeter()
+    fidelity.update(fp_logits, q_logits)
+    row = {
+        "row": name, "bits": bits, "top1": meter.top1, "top5": meter.top5,
+        "agreement": fidelity.top1_agreement, "mean_kl": fidelity.mean_kl,
+        "calibration_seconds": result.seconds, "stage_seconds": result.stage_seconds,
+        "passes": result.passes, "evaluations": sum(p.evaluations for p in result.points),
+        "search_seconds_by_role": result.search_seconds_by_role(),
+        "qconfig": result.qconfig.to_dict(),
+    }
+    log.info("W%dA%d %s: top-1 %.2f %%, agreement %.2f %%, calibration %.1f s", bits, bits, name,
+             meter.top1, fidelity.top1_agreement, result.seconds)
+    return row, result
+
+
+def load_eval(args: argparse.Namespace):
+    """The model, its calibration batch, the evaluation batches and labels, and the FP logits."""
     job = QuantizeJob(model=args.model, weights=args.weights, calib_data=args.data, eval_data=args.data,
                       calib_size=args.calib_size, eval_size=args.eval_size, seed=args.seed)
     model, weights_source = create_model(job.model, job.weights)
@@ -54,6 +77,11 @@ def run(args: argparse.Namespace) -> dict:
         labels.append(target)
     label_tensor = torch.cat(labels)
     fp_logits, _ = _logits(model, batches)
+    return model, weights_source, data, calib_images, batches, label_tensor, fp_logits
+
+
+def run(args: argparse.Namespace) -> dict:
+    model, weights_source, data, calib_images, batches, label_tensor, fp_logits = load_eval(args)
     fp = _accuracy(fp_logits, label_tensor)
     rows = [{"row": "FP32", "bits": None, "top1": fp.top1, "top5": fp.top5, "agreement": 100.0, "mean_kl": 0.0,
              "calibration_seconds": None, "evaluations": None, "qconfig": None}]
@@ -61,22 +89,8 @@ def run(args: argparse.Namespace) -> dict:
         for spec in args.rows:
             recipe, options = parse_row(spec)
             qconfig = build_qconfig(recipe, bits, bits, **options)
-            log.info("W%dA%d %s ...", bits, bits, spec)
-            result = quantize_model(model, calib_images, qconfig)
-            q_logits, _ = _logits(result.model, batches)
-            meter = _accuracy(q_logits, label_tensor)
-            fidelity = FidelityMeter()
-            fidelity.update(fp_logits, q_logits)
-            rows.append({
-                "row": spec, "bits": bits, "top1": meter.top1, "top5": meter.top5,
-                "agreement": fidelity.top1_agreement, "mean_kl": fidelity.mean_kl,
-                "calibration_seconds": result.seconds, "stage_seconds": result.stage_seconds,
-                "passes": result.passes, "evaluations": sum(p.evaluations for p in result.points),
-                "search_seconds_by_role": result.search_seconds_by_role(),
-                "qconfig": qconfig.to_dict(),
-            })
-            log.info("W%dA%d %s: top-1 %.2f %%, agreement %.2f %%, calibration %.1f s", bits, bits, spec,
-                     meter.top1, fidelity.top1_agreement, result.seconds)
+            row, _ = measure_row(model, calib_images, batches, label_tensor, fp_logits, qconfig, spec, bits)
+            rows.append(row)
     return {
         "command": "python benchmarks/recipes.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(args.model), "weights": weights_source,
