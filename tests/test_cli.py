@@ -193,3 +193,76 @@ def test_bad_crop_pct_fails_before_loading(value, tiny_folder, capsys):
     rc, _, err = _run(["quantize", "--crop-pct", value, "--calib-data", str(tiny_folder), "--calib-size", "1",
                        "--weights", "/nonexistent/w.pth", "-q"], capsys)
     assert rc == 2 and "crop_pct must be in (0, 1]" in err  # not the (later) missing-weights error
+
+
+# --------------------------------------------------------------------------- non-linear kernels
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nonlinear", "bogus"], "unknown --nonlinear 'bogus'; choose one of float, ivit, ibert, fqvit, mixed"),
+        (["--nonlinear", "mixed", "--mixed-rule", "bogus"], "unknown mixed rule 'bogus'; choose one of sqnr-diff, output-sqnr"),
+        (["--mixed-rule", "bogus"], "unknown mixed rule 'bogus'"),
+        (["--nonlinear", "ivit", "--nonlinear-bits", "12"], "non-linear input bits must be between 2 and 8, got 12"),
+        (["--nonlinear-bits", "1"], "non-linear input bits must be between 2 and 8, got 1"),
+    ],
+)
+def test_bad_nonlinear_options_exit_2_before_loading(argv, message, tiny_folder, capsys):
+    # a missing weights file would be the (later) error if the options were not checked first
+    rc, _, err = _run(["quantize", *argv, "--calib-data", str(tiny_folder), "--calib-size", "1",
+                       "--weights", "/nonexistent/w.pth", "-q"], capsys)
+    assert rc == 2
+    assert message in err and "weights" not in err
+
+
+def test_nonlinear_options_in_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["quantize", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--nonlinear NAME" in out and "--mixed-rule RULE" in out and "--nonlinear-bits N" in out
+    assert "float, ivit, ibert, fqvit, mixed" in out
+
+
+def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """The whole main job with --nonlinear mixed, on a tiny random ViT instead of the real weights."""
+    import torch
+
+    from conftest import VIT_IMG, make_vit
+    from vitquant import workflow
+
+    def tiny_model(name, weights=None):
+        model = make_vit()
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT_IMG, VIT_IMG)}
+        return model, "tiny random ViT"
+
+    monkeypatch.setattr(workflow, "create_model", tiny_model)
+    torch_threads = torch.get_num_threads()
+    out = tmp_path / "report.json"
+    try:
+        torch.set_num_threads(1)
+        rc, stdout, _ = _run(["quantize", "--recipe", "repq-vit", "--calib-data", str(tiny_folder), "--calib-size", "1",
+                              "--batch-size", "2", "--nonlinear", "mixed", "--mixed-rule", "output-sqnr",
+                              "--json", str(out), "-q"], capsys)
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert rc == 0
+    report = json.loads(out.read_text())
+    nonlinear = report["nonlinear"]
+    assert nonlinear["rule"] == "output-sqnr"
+    layers = {row["layer"] for row in nonlinear["layers"]}
+    assert layers == set(nonlinear["choices"])
+    assert len(layers) == 2 * 4 + 1  # per block: norm1, softmax, norm2, GELU; the final norm
+    assert {row["family"] for row in nonlinear["layers"]} == {"ivit", "ibert", "fqvit"}
+    for row in nonlinear["layers"]:
+        assert set(row) == {"layer", "op", "family", "input_asqnr", "output_asqnr", "sqnr_diff"}
+    assert set(nonlinear["counts"]) == {"softmax", "gelu", "layernorm"}
+    assert sum(sum(c.values()) for c in nonlinear["counts"].values()) == len(layers)
+    config = report["config"]
+    assert config["nonlinear"] == "mixed" and config["mixed_rule"] == "output-sqnr"
+    pinned = config["qconfig"]["nonlinear"]
+    assert pinned["overrides"] == nonlinear["choices"]  # the choice, pinned as plain data
+    assert pinned["ops"] == {"softmax": "mixed", "gelu": "mixed", "layernorm": "mixed"}
+    assert pinned["bits"] == 6 and pinned["rule"] == "output-sqnr"  # default: --a-bits 4, at least 6
+    assert report["calibration"]["nonlinear"] == nonlinear
+    assert "non-linear kernels (mixed, rule output-sqnr): softmax: " in stdout

@@ -441,8 +441,17 @@ def quantize_model(
     nonlinear = None
     if kernel_layers(qmodel):
         t = time.perf_counter()
-        nonlinear, qconfig = _select_kernels(model, qmodel, batches, qconfig)
+        nonlinear, resolved = _select_kernels(model, qmodel, batches, qconfig)
         stages["nonlinear_sensitivity"] = time.perf_counter() - t
+        if resolved is not qconfig:
+            # mixed layers were calibrated with their first candidate active, so the points after them
+            # were fitted on its outputs; calibrate again with the choices pinned, so that the result
+            # is exactly what the resolved (plain-data) config gives
+            again = quantize_model(model, calib_images, resolved, progress)
+            again.nonlinear = nonlinear
+            again.stage_seconds = {"nonlinear_selection": time.perf_counter() - start, **again.stage_seconds}
+            again.seconds += again.stage_seconds["nonlinear_selection"]
+            return again
     seconds = time.perf_counter() - start
 
     t = time.perf_counter()

@@ -160,7 +160,8 @@ def choose(rows: list[Sensitivity], rule: str) -> dict[str, str]:
     best: dict[str, Sensitivity] = {}
     for r in rows:
         cur = best.get(r.layer)
-        if cur is None or _better(r, cur, rule):
+        tie = cur is not None and not _better(cur, r, rule) and FAMILIES.index(r.family) < FAMILIES.index(cur.family)
+        if cur is None or _better(r, cur, rule) or tie:
             best[r.layer] = r
     return {layer: r.family for layer, r in best.items()}
 
