@@ -204,8 +204,8 @@ def test_bad_crop_pct_fails_before_loading(value, tiny_folder, capsys):
         (["--nonlinear", "bogus"], "unknown --nonlinear 'bogus'; choose one of float, ivit, ibert, fqvit, mixed"),
         (["--nonlinear", "mixed", "--mixed-rule", "bogus"], "unknown mixed rule 'bogus'; choose one of sqnr-diff, output-sqnr"),
         (["--mixed-rule", "bogus"], "unknown mixed rule 'bogus'"),
-        (["--nonlinear", "ivit", "--nonlinear-bits", "12"], "non-linear input bits must be between 2 and 8, got 12"),
-        (["--nonlinear-bits", "1"], "non-linear input bits must be between 2 and 8, got 1"),
+        (["--nonlinear", "ivit", "--nonlinear-bits", "12"], "--nonlinear-bits must be between 2 and 8, got 12"),
+        (["--nonlinear-bits", "1"], "--nonlinear-bits must be between 2 and 8, got 1"),
     ],
 )
 def test_bad_nonlinear_options_exit_2_before_loading(argv, message, tiny_folder, capsys):

@@ -70,6 +70,8 @@ class QuantizeJob:
         check_bits(self.a_bits, "--a-bits")
         if self.attn_bits is not None:
             check_bits(self.attn_bits, "--attn-bits")
+        if self.nonlinear_bits is not None:
+            check_bits(self.nonlinear_bits, "--nonlinear-bits")
         self.recipe = normalize_recipe_name(self.recipe)
         if self.attn_quant is not None:
             self.attn_quant = normalize_scheme_name(self.attn_quant)

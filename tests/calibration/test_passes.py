@@ -72,6 +72,8 @@ def test_batches_are_checked():
         calibration_batches([torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 16, 16)], 4)
     batches = calibration_batches([torch.zeros(2, 3, 8, 8)] * 3, 4)  # first batch grows to the search images
     assert [b.shape[0] for b in batches] == [4, 2]
+    batches = calibration_batches([torch.zeros(1, 3, 8, 8)] * 2, 4)  # fewer images than search images
+    assert [b.shape[0] for b in batches] == [2]  # one batch, no empty one after it
 
 
 @pytest.mark.parametrize("recipe", ["adalog", "ptq4vit", "bitlog2-half-17"])

@@ -227,7 +227,8 @@ def calibration_batches(images: torch.Tensor | Sequence[torch.Tensor], search_im
         raise DataError(f"calibration batches have different image shapes: {sorted(shapes)}")
     if batches[0].shape[0] < search_images and len(batches) > 1:
         merged = torch.cat(batches)
-        batches = [merged[:search_images], *merged[search_images:].split(max(b.shape[0] for b in batches))]
+        rest = merged[search_images:]
+        batches = [merged[:search_images], *(rest.split(max(b.shape[0] for b in batches)) if len(rest) else ())]
     return batches
 
 
