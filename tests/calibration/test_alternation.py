@@ -88,3 +88,23 @@ def test_weight_scored_on_its_own_error(tiny, single_thread):
         expected, _ = fit_point(spec, FitContext(where="w", inputs=layer.weight.detach(), axis=0), SMALL)
         assert torch.equal(layer.weight_quantizer.scale, expected.scale), name
         assert torch.equal(layer.weight_quantizer.zero_point, expected.zero_point), name
+
+
+@pytest.mark.parametrize("inputs", ["parallel", "sequential"])
+def test_parallel_inputs_are_the_float_models(tiny, inputs, single_thread):
+    """inputs="parallel": a point is fitted on the float model's input of its consumer, whatever the
+    points before it do (sequential: on the partly quantized stream)."""
+    model = tiny.model("vit")
+    images = tiny.images(4, "vit")
+    cfg = replace(qc.repq_vit_qconfig(4, 4), reparam=False, inputs=inputs)
+    result = quantize_model(copy.deepcopy(model), images, cfg)
+    seen = []
+    handle = model.head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    expected = cfg.spec_for("head.input_quant", qc.LINEAR_INPUT).fit(seen[0])
+    fitted = result.model.head.input_quant.quantizer
+    # (the rewritten attention matches timm's fused one to ~1e-6, not bit for bit)
+    same = torch.allclose(fitted.scale, expected.scale, rtol=1e-4) and torch.equal(fitted.zero_point, expected.zero_point)
+    assert same == (inputs == "parallel")
