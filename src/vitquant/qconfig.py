@@ -73,6 +73,9 @@ def attention_spec(name: str, bits: int, **options: Any) -> QuantSpec:
 
 
 # ---------------------------------------------------------------- the configuration object
+REFERENCES = ("local", "float", "layer")
+
+
 @dataclass(frozen=True)
 class QConfig:
     """Role -> spec for every quantization point, per-point overrides, and the calibration settings.
@@ -92,6 +95,22 @@ class QConfig:
       model's output of that consumer, which also counts the error of every earlier point; on a few
       search images the search then compensates upstream errors and over-fits (measured on DeiT-Tiny:
       FPCS on the proj/head inputs dropped FP agreement on 16 held-out images from 69 % to 31 %).
+      ``"layer"``: the same consumer on the same inputs with every operand at full precision and its
+      float weight (AdaLog's objective: each point and the weight are scored against the layer's own
+      float output, not against a partly quantized one).
+    - ``weight_rounds``: at a consumer whose weight uses a metric search, how often its input points
+      and its weight are searched in turn (AdaLog alternates 3 rounds); 1: inputs, then the weight.
+    - ``weight_init``: the weights' fit before any activation is calibrated: ``"percentile"`` (the
+      spec's data-only rule) or ``"search"`` (the weight spec's search on the weight's own
+      reconstruction error, per output channel; AdaLog's initialisation).
+    - ``refit_after_reparam``: once a per-channel input is folded into the LayerNorm and the next
+      Linear (a per-tensor quantizer remains), search that per-tensor quantizer again with the spec's
+      search and metric on the consumer's output (AdaLog), alternating with the weight; otherwise the
+      folded quantizer (mean step, rounded mean zero point) is kept.
+    - ``inputs``: what a consumer's points are fitted on. ``"sequential"`` (RepQ-ViT): the inputs as
+      they arrive through the already quantized layers before it; ``"parallel"`` (AdaLog, PTQ4ViT):
+      the full-precision inputs of the same model (every point and weight off during the passes), so
+      each layer is calibrated independently of the others' errors.
     """
 
     specs: Mapping[str, QuantSpec]
@@ -102,10 +121,20 @@ class QConfig:
     operand_rounds: int = 1
     reference: str = "local"
     nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
+    weight_rounds: int = 1
+    weight_init: str = "percentile"
+    refit_after_reparam: bool = False
+    inputs: str = "sequential"
 
     def __post_init__(self) -> None:
-        if self.reference not in ("local", "float"):
-            raise ConfigError(f"reference must be 'local' or 'float', got {self.reference!r}")
+        if self.reference not in REFERENCES:
+            raise ConfigError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
+        if self.weight_init not in ("percentile", "search"):
+            raise ConfigError(f"weight_init must be 'percentile' or 'search', got {self.weight_init!r}")
+        if self.inputs not in ("sequential", "parallel"):
+            raise ConfigError(f"inputs must be 'sequential' or 'parallel', got {self.inputs!r}")
+        if self.weight_rounds < 1:
+            raise ConfigError("weight_rounds must be at least 1")
         missing = [r for r in ROLES if r not in self.specs]
         if missing:
             raise ConfigError(f"QConfig misses specs for roles {missing}")
@@ -150,6 +179,10 @@ class QConfig:
             "operand_rounds": self.operand_rounds,
             "reference": self.reference,
             "nonlinear": self.nonlinear.to_dict(),
+            "weight_rounds": self.weight_rounds,
+            "weight_init": self.weight_init,
+            "refit_after_reparam": self.refit_after_reparam,
+            "inputs": self.inputs,
         }
 
 

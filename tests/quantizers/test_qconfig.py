@@ -189,7 +189,8 @@ def test_with_roles():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"reference": "nope"}, {"search_images": 0}, {"operand_rounds": 0}]
+    "kwargs",
+    [{"reference": "nope"}, {"search_images": 0}, {"operand_rounds": 0}, {"weight_rounds": 0}, {"weight_init": "nope"}],
 )
 def test_qconfig_bad_settings(kwargs):
     with pytest.raises(ConfigError):
@@ -288,16 +289,17 @@ def test_to_dict_json_serialisable():
     assert set(back["roles"]) == set(ROLES)
     assert back["roles"]["post_softmax"] == {
         "kind": "bitlog2", "name": "BitLog2_Single_17", "bits": 4, "granularity": "tensor", "search": "percentile",
-        "metric": "mse", "variant": 17, "half": False, "max_levels": 17}
+        "metric": "mse", "objective": "output", "variant": 17, "half": False, "max_levels": 17}
     assert back["roles"]["weight"] == {
         "kind": "uniform", "name": "uniform-per-channel", "bits": 4, "granularity": "channel",
-        "search": "percentile", "metric": "mse", "max_levels": 16}
+        "search": "percentile", "metric": "mse", "objective": "output", "max_levels": 16}
     assert back["overrides"] == {
         "head": {"kind": "uniform", "name": "uniform", "bits": 8, "granularity": "tensor", "search": "percentile",
-                 "metric": "mse", "max_levels": 256}}
+                 "metric": "mse", "objective": "output", "max_levels": 256}}
     assert back["reparam"] is True
     assert back["search"] == {"budget": 128, "topk": 16, "steps": 4, "rounds": 3}
     assert (back["search_images"], back["operand_rounds"], back["reference"]) == (4, 1, "local")
+    assert (back["weight_rounds"], back["weight_init"], back["refit_after_reparam"]) == (1, "percentile", False)
     # every spec comes back from its dict
     for role, spec in cfg.specs.items():
         assert spec_from_dict(back["roles"][role]) == spec, role
@@ -310,14 +312,18 @@ def test_to_dict_search_settings_and_spec_options():
         search=SearchSettings(budget=64, topk=8, steps=2, rounds=1),
         search_images=2,
         operand_rounds=3,
-        reference="float",
+        reference="layer",
+        weight_rounds=3,
+        weight_init="search",
+        refit_after_reparam=True,
     )
     d = json.loads(json.dumps(cfg.to_dict()))
     assert d["roles"]["post_gelu"] == {
         "kind": "twin_uniform", "name": "TwinUniform-gelu", "bits": 4, "granularity": "tensor", "search": "fpcs",
-        "metric": "mse", "mode": "gelu", "max_levels": 16}
+        "metric": "mse", "objective": "output", "mode": "gelu", "max_levels": 16}
     assert d["search"] == {"budget": 64, "topk": 8, "steps": 2, "rounds": 1}
-    assert (d["search_images"], d["operand_rounds"], d["reference"]) == (2, 3, "float")
+    assert (d["search_images"], d["operand_rounds"], d["reference"]) == (2, 3, "layer")
+    assert (d["weight_rounds"], d["weight_init"], d["refit_after_reparam"]) == (3, "search", True)
     assert spec_from_dict(d["roles"]["post_gelu"]) == cfg.specs[qc.POST_GELU]
 
 

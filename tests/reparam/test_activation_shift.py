@@ -70,3 +70,39 @@ def test_shift_refuses_other_activations(tiny):
     site.producer.act = nn.ReLU()
     with pytest.raises(ConfigError, match="GELU"):
         reparam_for(site).apply(site)
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_shift_stays_exact_when_the_weight_quantizer_is_replaced(tiny, kind):
+    """The weight search (FPCS) installs a new weight quantizer after the shift was applied: the
+    shifted layer must still equal the unshifted one with that same weight, and so must a
+    weight-search candidate passed to ``consume_weight``."""
+    model = prepare(tiny.model(kind), qc.repq_vit_qconfig())
+    shifted = prepare(tiny.model(kind), qc.repq_vit_qconfig())
+    pairs = [
+        (a.consumer, b)
+        for a, b in zip(
+            [s for s in adapter_for(model).reparam_sites(model) if s.kind == ACTIVATION_SHIFT],
+            [s for s in adapter_for(shifted).reparam_sites(shifted) if s.kind == ACTIVATION_SHIFT],
+        )
+    ]
+    assert pairs
+    for plain, site in pairs:
+        for layer in (plain, site.consumer):
+            layer.quantize_weight()  # the percentile weight of the recipe, at 4 bit
+            layer.mode = Mode.QUANTIZE
+        reparam_for(site).apply(site)
+        other = UniformSpec(bits=2, granularity="channel")  # another weight quantizer, installed later
+        for layer in (plain, site.consumer):
+            layer.set_weight_quantizer(other.fit(layer.weight, axis=0, where="w"))
+    x = tiny.images(2, kind)
+    with torch.no_grad():
+        assert torch.allclose(model(x), shifted(x), atol=1e-4, rtol=1e-5)
+        plain, site = pairs[0]
+        g = torch.rand(3, 5, plain.in_features)
+        candidate = plain.weight * 0.9
+        assert torch.allclose(
+            plain.consume_weight(g, candidate),
+            site.consumer.consume_weight(g + GELU_MIN_ABS, candidate),
+            atol=1e-5,
+        )

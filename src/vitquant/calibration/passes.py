@@ -57,7 +57,7 @@ def is_consumer(module: nn.Module) -> bool:
 def consumers_in_order(
     model: nn.Module, units: list[tuple[str, nn.Module]], example: torch.Tensor
 ) -> list[Consumer]:
-    """Every consumer of ``model`` in the order a forward on ``example`` calls it."""
+    """Every consumer of ``model`` with input points, in the order a forward on ``example`` calls it."""
     names = {id(m): n for n, m in model.named_modules() if is_consumer(m)}
     order: list[nn.Module] = []
     hooks = [
@@ -82,7 +82,7 @@ def consumers_in_order(
     missing = set(names.values()) - {c.name for c in out}
     if missing:
         raise RuntimeError(f"consumers never called in a forward pass: {sorted(missing)}")
-    return out
+    return [c for c in out if c.points]  # a float non-linear module has nothing to fit
 
 
 @dataclass

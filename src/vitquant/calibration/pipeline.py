@@ -3,12 +3,17 @@
 Explicit stages, each a function of the model and the data (no fitting inside ``forward``):
 
 1. prepare: the family adapter makes every quantization point explicit; the QConfig assigns specs;
-2. quantize all weights (per output channel, data-only search on the weight);
+2. quantize all weights (per output channel: the data-only rule, or with ``QConfig.weight_init``
+   "search" the weight spec's search on the weight's own error);
 3. fit the activation points consumer by consumer in network order (:mod:`vitquant.calibration.passes`):
    "before" reparameterizations of the consumer (AdaLog's post-GELU shift), an observation pass over
    every calibration batch, a float reference pass on the search images when the spec's search
    scores candidates by the consumer's output, then the spec's search (:func:`fit_point`); later
-   points see the quantized outputs of earlier ones;
+   points see the quantized outputs of earlier ones (``QConfig.inputs`` "sequential"; "parallel":
+   every point sees full-precision inputs). At a consumer whose weight is searched: its
+   "after" reparameterizations first (the folded input may then be searched again per tensor,
+   ``QConfig.refit_after_reparam``), then the weight, alternating with the inputs
+   ``QConfig.weight_rounds`` times;
 4. "after" reparameterizations (RepQ-ViT: per-channel post-LayerNorm quantizers folded into the
    LayerNorm and the next Linear, whose weights are quantized again);
 5. switch to ``Mode.QUANTIZE`` and count the levels every point really uses on the calibration images.
@@ -18,11 +23,12 @@ The float model passed in is left untouched; the quantized model is a copy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,11 +45,11 @@ from vitquant.nonlinear.config import input_spec
 from vitquant.nonlinear.mixed import NonlinearReport, apply_choices, choose, kernel_layers, measure
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 from vitquant.qconfig import POST_SOFTMAX, WEIGHT, QConfig
-from vitquant.quantizers.spec import param_shape, rows_of
+from vitquant.quantizers.spec import QuantSpec, param_shape, rows_of
 from vitquant.quantizers.uniform import UniformQuantizer
 from vitquant.reparam import ReparamSite, reparam_for
 from vitquant.search.context import FitContext
-from vitquant.search.registry import fit_point, needs_consumer
+from vitquant.search.registry import fit_point, needs_consumer, scores_output
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +254,7 @@ class _Fitter:
         self.units = adapter.units(qmodel)
         self.cache = UnitCache(self.units)
         self.sites = adapter.reparam_sites(qmodel)
-        self.consumers = [c for c in consumers_in_order(qmodel, self.units, batches[0][:1]) if c.points]
+        self.consumers = consumers_in_order(qmodel, self.units, batches[0][:1])
         self.search_images = min(qconfig.search_images, batches[0].shape[0])
         metric_specs = [s for c in self.consumers for s in _specs(c) if needs_consumer(s)]
         self.grads: dict[str, torch.Tensor] = {}
@@ -285,41 +291,79 @@ class _Fitter:
             return False
         if point.spec is not None and reparam.applies(site, point.spec):
             reparam.apply(site)
+            if stage == "after" and self.qconfig.weight_init == "search":
+                self.init_weights([site.consumer])  # the fold quantized its new weight by the data-only rule
             self.applied.add(id(site))
             self.reparameterizations[site.kind] = self.reparameterizations.get(site.kind, 0) + 1
             return True
         return False
 
+    @contextlib.contextmanager
+    def _stream(self) -> Iterator[None]:
+        """Within: passes see the inputs the points are fitted on; with ``inputs="parallel"`` every
+        point and weight of the model is off (the float function: the reparameterizations are exact)."""
+        if self.qconfig.inputs != "parallel":
+            yield
+            return
+        saved = [(m, m.mode) for m in self.qmodel.modules() if isinstance(getattr(m, "mode", None), Mode)]
+        for module, _ in saved:
+            module.mode = Mode.FLOAT
+        try:
+            yield
+        finally:
+            for module, mode in saved:
+                module.mode = mode
+
     def _fit_consumer(self, consumer: Consumer) -> None:
         """Stage 3 at one consumer: "before" reparameterizations, its input points, then its weight
-        when the weight's spec asks for a metric search."""
-        self.passes += self.cache.advance(self.qmodel, self.batches, consumer.unit)
+        when the weight's spec asks for a metric search (alternating with the inputs for
+        ``weight_rounds`` rounds)."""
+        with self._stream():
+            self.passes += self.cache.advance(self.qmodel, self.batches, consumer.unit)
         if self._apply_reparams(consumer, "before"):
             log.debug("%s: input reparameterized before fitting", consumer.name)
         observed = self._observe(consumer)
+        self._fit_points(consumer, observed, [p.spec for p in consumer.points])
+        if not self._weight_searched(consumer):
+            return
+        # AdaLog's order: fold the fitted per-channel input first (its weights change), then search
+        # the weight on the input as it now arrives, quantized by the fitted point
+        folded = self._apply_reparams(consumer, "after")
+        if folded:
+            observed = self._observe(consumer)
+        specs = [self._refit_spec(p) if folded else p.spec for p in consumer.points]
+        for r in range(self.qconfig.weight_rounds):
+            if r > 0 or (folded and self.qconfig.refit_after_reparam):
+                self._fit_points(consumer, observed, specs)
+            self._fit_weight(consumer, self._search_subset(observed))
+
+    def _refit_spec(self, point: QuantPoint) -> QuantSpec | None:
+        """The spec that searches a folded (now per-tensor) input again, or None to keep the fold's."""
+        if not self.qconfig.refit_after_reparam or point.spec is None:
+            return None
+        return replace(point.spec, granularity="tensor", objective="output")
+
+    def _fit_points(self, consumer: Consumer, observed: list[tuple], specs: list[QuantSpec | None]) -> None:
+        """Fit the consumer's input points with ``specs`` (None: leave that point as it is)."""
         points = consumer.points
-        specs = [p.spec for p in points]
-        searched = any(s is not None and needs_consumer(s) for s in specs)
+        searched = any(s is not None and scores_output(s) for s in specs)
         operands = self._search_subset(observed)
         inputs = [torch.cat([ops[i] for ops in observed]) if len(observed) > 1 else observed[0][i] for i in consumer.operands]
         float_output = self._float_output(consumer) if searched and self.qconfig.reference == "float" else None
         rounds = self.qconfig.operand_rounds if searched and len(points) > 1 else 1
         for _ in range(rounds):
-            for i, point in enumerate(points):
+            for i, (point, spec) in enumerate(zip(points, specs)):
+                if spec is None:
+                    continue
                 reference = None
                 if searched:
-                    reference = float_output if float_output is not None else self._local_reference(consumer, operands, i)
-                self._fit_point(point, i, consumer, inputs[i], operands, reference)
-        if self._weight_searched(consumer):
-            # AdaLog's order: fold the fitted per-channel input first (its weights change), then search
-            # the weight on the input as it now arrives, quantized by the fitted point
-            if self._apply_reparams(consumer, "after"):
-                observed = self._observe(consumer)
-            self._fit_weight(consumer, self._search_subset(observed))
+                    reference = float_output if float_output is not None else self._reference(consumer, operands, i)
+                self._fit_point(point, spec, i, consumer, inputs[i], operands, reference)
 
     def _observe(self, consumer: Consumer) -> list[tuple]:
         self.passes += 1
-        return self.cache.run(self.qmodel, self.batches, consumer.module, "input")
+        with self._stream():
+            return self.cache.run(self.qmodel, self.batches, consumer.module, "input")
 
     def _search_subset(self, observed: list[tuple]) -> list[torch.Tensor]:
         """The consumer's operands on the first ``search_images`` images (the first batch starts with them)."""
@@ -334,16 +378,21 @@ class _Fitter:
     def _fit_weight(self, consumer: Consumer, operands: list[torch.Tensor]) -> None:
         """Search the consumer's weight quantizer by the layer's output on the quantized input.
 
-        The reference is the layer with its float weight on the same input; each output channel (one
-        weight row) keeps its own best candidate.
+        The reference is the layer with its float weight on the same quantized input (``reference``
+        "local" or "float"), or on the full-precision input ("layer"); each output channel (one weight
+        row) keeps its own best candidate. A spec with objective "input" scores the weight's own error.
         """
         layer = consumer.module
         spec = layer.weight_spec  # type: ignore[union-attr]
+        if spec.objective == "input":
+            self._search_weight(layer)  # type: ignore[arg-type]
+            return
         with torch.no_grad():
             x = consumer.points[0](operands[0])
         weight = layer.weight.detach()
         with torch.no_grad():
-            reference = layer.consume_weight(x, weight)  # type: ignore[attr-defined]
+            source = operands[0] if self.qconfig.reference == "layer" else x
+            reference = layer.consume_weight(source, weight)  # type: ignore[attr-defined]
         ctx = FitContext(
             where=f"{consumer.name}.weight", inputs=weight, axis=0,
             consume=lambda ops: layer.consume_weight(x, ops[0]),  # type: ignore[attr-defined]
@@ -354,7 +403,47 @@ class _Fitter:
         start = time.perf_counter()
         quantizer, evaluations = fit_point(spec, ctx, self.qconfig.search)
         layer.set_weight_quantizer(quantizer)
-        self.evaluations[ctx.where] = (evaluations, time.perf_counter() - start)
+        self._count(ctx.where, evaluations, time.perf_counter() - start)
+
+    def _search_weight(self, layer: WeightQuantMixin) -> None:
+        """The weight spec's search on the weight's own reconstruction error, per output channel."""
+        assert layer.weight_spec is not None
+        where = f"{layer.layer_name}.weight"
+        start = time.perf_counter()
+        ctx = FitContext(where=where, inputs=layer.weight.detach(), axis=0)
+        quantizer, evaluations = fit_point(layer.weight_spec, ctx, self.qconfig.search)
+        layer.set_weight_quantizer(quantizer)
+        self._count(where, evaluations, time.perf_counter() - start)
+
+    def init_weights(self, layers: Sequence[WeightQuantMixin]) -> None:
+        """Stage 2 (and again after a reparameterization changed a weight): the data-only rule, or,
+        with ``weight_init="search"``, the weight spec's metric search on its own error."""
+        for layer in layers:
+            spec = layer.weight_spec
+            if self.qconfig.weight_init == "search" and spec is not None and needs_consumer(spec):
+                self._search_weight(layer)
+            else:
+                layer.quantize_weight()
+            layer.mode = Mode.QUANTIZE
+
+    def _count(self, where: str, evaluations: int, seconds: float) -> None:
+        n, t = self.evaluations.get(where, (0, 0.0))
+        self.evaluations[where] = (n + evaluations, t + seconds)
+
+    def _reference(self, consumer: Consumer, operands: list[torch.Tensor], index: int) -> torch.Tensor:
+        """The consumer's reference output for operand ``index`` (``reference`` "local" or "layer")."""
+        if self.qconfig.reference == "layer":
+            return self._layer_reference(consumer, operands)
+        return self._local_reference(consumer, operands, index)
+
+    @staticmethod
+    def _layer_reference(consumer: Consumer, operands: list[torch.Tensor]) -> torch.Tensor:
+        """The consumer on full-precision operands with its float weight (if it has one)."""
+        module = consumer.module
+        with torch.no_grad():
+            if isinstance(module, WeightQuantMixin):
+                return module.consume_weight(operands[0], module.weight.detach())
+            return module.consume(operands)  # type: ignore[operator]
 
     @staticmethod
     def _local_reference(consumer: Consumer, operands: list[torch.Tensor], index: int) -> torch.Tensor:
@@ -370,17 +459,17 @@ class _Fitter:
         return self.float_cache.run(self.float_model, self.search_batch, self.float_modules[consumer.name], "output")[0]
 
     def _fit_point(
-        self, point: QuantPoint, index: int, consumer: Consumer, inputs: torch.Tensor,
+        self, point: QuantPoint, spec: QuantSpec | None, index: int, consumer: Consumer, inputs: torch.Tensor,
         operands: list[torch.Tensor], reference: torch.Tensor | None,
     ) -> None:
-        """Fit one point on everything that reached it (``inputs``); ``operands`` and ``reference``:
-        the consumer's operands and reference output on the search images, for metric searches."""
-        spec = point.spec
+        """Fit one point with ``spec`` on everything that reached it (``inputs``); ``operands`` and
+        ``reference``: the consumer's operands and reference output on the search images, for
+        metric searches scored on the consumer's output."""
         if spec is None:
             raise RuntimeError(f"quantization point {point.point_name} has no spec")
         axis = point.axis(spec.granularity)
         ctx = FitContext(where=point.point_name or point.role, inputs=inputs, axis=axis)
-        if needs_consumer(spec) and reference is not None:
+        if scores_output(spec) and reference is not None:
             ctx.consume = consumer.module.consume  # type: ignore[assignment]
             ctx.operands, ctx.operand, ctx.reference = operands, index, reference
             ctx.others = list(consumer.points)
@@ -395,8 +484,7 @@ class _Fitter:
         rows = rows_of(inputs, axis)
         shape = param_shape(inputs.shape, axis)
         point.observed_min, point.observed_max = rows.amin(dim=1).reshape(shape), rows.amax(dim=1).reshape(shape)
-        n, t = self.evaluations.get(point.point_name, (0, 0.0))
-        self.evaluations[point.point_name] = (n + evaluations, t + seconds)
+        self._count(point.point_name, evaluations, seconds)
 
     def finish(self) -> int:
         """Stage 4: the "after" reparameterizations (all of them, also those already applied at a
@@ -423,16 +511,12 @@ def quantize_model(
     qmodel.requires_grad_(False)
 
     t = time.perf_counter()
-    for module in qmodel.modules():
-        if isinstance(module, WeightQuantMixin):
-            module.quantize_weight()
-            module.mode = Mode.QUANTIZE
-    stages["weights"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     fitter = _Fitter(qmodel, model, batches, qconfig)
+    t_weights = time.perf_counter()
+    fitter.init_weights([m for m in qmodel.modules() if isinstance(m, WeightQuantMixin)])
+    stages["weights"] = time.perf_counter() - t_weights
     fitter.run(progress)
-    stages["activations"] = time.perf_counter() - t
+    stages["activations"] = time.perf_counter() - t - stages["weights"]
 
     t = time.perf_counter()
     reparameterized = fitter.finish()

@@ -2,6 +2,11 @@
 
 The weight is fake-quantized once (:meth:`quantize_weight`) and the result cached, not at every forward.
 The float weight is kept: reparameterization edits it and quantizes again.
+
+A Linear may receive its input shifted by a constant, ``x + c`` (AdaLog's post-GELU shift, set by
+:mod:`vitquant.reparam.activation_shift`). The layer keeps ``c`` as ``input_shift`` and computes the
+compensating bias ``bias - c·W·1`` from the weight it actually uses (float, the current quantized
+weight, or a weight-search candidate), so the shift stays exact whenever the weight quantizer changes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class WeightQuantMixin:
         self.register_buffer("weight_fq", None)  # type: ignore[attr-defined]
         self.mode = Mode.FLOAT
         self.layer_name = ""
+        self.input_shift = 0.0  # the input arrives as x + input_shift (see the module docstring)
 
     def quantize_weight(self) -> None:
         """Fit the weight quantizer per output channel and cache the fake-quantized weight."""
@@ -46,6 +52,14 @@ class WeightQuantMixin:
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The layer's operation on input ``x`` with ``weight`` (its own, or a weight-search candidate)."""
         raise NotImplementedError
+
+    def bias_for(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """The bias to use with ``weight``: the layer's bias less ``input_shift · weight · 1``."""
+        bias: torch.Tensor | None = self.bias  # type: ignore[attr-defined]
+        if self.input_shift == 0.0:
+            return bias
+        shift = self.input_shift * weight.detach().double().flatten(1).sum(dim=1)
+        return (-shift if bias is None else bias.double() - shift).to(weight.dtype)
 
     def input_points(self) -> list[QuantPoint]:
         return [self.input_quant]  # type: ignore[attr-defined]
@@ -80,7 +94,11 @@ class QuantLinear(WeightQuantMixin, nn.Linear):
         return new
 
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, weight, self.bias)
+        return F.linear(x, weight, self.bias_for(weight))
+
+    def extra_repr(self) -> str:
+        shift = f", input_shift={self.input_shift}" if self.input_shift else ""
+        return super().extra_repr() + shift
 
 
 class QuantConv2d(WeightQuantMixin, nn.Conv2d):
@@ -109,4 +127,6 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
         return new
 
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.input_shift:  # zero padding would not be shifted: the fold is defined for Linear only
+            raise RuntimeError(f"layer {self.layer_name}: an input shift is not supported on a convolution")
         return self._conv_forward(x, weight, self.bias)

@@ -2,8 +2,9 @@
 
 A :class:`QuantSpec` says *what* goes at a quantization point: the format (its ``kind``), bit width,
 granularity (one parameter set per tensor, per channel or per attention head), which search finds its
-parameters and by which metric. Each format module defines its own small spec subclass and registers
-it with :func:`register_spec`; nothing else lists the formats. A spec knows four things about its
+parameters, by which metric and on what (``objective``: the consumer's output or the point's own
+input). Each format module defines its own small spec subclass and registers it with
+:func:`register_spec`; nothing else lists the formats. A spec knows four things about its
 format, all per *row* (one row per tensor, channel or head, see :func:`rows_of`):
 
 - ``initialize(rows)``: the data-only fit (the ``percentile`` search: RepQ-ViT's percentile/MSE rule
@@ -27,6 +28,9 @@ from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
 
 GRANULARITIES = ("tensor", "channel", "head")
+#: what a metric search scores a candidate on: the consumer's output (a Linear's, a matmul's), or the
+#: point's own input (reconstruction error, one score per row: AdaLog's per-channel post-LayerNorm fit)
+OBJECTIVES = ("output", "input")
 Params = dict[str, torch.Tensor]
 
 
@@ -54,6 +58,7 @@ class QuantSpec(abc.ABC):
     granularity: str = "tensor"
     search: str | None = None  # None: the format's default_search
     metric: str = "mse"
+    objective: str = "output"  # what a metric search scores: the consumer's "output" or the point's own "input"
 
     kind: ClassVar[str] = ""
     default_search: ClassVar[str] = "percentile"
@@ -68,6 +73,8 @@ class QuantSpec(abc.ABC):
 
         check_search(self.search_name)
         check_metric(self.metric)
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
 
     # ------------------------------------------------------------------ description
     @property

@@ -5,14 +5,15 @@ non-negative input, so the activation becomes ``GELU(x) + c`` and the next Linea
 
     y = Ŵ·g + b = Ŵ·(g + c·1) + (b - c·Ŵ·1)
 
-with Ŵ the layer's *de-quantized* weight, so the rewrite is exact before the input is quantized. It
-applies when the Linear's input spec is non-negative only (the log formats); twin-uniform and uniform
+The Linear keeps c (``input_shift``) and computes ``b - c·Ŵ·1`` from the weight it uses at that moment
+(float, de-quantized, or a weight-search candidate), never a snapshot baked into its bias: a weight
+quantizer fitted after the shift (AdaLog's FPCS weight search) keeps the rewrite exact before the
+input is quantized. It applies when the Linear's input spec is non-negative only (the log formats); twin-uniform and uniform
 quantize negative values themselves.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from vitquant.errors import ConfigError
@@ -33,14 +34,7 @@ class ActivationShift(Reparameterization):
         act = getattr(site.producer, site.attr, None)
         if not isinstance(act, nn.GELU):
             raise ConfigError(f"{site.name}: the activation shift is defined for GELU, got {type(act).__name__}")
-        linear = site.consumer
-        weight = linear.effective_weight().detach().double()  # de-quantized when the layer is quantized
-        shift = GELU_MIN_ABS * weight.sum(dim=1)
-        with torch.no_grad():
-            if linear.bias is None:
-                linear.bias = nn.Parameter((-shift).float())
-            else:
-                linear.bias.copy_((linear.bias.double() - shift).float())
+        site.consumer.input_shift += GELU_MIN_ABS  # its bias correction follows the weight in use
         setattr(site.producer, site.attr, ShiftedActivation(act, GELU_MIN_ABS))
 
 

@@ -45,6 +45,11 @@ def needs_consumer(spec: QuantSpec) -> bool:
     return spec.search_name != "percentile"
 
 
+def scores_output(spec: QuantSpec) -> bool:
+    """Whether ``spec``'s search scores candidates on the consumer's output (not the point's own input)."""
+    return needs_consumer(spec) and spec.objective == "output"
+
+
 def fit_point(spec: QuantSpec, ctx: FitContext, settings: SearchSettings | None = None) -> tuple[Quantizer, int]:
     """Run ``spec``'s search at one point; returns the quantizer and the number of evaluations."""
     check_calibration_tensor(ctx.inputs, ctx.where)
