@@ -507,21 +507,7 @@ def quantize_model(
     batches = calibration_batches(calib_images, qconfig.search_images)
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    qmodel = prepare(copy.deepcopy(model).eval(), qconfig)
-    qmodel.requires_grad_(False)
-
-    t = time.perf_counter()
-    fitter = _Fitter(qmodel, model, batches, qconfig)
-    t_weights = time.perf_counter()
-    fitter.init_weights([m for m in qmodel.modules() if isinstance(m, WeightQuantMixin)])
-    stages["weights"] = time.perf_counter() - t_weights
-    fitter.run(progress)
-    stages["activations"] = time.perf_counter() - t - stages["weights"]
-
-    t = time.perf_counter()
-    reparameterized = fitter.finish()
-    stages["reparameterization"] = time.perf_counter() - t
-    set_mode(qmodel, Mode.QUANTIZE)
+    qmodel, fitter, reparameterized = _calibrate(model, batches, qconfig, stages, progress)
 
     nonlinear = None
     if kernel_layers(qmodel):
@@ -532,11 +518,10 @@ def quantize_model(
             # mixed layers were calibrated with their first candidate active, so the points after them
             # were fitted on its outputs; calibrate again with the choices pinned, so that the result
             # is exactly what the resolved (plain-data) config gives
-            again = quantize_model(model, calib_images, resolved, progress)
-            again.nonlinear = nonlinear
-            again.stage_seconds = {"nonlinear_selection": time.perf_counter() - start, **again.stage_seconds}
-            again.seconds += again.stage_seconds["nonlinear_selection"]
-            return again
+            again: dict[str, float] = {}
+            qmodel, fitter, reparameterized = _calibrate(model, batches, resolved, again, progress)
+            stages.update({f"recalibration_{k}": v for k, v in again.items()})
+            qconfig = resolved
     seconds = time.perf_counter() - start
 
     t = time.perf_counter()
@@ -564,6 +549,29 @@ def quantize_model(
         points=points,
         nonlinear=nonlinear,
     )
+
+
+def _calibrate(
+    model: nn.Module, batches: list[torch.Tensor], qconfig: QConfig, stages: dict[str, float], progress: bool
+) -> tuple[nn.Module, _Fitter, int]:
+    """Stages 1-4 on a copy of ``model``: prepare, weights, activations consumer by consumer, "after"
+    reparameterizations; returns the model in ``Mode.QUANTIZE``, the fitter and the rewritten sites."""
+    qmodel = prepare(copy.deepcopy(model).eval(), qconfig)
+    qmodel.requires_grad_(False)
+
+    t = time.perf_counter()
+    fitter = _Fitter(qmodel, model, batches, qconfig)
+    t_weights = time.perf_counter()
+    fitter.init_weights([m for m in qmodel.modules() if isinstance(m, WeightQuantMixin)])
+    stages["weights"] = time.perf_counter() - t_weights
+    fitter.run(progress)
+    stages["activations"] = time.perf_counter() - t - stages["weights"]
+
+    t = time.perf_counter()
+    reparameterized = fitter.finish()
+    stages["reparameterization"] = time.perf_counter() - t
+    set_mode(qmodel, Mode.QUANTIZE)
+    return qmodel, fitter, reparameterized
 
 
 def _select_kernels(
