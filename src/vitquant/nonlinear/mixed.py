@@ -101,22 +101,30 @@ def kernel_layers(model: nn.Module) -> dict[str, QuantNonLinear]:
 
 
 @contextmanager
-def _capture(model: nn.Module, names: list[str], quantized: bool) -> Iterator[dict[str, tuple]]:
-    """Record (input, output) of the named non-linear modules at every forward. For the quantized
-    model the input is taken after the active slot's input point (Q_in of the paper)."""
-    store: dict[str, tuple] = {}
+def _capture(model: nn.Module, names: list[str], quantized: bool) -> Iterator[dict[str, list]]:
+    """Record, per named non-linear module and forward: ``[input]`` of the float model, or
+    ``[Q_in, Q_out]`` of the quantized one, Q_in being the output of the active slot's input point
+    (what the kernel received; the float op's input when no slot is active)."""
+    store: dict[str, list] = {}
     modules = dict(model.named_modules())
     handles = []
     for name in names:
         module = modules[name]
 
-        def hook(mod: nn.Module, args: tuple, output: torch.Tensor, name: str = name) -> None:
-            x = args[0].detach()
-            if quantized and mod.active is not None:
-                x = mod.slots[mod.active].input_quant(x)
-            store[name] = (x, output.detach())
+        def record_input(mod: nn.Module, args: tuple, name: str = name) -> None:
+            store[name] = [args[0].detach()]
 
-        handles.append(module.register_forward_hook(hook))
+        def record_point(point: nn.Module, args: tuple, output: torch.Tensor, name: str = name) -> None:
+            store[name][0] = output.detach()
+
+        def record_output(mod: nn.Module, args: tuple, output: torch.Tensor, name: str = name) -> None:
+            store[name].append(output.detach())
+
+        handles.append(module.register_forward_pre_hook(record_input))
+        if quantized:
+            if module.active is not None:
+                handles.append(module.slots[module.active].input_quant.register_forward_hook(record_point))
+            handles.append(module.register_forward_hook(record_output))
     try:
         yield store
     finally:
