@@ -45,13 +45,24 @@ def _logits(model: torch.nn.Module, batches: list[torch.Tensor]) -> tuple[torch.
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    """Model, weights, images, calibration/evaluation sizes and seed: the options every benchmark takes."""
+    """Model, weights, images, calibration/evaluation sizes, seed, batch size and output folder: the
+    options every benchmark takes."""
     p.add_argument("--model", default="deit_tiny")
     p.add_argument("--weights", type=Path)
     p.add_argument("--data", type=Path, help="image folder (default: the shared ImageNet sample)")
     p.add_argument("--calib-size", type=int, default=32)
     p.add_argument("--eval-size", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+
+
+def run_and_write(args: argparse.Namespace, run, to_markdown, stem: str) -> int:
+    """Log at INFO, run the benchmark and write ``<out>/<stem>.{json,md}``."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    res = run(args)
+    write_results(res, args.out, stem, to_markdown(res))
+    return 0
 
 
 def write_results(res: dict, out: Path, stem: str, markdown: str) -> None:
@@ -160,15 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
     p.add_argument("--schemes", nargs="+", default=list(ATTENTION_SCHEMES))
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--timing-batch", type=int, default=32, help="batch size of the throughput comparison")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds (FP and quantized timed in turns)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    res = run(args)
-    write_results(res, args.out, f"attention_schemes_{args.model}_w{args.w_bits}a{args.a_bits}", to_markdown(res))
-    return 0
+    return run_and_write(args, run, to_markdown, f"attention_schemes_{args.model}_w{args.w_bits}a{args.a_bits}")
 
 
 if __name__ == "__main__":

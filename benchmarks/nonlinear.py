@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from attention_schemes import _accuracy, add_data_args, provenance, write_results
+from attention_schemes import _accuracy, add_data_args, provenance, run_and_write
 from recipes import load_eval, measure_row
 from vitquant import __version__
 from vitquant.models import resolve_model_name
@@ -95,13 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", type=int, nargs="+", default=[8, 6], help="W/A bit widths (default 8 6)")
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="float, ivit, ibert, fqvit, mixed:RULE")
     p.add_argument("--figure-row", default="mixed:sqnr-diff", help="row whose per-layer figure is drawn")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    res = run(args)
-    write_results(res, args.out, f"nonlinear_{args.model}", to_markdown(res))
-    return 0
+    return run_and_write(args, run, to_markdown, f"nonlinear_{args.model}")
 
 
 if __name__ == "__main__":

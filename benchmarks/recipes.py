@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from attention_schemes import _accuracy, _logits, add_data_args, provenance, write_results
+from attention_schemes import _accuracy, _logits, add_data_args, provenance, run_and_write
 from vitquant import __version__
 from vitquant.calibration import quantize_model
 from vitquant.data import load_batch, make_loader
@@ -126,13 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(p)
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3], help="W/A bit widths (default 4 3)")
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    res = run(args)
-    write_results(res, args.out, f"recipes_{args.model}", to_markdown(res))
-    return 0
+    return run_and_write(args, run, to_markdown, f"recipes_{args.model}")
 
 
 if __name__ == "__main__":
