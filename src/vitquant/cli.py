@@ -53,7 +53,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
         "mixed: each layer picks a family by SQNR)",
     )
     g.add_argument("--mixed-rule", default="sqnr-diff", metavar="RULE", help=f"rule of --nonlinear mixed: {', '.join(RULES)} (default sqnr-diff)")
-    g.add_argument("--nonlinear-bits", type=int, metavar="N", help="bits of the kernels' integer inputs, 2..8 (default: --a-bits, at least 6)")
+    g.add_argument("--nonlinear-bits", type=int, metavar="N", help="bits of the GELU/LayerNorm kernels' integer inputs, 2..8 (default: --a-bits, at least 6; softmax kernels take the q@kᵀ integer product)")
     g = p.add_argument_group("data")
     g.add_argument("--calib-data", type=Path, metavar="DIR", help="calibration images (default: the shared ImageNet sample)")
     g.add_argument("--calib-size", type=int, metavar="N", default=32, help="number of calibration images (default 32)")

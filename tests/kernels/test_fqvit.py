@@ -118,10 +118,11 @@ def test_log_int_softmax_matches_float_log2_quantization(bits):
                     distance = (1.0 / p[diff]).unsqueeze(-1) / thresholds - 1
                     worst_distance = max(worst_distance, distance.abs().min(dim=-1).values.max().item())
                 worst_sum = max(worst_sum, (y * ys).sum(-1).max().item())
-    # measured: 0.0098 % (3 bits) / 0.085 % (4 bits) of the codes differ, all within 0.24 % of a decision
-    # point (i-exp's relative error is <= 0.42 %); a row's 2^-q sum is < 1.5 (2^-q < 1.5·p), measured 1.31
+    # measured: 0.0098 % (3 bits) / 0.085 % (4 bits) of the codes differ, all within 0.31 % of a decision
+    # point: i-exp's relative error is <= 0.42 %, and 16-bit inputs at small scales are first rounded onto
+    # a grid of T/2^15 (reduce_logits: <= 0.04 % more); a row's 2^-q sum is < 1.5 (2^-q < 1.5·p), measured 1.31
     assert mismatched / total <= (1.5e-4 if bits == 3 else 1.0e-3)
-    assert worst_distance <= 0.0026
+    assert worst_distance <= 0.0042 + 0.0004
     assert worst_sum <= 1.5
 
 
@@ -130,11 +131,11 @@ def test_log_int_softmax_rejects_what_it_cannot_hold():
     with pytest.raises(ConfigError):
         LogIntSoftmax(5)
     x = torch.zeros(1, 4, dtype=torch.int64)
-    for bad in [0.0, float("nan"), 2**11, 2**-21]:
+    for bad in [0.0, float("nan"), 2**11, 1e-13]:  # small scales are reduced (reduce_logits) down to ~2e-11
         with pytest.raises(ConfigError):
             LogIntSoftmax()(x, torch.tensor(bad), INT)
     with pytest.raises(ConfigError):
-        LogIntSoftmax()(x - 2**16, torch.tensor(0.1), INT)
+        LogIntSoftmax()(x - 2**40, torch.tensor(0.1), INT)
     with pytest.raises(ConfigError):
         LogIntSoftmax().log_codes(torch.zeros(1, 2**16 + 1, dtype=torch.int64), torch.tensor(0.1), INT)
 

@@ -207,10 +207,11 @@ def test_shiftmax_rejects():
     kernel = Shiftmax()
     x = torch.zeros(2, 4, dtype=torch.int64)
     with pytest.raises(ConfigError, match="too small"):
-        kernel(x, _s(1e-10), INT)  # I₀ 2^N 2^(k-1) >= 2^52
-    kernel(torch.zeros(1, 8, dtype=torch.int64), _s(1e-6), INT)  # I₀ = 10^6 is still exact for L = 8 ...
+        kernel(x, _s(1e-13), INT)  # the logit range T/S needs more than 40 bits
+    # small scales are reduced onto a grid of T/2^15 (I₀ <= 2^11): long rows stay exact (L I₀ 2^N < 2^52)
+    kernel(torch.zeros(1, 2**18, dtype=torch.int64), _s(1e-6), INT)
     with pytest.raises(ConfigError, match="too small"):
-        kernel(torch.zeros(1, 2**18, dtype=torch.int64), _s(1e-6), INT)  # ... not for L = 2^18 (L I₀ 2^N)
+        Shiftmax().softmax(torch.zeros(1, 2**18, dtype=torch.int64), _s(1e-6), INT)  # unreduced: L I₀ 2^N >= 2^52
     with pytest.raises(ConfigError, match="empty"):
         kernel(torch.zeros(2, 0, dtype=torch.int64), _s(0.1), INT)
     for bad in (0.0, -0.1, math.nan, math.inf):
@@ -218,8 +219,10 @@ def test_shiftmax_rejects():
             kernel(x, _s(bad), INT)
     with pytest.raises(ConfigError, match="one input scale"):
         kernel(x, torch.ones(4, dtype=torch.float64), INT)
-    with pytest.raises(ConfigError, match="2\\^16"):
-        kernel(torch.tensor([[INPUT_LIMIT, 0]]), _s(0.1), INT)
+    with pytest.raises(ConfigError, match="2\\^40"):
+        kernel(torch.tensor([[2**40, 0]]), _s(0.1), INT)
+    with pytest.raises(ConfigError, match="2\\^16"):  # the family's own step takes reduced inputs only
+        kernel.softmax(torch.tensor([[-INPUT_LIMIT, 0]]), _s(0.1), INT)
     with pytest.raises(ConfigError):
         Shiftmax(out_bits=1)
 
@@ -399,7 +402,7 @@ def test_classes_and_registry():
     assert issubclass(Shiftmax, SoftmaxKernel) and issubclass(ShiftGELU, GeluKernel)
     assert issubclass(ILayerNorm, LayerNormKernel)
     for cls in (Shiftmax, ShiftGELU, ILayerNorm):
-        assert cls.family == "ivit" and cls.input_format == "uniform"
+        assert cls.family == "ivit" and cls.input_format == ("product" if cls is Shiftmax else "uniform")
     assert Shiftmax.N == 15 and ShiftGELU.N == 23 and Shiftmax().out_bits == 8
     assert EXACT_LIMIT == 2**52
 

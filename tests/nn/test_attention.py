@@ -222,3 +222,111 @@ def test_from_float_shares_parameters_with_the_original():
     assert quant.proj.bias is attn.proj.bias
     # adding points to the new module does not add them to the old one
     assert not any(isinstance(m, QuantPoint) for m in attn.modules())
+
+
+# ------------------------------------------------------------------- integer softmax input
+def _fit(point: QuantPoint, x: torch.Tensor, granularity: str) -> None:
+    from vitquant.quantizers import UniformSpec
+
+    point.spec = UniformSpec(bits=8, granularity=granularity)
+    point.set_quantizer(point.spec.fit(x, axis=point.axis(granularity)))
+    point.mode = Mode.QUANTIZE
+
+
+def _with_integer_softmax(quant, family="ivit"):
+    from vitquant.kernels import make_kernel
+
+    quant.softmax.set_kernels({family: make_kernel(family, "softmax")}, {family: None})
+    quant.softmax.layer_name = "attn.softmax"
+    return quant
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "head"])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_integer_softmax_gets_the_exact_q_k_product_with_the_mask_on_its_grid(granularity, mask_kind):
+    from vitquant.kernels import INT
+    from vitquant.nn.int_tensor import IntTensor
+
+    attn, quant = _vit_attention_pair()
+    x = torch.randn(2, 7, 24, generator=torch.Generator().manual_seed(3))
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.rand(7, 7, generator=torch.Generator().manual_seed(1)) > 0.3
+        mask |= torch.eye(7, dtype=torch.bool)
+    elif mask_kind == "float":
+        mask = torch.randn(7, 7, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).reshape(2, 7, 3, 3, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        q = q * attn.scale
+        _fit(quant.qk.a_quant, q, granularity)
+        _fit(quant.qk.b_quant, k.transpose(-2, -1), granularity)
+        _with_integer_softmax(quant)
+        seen = {}
+        quant.softmax.register_forward_pre_hook(lambda mod, args: seen.__setitem__("in", args[0]))
+        quant.av.register_forward_pre_hook(lambda mod, args: seen.__setitem__("attn", args[0]))
+        quant(x, attn_mask=mask)
+    got = seen["in"]
+    assert isinstance(got, IntTensor)
+    # the product of the integer codes, exactly, with scale S_q·S_k (per head or per tensor)
+    qa, kb = quant.qk.a_quant.quantizer, quant.qk.b_quant.quantizer
+    q_int = torch.round(qa(q).double() / qa.scale.double())
+    k_int = torch.round(kb(k.transpose(-2, -1)).double() / kb.scale.double())
+    bias = torch.zeros(7, 7, dtype=torch.float64)
+    if mask_kind == "bool":
+        bias = torch.zeros(7, 7, dtype=torch.float64).masked_fill(~mask, float("-inf"))
+    elif mask_kind == "float":
+        bias = mask.double()
+    scale = qa.scale.double() * kb.scale.double()
+    expected = q_int @ k_int + torch.round(bias / scale).clamp(-(2.0**38), 2.0**38)
+    assert torch.equal(got.scale, scale) and torch.equal(got.ints, expected)
+    assert got.scale.numel() == (3 if granularity == "head" else 1)
+    # the kernel ran on those integers head by head (the INT implementation, bit for bit)
+    kernel = quant.softmax.slots["ivit"].kernel
+    heads = []
+    for h in range(3):
+        y, ys = kernel(expected[:, h].to(torch.int64), scale.reshape(-1)[h if scale.numel() > 1 else 0], INT)
+        heads.append(y.double() * ys)
+    assert torch.equal(seen["attn"], torch.stack(heads, 1).float())
+    if mask_kind == "bool":  # masked logits get no weight
+        assert (seen["attn"][:, :, ~mask] == 0).all()
+
+
+def test_integer_softmax_refuses_per_channel_q():
+    from vitquant.errors import ConfigError
+
+    attn, quant = _vit_attention_pair()
+    x = torch.randn(2, 7, 24)
+    with torch.no_grad():
+        q, k, _ = attn.qkv(x).reshape(2, 7, 3, 3, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        _fit(quant.qk.a_quant, q * attn.scale, "channel")
+        _fit(quant.qk.b_quant, k.transpose(-2, -1), "tensor")
+        _with_integer_softmax(quant)
+        with pytest.raises(ConfigError, match="one step per tensor or per head"):
+            quant(x)
+        quant.softmax.activate(None)  # the float softmax does not need the product
+        quant(x)
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_integer_softmax_in_a_calibrated_model(tiny, kind):
+    """Calibration with integer softmax kernels: no softmax input points, the kernels see IntTensor
+    (Swin: relative position bias and shift mask on the product grid), finite outputs."""
+    from vitquant.nn.int_tensor import IntTensor
+    from vitquant.nn.nonlinear import QuantSoftmax
+    from vitquant.nonlinear import NonlinearConfig
+
+    model = tiny.model(kind)
+    x = tiny.images(4, kind, seed=4)
+    cfg = repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig(ops={"softmax": "ivit"}))
+    prepared = quantize_model(model, x, cfg).model
+    softmaxes = [m for m in prepared.modules() if isinstance(m, QuantSoftmax)]
+    assert softmaxes and all(m.takes_integers and m.input_points() == [] for m in softmaxes)
+    kinds = []
+    for m in softmaxes:
+        m.register_forward_pre_hook(lambda mod, args: kinds.append(type(args[0])))
+    with torch.no_grad():
+        out = prepared(x)
+        ref = model(x)
+    assert kinds and set(kinds) == {IntTensor}
+    assert torch.isfinite(out).all()
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.5

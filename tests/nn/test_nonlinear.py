@@ -15,10 +15,10 @@ from vitquant.kernels import FAMILIES, INT, kernel_choices, make_kernel
 from vitquant.kernels.arith import FLOAT
 from vitquant.models.adapters.base import swap_nonlinear
 from vitquant.nn import Mode
+from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.nonlinear import (
     GELU_INPUT,
     LAYERNORM_INPUT,
-    SOFTMAX_INPUT,
     QuantGELU,
     QuantLayerNorm,
     QuantNonLinear,
@@ -69,7 +69,35 @@ def _module(op: str) -> QuantNonLinear:
 
 
 INPUTS = {"softmax": _softmax_input, "gelu": _gelu_input, "layernorm": _layernorm_input}
-CASES = [(family, op) for op in ("softmax", "gelu", "layernorm") for family in kernel_choices(op)]
+#: kernels with an input point (softmax kernels take integers: IntTensor, tested below)
+CASES = [(family, op) for op in ("gelu", "layernorm") for family in kernel_choices(op)]
+
+
+def _product(seed: int = 1, per_head: bool = False) -> IntTensor:
+    """Integer attention logits like q@kᵀ of 8-bit operands over 16 channels, one scale or one per head."""
+    g = _gen(seed)
+    ints = (torch.randint(-128, 128, (2, 3, 17, 16), generator=g) @ torch.randint(-128, 128, (2, 3, 16, 17), generator=g))
+    scale = torch.tensor([2e-4, 5e-5, 1e-3], dtype=torch.float64).reshape(1, 3, 1, 1) if per_head else torch.tensor(1e-4, dtype=torch.float64)
+    return IntTensor(ints.double(), scale)
+
+
+def _softmax_with(families: list[str]) -> QuantSoftmax:
+    m = QuantSoftmax()
+    m.layer_name = "blocks.0.attn.softmax"
+    kernels = {f: make_kernel(f, "softmax") for f in families}
+    m.set_kernels(kernels, {f: input_spec(k.input_format, 8) for f, k in kernels.items()})
+    return m
+
+
+def _int_softmax_reference(kernel, x: IntTensor) -> torch.Tensor:
+    """The integer implementation, head by head when the scale is per head (float32 output)."""
+    scales = x.scale.reshape(-1)
+    outs = []
+    for h in range(x.ints.shape[1]):
+        y, y_scale = kernel(x.ints[:, h].to(torch.int64), scales[h if scales.numel() > 1 else 0], INT)
+        assert y.dtype == torch.int64
+        outs.append(y.double() * y_scale)
+    return torch.stack(outs, dim=1).to(torch.float32)
 
 
 def _with_kernel(module: QuantNonLinear, family: str, x: torch.Tensor, bits: int = 8) -> QuantNonLinear:
@@ -139,7 +167,39 @@ def test_quant_layernorm_without_affine():
     assert torch.equal(bias, torch.zeros(C, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("op", ["softmax", "gelu", "layernorm"])
+def test_softmax_kernel_takes_integers_and_floats_run_the_float_op():
+    """A softmax kernel has no input point: float logits (q, k still float during calibration) give the
+    float op; the integer product runs the kernel."""
+    m = _softmax_with(["ivit"])
+    assert m.takes_integers and m.input_points() == [] and m.point_operands() == []
+    x = _softmax_input()
+    assert torch.equal(m(x), x.softmax(dim=-1))
+    prod = _product()
+    out = m(prod)
+    assert out.dtype == torch.float32 and out.shape == prod.ints.shape
+    assert not torch.equal(out, prod.dequantize().softmax(dim=-1))
+    m.activate(None)
+    assert not m.takes_integers
+    with pytest.raises(RuntimeError, match="integer input"):
+        m(prod)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("family", kernel_choices("softmax"))
+def test_softmax_kernel_output_equals_integer_kernel(family, per_head):
+    m = _softmax_with([family])
+    prod = _product(per_head=per_head)
+    out = m(prod)
+    ref = _int_softmax_reference(m.slots[family].kernel, prod)
+    assert torch.equal(out, ref), f"{family}: max diff {(out - ref).abs().max().item()}"
+    assert torch.isfinite(out).all()
+    # close to the exact softmax of the dequantized logits (FQ-ViT: 4-bit log2 codes, within a factor 1.5)
+    ref = prod.dequantize().softmax(dim=-1)
+    tol = 0.51 * ref + 2.0**-14 if family == "fqvit" else torch.full_like(ref, 0.05)
+    assert ((out - ref).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("op", ["gelu", "layernorm"])
 def test_float_mode_slot_runs_the_float_op(op):
     """A prepared slot whose point is still in Mode.FLOAT (during calibration) gives the float op."""
     x = INPUTS[op]()
@@ -204,18 +264,19 @@ def test_tabulated_gelu_equals_direct_kernel(family, bits):
 
 
 def test_slots_activate_and_consumer_protocol():
-    x = _softmax_input()
-    m = QuantSoftmax()
+    x = _layernorm_input()
+    m = _module("layernorm")
     m.layer_name = "blocks.0.attn.softmax"
     assert m.input_points() == [] and m.point_operands() == []
-    kernels = {f: make_kernel(f, "softmax") for f in FAMILIES}
+    kernels = {f: make_kernel(f, "layernorm") for f in FAMILIES}
     m.set_kernels(kernels, {f: input_spec(k.input_format, 8) for f, k in kernels.items()})
     assert list(m.slots) == list(FAMILIES) and m.active == FAMILIES[0]  # the first becomes active
     points = m.input_points()
     assert len(points) == 3 and len({id(p) for p in points}) == 3
     assert points == [m.slots[f].input_quant for f in FAMILIES]
-    assert {p.role for p in points} == {SOFTMAX_INPUT}
+    assert {p.role for p in points} == {LAYERNORM_INPUT}
     assert m.point_operands() == [0, 0, 0]  # every slot reads the one operand
+    assert not m.takes_integers
     for family in FAMILIES:
         m.activate(family)
         assert m.active == family
@@ -227,7 +288,10 @@ def test_slots_activate_and_consumer_protocol():
     # an empty kernel set: back to the float op
     m.set_kernels({}, {})
     assert m.active is None and m.input_points() == []
-    assert torch.equal(m(x), x.softmax(dim=-1))
+    assert torch.equal(m(x), m.float_forward(x))
+    softmax = _softmax_with(list(FAMILIES))  # softmax slots: no points at all
+    assert softmax.input_points() == [] and softmax.point_operands() == []
+    assert all(slot.input_quant is None for slot in softmax.slots.values())
 
 
 def test_slot_roles_per_op():
@@ -245,19 +309,13 @@ def test_slot_roles_per_op():
 
 
 def test_activate_switches_the_kernel():
-    x = _softmax_input()
-    m = QuantSoftmax()
-    kernels = {f: make_kernel(f, "softmax") for f in FAMILIES}
-    m.set_kernels(kernels, {f: input_spec(k.input_format, 8) for f, k in kernels.items()})
-    for family in FAMILIES:
-        point = m.slots[family].input_quant
-        point.set_quantizer(point.spec.fit(x))
-        point.mode = Mode.QUANTIZE
+    x = _product(per_head=True)
+    m = _softmax_with(list(FAMILIES))
     outs = {}
     for family in FAMILIES:
         m.activate(family)
         outs[family] = m(x)
-        assert torch.equal(outs[family], _int_reference(m, family, x))
+        assert torch.equal(outs[family], _int_softmax_reference(m.slots[family].kernel, x))
     assert not torch.equal(outs["ivit"], outs["fqvit"])
 
 

@@ -188,9 +188,12 @@ def test_qconfig_without_nonlinear_prepares_the_same_points(tiny, kind):
     assert not any(".slots." in name for name, _, _ in points)
     modules = [m for m in plain.modules() if isinstance(m, QuantNonLinear)]
     assert modules and all(len(m.slots) == 0 and m.active is None for m in modules)
-    # with kernels, the same points plus one per kernel slot (and nothing else changes)
+    # with kernels, the same points plus one per GELU/LayerNorm kernel slot (softmax kernels take the
+    # integer q@kᵀ product: no point of their own), and nothing else changes
     kernels = prepare(copy.deepcopy(model), repq_vit_qconfig(4, 4).with_nonlinear(NonlinearConfig.everywhere("ivit")))
     with_slots = _points(kernels)
     assert [p for p in with_slots if ".slots." not in p[0]] == points
     extra = [p for p in with_slots if ".slots." in p[0]]
-    assert len(extra) == len(modules) and all(role in KERNEL_INPUT_ROLES for _, role, _ in extra)
+    with_points = [m for m in modules if m.op != "softmax"]
+    assert len(with_points) < len(modules)
+    assert len(extra) == len(with_points) and all(role in KERNEL_INPUT_ROLES for _, role, _ in extra)

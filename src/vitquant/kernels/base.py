@@ -18,6 +18,7 @@ Python from the scale, as a converter would store them.
 from __future__ import annotations
 
 import abc
+import math
 from typing import ClassVar
 
 import torch
@@ -34,7 +35,8 @@ class IntKernel(abc.ABC):
     """One integer approximation of a non-linear op.
 
     - ``input_format``: what the input quantization point must produce: ``"uniform"`` (one scale per
-      tensor) or ``"ptf"`` (FQ-ViT's per-channel power-of-two factors over one scale);
+      tensor) or ``"ptf"`` (FQ-ViT's per-channel power-of-two factors over one scale); ``"product"``:
+      no point, the integers of the preceding matmul (softmax);
     - ``out_bits``: bit width of the integer output where the kernel fixes it (softmax, GELU sigmoid).
     """
 
@@ -56,12 +58,62 @@ class IntKernel(abc.ABC):
         return f"{type(self).__name__}(out_bits={self.out_bits})"
 
 
-class SoftmaxKernel(IntKernel):
-    op = "softmax"
+#: logits more than T = 32·ln 2 below the row maximum weigh e^-T = 2^-32: under one step of any output
+LOGIT_RANGE = 32 * math.log(2)
+#: after :func:`reduce_logits`, softmax kernels see integers in [-2^15, 0]
+REDUCED_RANGE = 2**15
+#: softmax inputs may be as wide as an accumulated q@kᵀ product (|x| < 2^40)
+SOFTMAX_INPUT_LIMIT = 2**40
 
-    @abc.abstractmethod
+
+def reduce_logits(x: torch.Tensor, scale: float, arith: Arith) -> tuple[torch.Tensor, float]:
+    """The part of a softmax input that matters, on at most 16 bits:
+
+        Δ = max(x - max_row(x), -D),  D = ⌈T/S⌉;   Δ' = round(Δ / 2^r),  scale S·2^r
+
+    with r >= 0 the smallest shift giving ``⌈D/2^r⌉ <= 2^15`` (rounding ties up). Logits below the clamp
+    have e^(SΔ) < 2^-32. For S >= T/2^15 ≈ 6.8e-4 (every 8-bit requantized input) r = 0 and only far
+    logits are clamped; a wide input (the integer product of q@kᵀ with S = S_q·S_k) is shifted onto a
+    grid of at most T/2^15 in logit units (e^(T/2^16) - 1 < 0.04 % relative error on each weight).
+    Integers only: a row max, a subtraction, a clamp and a rounding shift (|x| < 2^40).
+    """
+    if not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"softmax: input scale must be finite and positive, got {scale}")
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ConfigError(f"softmax over an empty dimension (input shape {tuple(x.shape)})")
+    x = arith.tensor(x)
+    if x.numel() and x.abs().amax().item() >= SOFTMAX_INPUT_LIMIT:
+        raise ConfigError(f"softmax: input integers must satisfy |x| < 2^40 (got {x.abs().amax().item():.0f})")
+    d = math.ceil(LOGIT_RANGE / scale)
+    if d >= SOFTMAX_INPUT_LIMIT:
+        raise ConfigError(f"softmax: input scale {scale:g} too small (the logit range needs more than 40 bits)")
+    shift = max(0, (d - 1).bit_length() - 15)
+    delta = torch.clamp(x - torch.amax(x, dim=-1, keepdim=True), min=-d)
+    return arith.round_shift(delta, shift), scale * 2.0**shift
+
+
+class SoftmaxKernel(IntKernel):
+    """Softmax over the last dim. ``__call__`` reduces the input (:func:`reduce_logits`: any integers
+    with |x| < 2^40, e.g. the q@kᵀ product) and runs the family's :meth:`softmax` on Δ ∈ [-2^15, 0]."""
+
+    op = "softmax"
+    input_format: ClassVar[str] = "product"  # the integer q@kᵀ product, no input point of its own
+
     def __call__(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
         """Softmax over the last dim of integers ``x`` with scalar ``scale``."""
+        delta, reduced = reduce_logits(x, _one_scale(scale, self.name), arith)
+        return self.softmax(delta, torch.tensor(reduced, dtype=torch.float64), arith)
+
+    @abc.abstractmethod
+    def softmax(self, delta: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
+        """The family's softmax of reduced integers ``delta ∈ [-2^15, 0]`` (row max 0)."""
+
+
+def _one_scale(scale: Scale | float, who: str) -> float:
+    t = torch.as_tensor(scale, dtype=torch.float64)
+    if t.numel() != 1:
+        raise ConfigError(f"{who}: needs one input scale, got shape {tuple(t.shape)}")
+    return float(t.reshape(()))
 
 
 class GeluKernel(IntKernel):

@@ -44,7 +44,7 @@ import torch
 
 from vitquant.errors import ConfigError, NumericalError
 from vitquant.kernels.arith import Arith
-from vitquant.kernels.base import LayerNormKernel, Scale, SoftmaxKernel, register_kernel
+from vitquant.kernels.base import LayerNormKernel, Scale, SoftmaxKernel, reduce_logits, register_kernel
 from vitquant.kernels.ibert import (
     MAX_CHANNELS,
     MAX_ROW,
@@ -86,8 +86,11 @@ class LogIntSoftmax(SoftmaxKernel):
     def log_codes(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
         """``(q, keep)``: codes ``q ∈ [0, 2^b - 1]`` (arith dtype) and a bool mask, False where the
         probability is 0 (``log_round >= 2^b`` or ``e = 0``); the probability is ``keep · 2^-q``."""
+        delta, reduced = reduce_logits(x, scalar_scale(scale, self.name), arith)
+        return self._log_codes(delta, torch.tensor(reduced, dtype=torch.float64), arith)
+
+    def _log_codes(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
         s = scalar_scale(scale, self.name)
-        x = arith.tensor(x)
         check_input(x, self.name, MAX_ROW)
         e, total = softmax_exp(x, exp_constants(s, LIS_EXP_BITS), arith)
         safe = torch.clamp(e, min=1)
@@ -98,8 +101,8 @@ class LogIntSoftmax(SoftmaxKernel):
         keep = (q < self.levels) & (e > 0)
         return torch.clamp(q, max=self.levels - 1), keep
 
-    def __call__(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
-        q, keep = self.log_codes(x, scale, arith)
+    def softmax(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
+        q, keep = self._log_codes(x, scale, arith)
         top = self.levels - 1
         y = arith.shift_left(torch.ones_like(q), top - q)
         return torch.where(keep, y, torch.zeros_like(y)), torch.tensor(2.0**-top, dtype=torch.float64)

@@ -187,9 +187,8 @@ class IntSoftmax(SoftmaxKernel):
 
     family = "ibert"
 
-    def __call__(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
+    def softmax(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
         s = scalar_scale(scale, self.name)
-        x = arith.tensor(x)
         check_input(x, self.name, MAX_ROW)
         e, total = softmax_exp(x, exp_constants(s, SOFTMAX_EXP_BITS), arith)
         factor = arith.floor_div(arith.tensor(2**SOFTMAX_DIV_BITS), total)

@@ -148,11 +148,9 @@ class Shiftmax(SoftmaxKernel):
     family = "ivit"
     N: ClassVar[int] = 15
 
-    def __call__(self, x: torch.Tensor, scale: torch.Tensor, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
+    def softmax(self, x: torch.Tensor, scale: torch.Tensor, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
         s = _scalar_scale(scale, self.name)
         length = x.shape[-1]
-        if length < 1:
-            raise ConfigError(f"{self.name}: softmax over an empty dimension")
         p, i0 = exp_constants(s, self.N, max(length, 2 ** (self.out_bits - 1)), self.name)
         _check_input(x, self.name)
         delta = arith.shift_left(x - torch.amax(x, dim=-1, keepdim=True), p)  # <= 0, |Δ| < 2^(17+p)

@@ -6,6 +6,8 @@ run the explicit path:
     attn = softmax(Q(q·scale) @ Q(kᵀ) + bias/mask),   out = Q_softmax(attn) @ Q(v)
 
 with ``softmax`` a :class:`~vitquant.nn.nonlinear.QuantSoftmax` (the float op unless given a kernel).
+An integer softmax kernel instead receives the exact integer product of the quantized q and kᵀ
+(:meth:`~vitquant.nn.matmul.QuantMatMul.integer_product`) with the bias and mask rounded onto its grid.
 
 Both matmuls are :class:`~vitquant.nn.matmul.QuantMatMul` modules (``qk`` and ``av``), so calibration
 can treat them like any other consumer of quantized inputs.
@@ -61,11 +63,18 @@ class _AttentionPoints:
         v: torch.Tensor,
         add_bias: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        attn = self.qk(q * self.scale, k.transpose(-2, -1))  # type: ignore[attr-defined]
-        if add_bias is not None:
-            attn = add_bias(attn)
-        attn = self.attn_drop(self.softmax(attn))  # type: ignore[attr-defined]
-        return self.av(attn, v)
+        q, kt = q * self.scale, k.transpose(-2, -1)  # type: ignore[attr-defined]
+        product = self.qk.integer_product(q, kt) if self.softmax.takes_integers else None
+        if product is not None:  # integer softmax: the exact q@kᵀ integers, the bias on their grid
+            if add_bias is not None:
+                product = product + add_bias(torch.zeros(product.ints.shape, dtype=q.dtype))
+            attn = self.softmax(product)
+        else:
+            attn = self.qk(q, kt)
+            if add_bias is not None:
+                attn = add_bias(attn)
+            attn = self.softmax(attn)
+        return self.av(self.attn_drop(attn), v)  # type: ignore[attr-defined]
 
 
 def _mask_adder(attn_mask: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitquant.nn.quant_point import QuantPoint
+from vitquant.errors import ConfigError
+from vitquant.nn.int_tensor import IntTensor
+from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.quantizers.uniform import UniformQuantizer
 
 
 class QuantMatMul(nn.Module):
@@ -34,3 +37,25 @@ class QuantMatMul(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.a_quant(a) @ self.b_quant(b)
+
+    def integer_product(self, a: torch.Tensor, b: torch.Tensor) -> IntTensor | None:
+        """The same product as integers and their scale, ``(a_int @ b_int, S_a · S_b)``, computed
+        exactly in float64 (|a_int|, |b_int| <= 2^9 and at most 2^34 terms stay below 2^53), or
+        ``None`` while either point is float (calibration). Both points must quantize with one
+        uniform step along the contracted axis (per tensor or per head), else :class:`ConfigError`."""
+        if self.a_quant.mode is Mode.FLOAT or self.b_quant.mode is Mode.FLOAT:
+            return None
+        a_int, a_scale = _integer_operand(self.a_quant, a, contracted=-1)
+        b_int, b_scale = _integer_operand(self.b_quant, b, contracted=-2)
+        return IntTensor(a_int @ b_int, a_scale * b_scale)
+
+
+def _integer_operand(point: QuantPoint, x: torch.Tensor, contracted: int) -> tuple[torch.Tensor, torch.Tensor]:
+    quantizer = point.quantizer
+    scale = getattr(quantizer, "scale", None)
+    if not isinstance(quantizer, UniformQuantizer) or (scale.dim() >= -contracted and scale.shape[contracted] != 1):
+        raise ConfigError(
+            f"{point.point_name or point.role}: an integer softmax takes the integer product of q@kᵀ, which "
+            f"needs q and k quantized uniformly with one step per tensor or per head (got {quantizer!r})"
+        )
+    return quantizer.integer_view(point(x))

@@ -10,6 +10,11 @@ with the kernel's float64 simulation (:data:`vitquant.kernels.arith.FLOAT`), equ
 integer implementation. Several slots exist only for ``mixed`` layers, where every candidate family is
 calibrated and the sensitivity pass (:mod:`vitquant.nonlinear.mixed`) picks the active one.
 
+A softmax kernel has no input point: the attention hands it the exact integer product of q@kᵀ
+(:meth:`~vitquant.nn.matmul.QuantMatMul.integer_product`, scale ``S_q·S_k``, any bias rounded onto that
+grid) as an :class:`~vitquant.nn.int_tensor.IntTensor`, as I-ViT does; the kernel reduces it
+(:func:`~vitquant.kernels.base.reduce_logits`) and runs once per head when the scale is per head.
+
 Like a Linear, a kernel module is a calibration *consumer*: its input points are fitted in network
 order (``input_points``; all slots read the same operand, ``point_operands``).
 """
@@ -24,23 +29,26 @@ from torch import nn
 
 from vitquant.kernels.arith import FLOAT
 from vitquant.kernels.base import IntKernel
+from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.spec import QuantSpec
 
-SOFTMAX_INPUT = "softmax_input"
 GELU_INPUT = "gelu_input"
 LAYERNORM_INPUT = "layernorm_input"
-KERNEL_INPUT_ROLES = (SOFTMAX_INPUT, GELU_INPUT, LAYERNORM_INPUT)
+KERNEL_INPUT_ROLES = (GELU_INPUT, LAYERNORM_INPUT)  # softmax kernels take integers: no point
 
 
 class KernelSlot(nn.Module):
-    """One candidate kernel and the quantization point that makes its integer input."""
+    """One candidate kernel and the quantization point that makes its integer input (``None`` when
+    the input arrives as integers, :class:`IntTensor`)."""
 
-    def __init__(self, kernel: IntKernel, role: str, spec: QuantSpec) -> None:
+    def __init__(self, kernel: IntKernel, role: str, spec: QuantSpec | None) -> None:
         super().__init__()
         self.kernel = kernel
-        self.input_quant = QuantPoint(role, channel_dim=-1)
-        self.input_quant.spec = spec
+        self.input_quant: QuantPoint | None = None
+        if spec is not None:
+            self.input_quant = QuantPoint(role, channel_dim=-1)
+            self.input_quant.spec = spec
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel.name}"
@@ -60,8 +68,9 @@ class QuantNonLinear:
         self.active = None
         self.layer_name = ""
 
-    def set_kernels(self, kernels: dict[str, IntKernel], spec_for: dict[str, QuantSpec]) -> None:
-        """One slot per family (``{}``: the float op); the first becomes active."""
+    def set_kernels(self, kernels: dict[str, IntKernel], spec_for: dict[str, QuantSpec | None]) -> None:
+        """One slot per family (``{}``: the float op); the first becomes active. A family whose spec is
+        ``None`` takes integer inputs (:class:`IntTensor`) and has no input point."""
         self.slots = nn.ModuleDict({f: KernelSlot(k, self.role, spec_for[f]) for f, k in kernels.items()})
         self.active = next(iter(kernels), None)
 
@@ -71,11 +80,16 @@ class QuantNonLinear:
             raise KeyError(f"{self.layer_name}: no {family!r} kernel prepared (have {list(self.slots)})")
         self.active = family
 
+    @property
+    def takes_integers(self) -> bool:
+        """Whether the active kernel wants its input as integers (:class:`IntTensor`)."""
+        return self.active is not None and self.slots[self.active].input_quant is None
+
     def input_points(self) -> list[QuantPoint]:
-        return [slot.input_quant for slot in self.slots.values()]
+        return [slot.input_quant for slot in self.slots.values() if slot.input_quant is not None]
 
     def point_operands(self) -> list[int]:
-        return [0] * len(self.slots)
+        return [0] * len(self.input_points())
 
     def consume(self, operands: list[torch.Tensor]) -> torch.Tensor:
         """The float op on an already-quantized input (metric searches; kernel inputs use data-only fits)."""
@@ -87,18 +101,27 @@ class QuantNonLinear:
     def kernel_args(self) -> tuple:
         return ()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | IntTensor) -> torch.Tensor:
+        """The active kernel on ``x`` (integers as they are, or a float tensor through the slot's input
+        point); the float op when no kernel is active or its point is not fitted yet."""
         slot = self.slots[self.active] if self.active is not None else None
-        if slot is None or slot.input_quant.mode is Mode.FLOAT:
+        if isinstance(x, IntTensor):
+            if slot is None or slot.input_quant is not None:
+                raise RuntimeError(f"{self.layer_name}: integer input but the active kernel takes floats")
+            return self.run_kernel(slot.kernel, x).to(torch.float32)
+        if slot is None or slot.input_quant is None or slot.input_quant.mode is Mode.FLOAT:
             return self.float_forward(x)
         point = slot.input_quant
-        xq = point(x)
-        ints, scale = point.quantizer.integer_view(xq)  # type: ignore[union-attr]
+        ints, scale = point.quantizer.integer_view(point(x))  # type: ignore[union-attr]
         if slot.kernel.elementwise and scale.numel() == 1:
             y, y_scale = _tabulated(slot.kernel, ints, scale, point.quantizer)
-        else:
-            y, y_scale = slot.kernel(ints, scale, FLOAT, *self.kernel_args())
-        return (y * y_scale).to(x.dtype)
+            return (y * y_scale).to(x.dtype)
+        return self.run_kernel(slot.kernel, IntTensor(ints, scale)).to(x.dtype)
+
+    def run_kernel(self, kernel: IntKernel, x: IntTensor) -> torch.Tensor:
+        """``kernel`` (float64 simulation) on ``x``; the dequantized float64 output."""
+        y, y_scale = kernel(x.ints, x.scale, FLOAT, *self.kernel_args())
+        return y * y_scale
 
 
 def _tabulated(kernel: IntKernel, ints: torch.Tensor, scale: torch.Tensor, quantizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +137,7 @@ class QuantSoftmax(QuantNonLinear, nn.Module):
     """Softmax over the last dim (the attention map)."""
 
     op = "softmax"
-    role = SOFTMAX_INPUT
+    role = ""  # no input point: the attention hands its kernels the integer q@kᵀ product
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,6 +145,17 @@ class QuantSoftmax(QuantNonLinear, nn.Module):
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.softmax(dim=-1)
+
+    def run_kernel(self, kernel: IntKernel, x: IntTensor) -> torch.Tensor:
+        """Once per head when the scale is per head (``[1, H, 1, 1]``): a kernel takes one scale."""
+        if x.scale.numel() == 1:
+            return super().run_kernel(kernel, x)
+        per_head = torch.broadcast_to(x.scale, (1, x.ints.shape[1], 1, 1)).reshape(-1)  # [B, H, N, N] logits
+        heads = [
+            super(QuantSoftmax, self).run_kernel(kernel, IntTensor(x.ints[:, h], per_head[h]))
+            for h in range(x.ints.shape[1])
+        ]
+        return torch.stack(heads, dim=1)
 
 
 class QuantGELU(QuantNonLinear, nn.GELU):

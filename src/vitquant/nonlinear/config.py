@@ -7,7 +7,8 @@ picks one per layer, :mod:`vitquant.nonlinear.mixed`). Per-layer ``overrides`` b
 or ``fnmatch`` pattern (``blocks.11.*``) come first. Ops not mentioned stay float, so a config written
 before an op was added keeps its meaning.
 
-``bits`` is the bit width of each kernel's integer input (the point in front of the op);
+``bits`` is the bit width of each kernel's integer input (the point in front of GELU and LayerNorm;
+softmax kernels take the exact integer product of q@kᵀ instead);
 ``rule`` the mixed selection rule (``sqnr-diff`` as in the paper, or ``output-sqnr``).
 """
 
@@ -97,9 +98,12 @@ class NonlinearConfig:
         return {"ops": dict(self.ops), "overrides": dict(self.overrides), "bits": self.bits, "rule": self.rule}
 
 
-def input_spec(input_format: str, bits: int) -> QuantSpec:
+def input_spec(input_format: str, bits: int) -> QuantSpec | None:
     """The spec of the point in front of a kernel: one uniform step per tensor (I-ViT, I-BERT), or
-    FQ-ViT's power-of-two factors per channel (``ptf``); data-only fits."""
+    FQ-ViT's power-of-two factors per channel (``ptf``); data-only fits. ``None`` for ``product``
+    (softmax): the kernel takes the integer q@kᵀ product, with no point of its own."""
+    if input_format == "product":
+        return None
     if input_format == "ptf":
         return make_spec("ptf", bits=bits)
     if input_format == "uniform":

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from vitquant.kernels.base import FAMILIES, OPS
+from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.nonlinear import QuantNonLinear
 from vitquant.nonlinear.sqnr import ASQNRMeter
 
@@ -103,8 +104,8 @@ def kernel_layers(model: nn.Module) -> dict[str, QuantNonLinear]:
 @contextmanager
 def _capture(model: nn.Module, names: list[str], quantized: bool) -> Iterator[dict[str, list]]:
     """Record, per named non-linear module and forward: ``[input]`` of the float model, or
-    ``[Q_in, Q_out]`` of the quantized one, Q_in being the output of the active slot's input point
-    (what the kernel received; the float op's input when no slot is active)."""
+    ``[Q_in, Q_out]`` of the quantized one, Q_in being the output of the active slot's input point or
+    the integers it was given (what the kernel received; the float op's input when no slot is active)."""
     store: dict[str, list] = {}
     modules = dict(model.named_modules())
     handles = []
@@ -112,7 +113,8 @@ def _capture(model: nn.Module, names: list[str], quantized: bool) -> Iterator[di
         module = modules[name]
 
         def record_input(mod: nn.Module, args: tuple, name: str = name) -> None:
-            store[name] = [args[0].detach()]
+            x = args[0]
+            store[name] = [x.dequantize() if isinstance(x, IntTensor) else x.detach()]
 
         def record_point(point: nn.Module, args: tuple, output: torch.Tensor, name: str = name) -> None:
             store[name][0] = output.detach()
@@ -122,7 +124,7 @@ def _capture(model: nn.Module, names: list[str], quantized: bool) -> Iterator[di
 
         handles.append(module.register_forward_pre_hook(record_input))
         if quantized:
-            if module.active is not None:
+            if module.active is not None and module.slots[module.active].input_quant is not None:
                 handles.append(module.slots[module.active].input_quant.register_forward_hook(record_point))
             handles.append(module.register_forward_hook(record_output))
     try:
