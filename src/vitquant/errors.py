@@ -19,3 +19,7 @@ class WeightsError(VitQuantError):
 
 class NumericalError(VitQuantError):
     """NaN/inf where finite values are required (calibration activations, logits)."""
+
+
+class ModelFileError(VitQuantError):
+    """A quantized model file (.vqm) that cannot be written, or is missing, truncated, corrupted or foreign."""
