@@ -19,3 +19,12 @@ class WeightsError(VitQuantError):
 
 class NumericalError(VitQuantError):
     """NaN/inf where finite values are required (calibration activations, logits)."""
+
+
+class DtypeError(VitQuantError, TypeError):
+    """A tensor of the wrong kind, e.g. floats given to a kernel that takes integers."""
+
+
+class RangeError(VitQuantError, ValueError):
+    """Integers outside a declared bound, or a computation whose result could leave the range its
+    arithmetic holds exactly."""
