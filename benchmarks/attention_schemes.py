@@ -78,6 +78,19 @@ def provenance() -> dict:
     return source_commit()
 
 
+def environment() -> dict:
+    """Threads, machine, torch and vitquant versions and :func:`provenance` of a timing run."""
+    return {
+        "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "torch": torch.__version__, "vitquant": __version__, **provenance(),
+    }
+
+
+def commit_note(res: dict) -> str:
+    """``commit <10 hex digits>``, with `` (uncommitted changes)`` when the tree was dirty."""
+    return f"commit {str(res.get('commit'))[:10]}{' (uncommitted changes)' if res.get('dirty') else ''}"
+
+
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> ClassificationMeter:
     meter = ClassificationMeter()
     meter.update(logits, labels)

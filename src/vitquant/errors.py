@@ -23,3 +23,12 @@ class NumericalError(VitQuantError):
 
 class ModelFileError(VitQuantError):
     """A quantized model file (.vqm) that cannot be written, or is missing, truncated, corrupted or foreign."""
+
+
+class DtypeError(VitQuantError, TypeError):
+    """A tensor of the wrong kind, e.g. floats given to a kernel that takes integers."""
+
+
+class RangeError(VitQuantError, ValueError):
+    """Integers outside a declared bound, or a computation whose result could leave the range its
+    arithmetic holds exactly."""
