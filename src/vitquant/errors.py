@@ -19,3 +19,7 @@ class WeightsError(VitQuantError):
 
 class NumericalError(VitQuantError):
     """NaN/inf where finite values are required (calibration activations, logits)."""
+
+
+class NotIntegerError(ConfigError):
+    """A number format with no exact integer form (``Quantizer.to_integer`` on it)."""
