@@ -32,3 +32,7 @@ class DtypeError(VitQuantError, TypeError):
 class RangeError(VitQuantError, ValueError):
     """Integers outside a declared bound, or a computation whose result could leave the range its
     arithmetic holds exactly."""
+
+
+class NotIntegerError(ConfigError):
+    """A number format with no exact integer form (``Quantizer.to_integer`` on it)."""

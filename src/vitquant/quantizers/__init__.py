@@ -1,15 +1,20 @@
 """Number formats. Each quantizer states ``max_levels``: the distinct values it can emit.
 
-Importing this package registers every format's spec (:func:`make_spec` by kind).
+Importing this package registers every format's spec (:func:`make_spec` by kind) and every quantizer
+class (:func:`quantizer_from_state` by kind). ``Quantizer.to_integer`` gives a quantized tensor's integer
+form (:class:`IntegerView`), ``Quantizer.state`` its fitted parameters as plain data (:class:`QuantizerState`).
 """
 
+from vitquant.errors import NotIntegerError
 from vitquant.quantizers.adalog import AdaLogQuantizer, AdaLogSpec
 from vitquant.quantizers.base import Quantizer, check_bits
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer, BitLog2Scheme, BitLog2Spec, parse_bitlog2
+from vitquant.quantizers.integer_view import IntegerView
 from vitquant.quantizers.log_sqrt2 import LogSqrt2Quantizer, LogSqrt2Spec
 from vitquant.quantizers.ptf import PTFSpec
 from vitquant.quantizers.spec import GRANULARITIES, QuantSpec, make_spec, register_spec, spec_kinds
-from vitquant.quantizers.twin_uniform import TwinUniformSpec
+from vitquant.quantizers.state import QuantizerState, quantizer_from_state, quantizer_kinds, register_quantizer
+from vitquant.quantizers.twin_uniform import TwinGeluQuantizer, TwinSoftmaxQuantizer, TwinUniformSpec
 from vitquant.quantizers.uniform import UniformQuantizer, UniformSpec
 
 __all__ = [
@@ -20,16 +25,24 @@ __all__ = [
     "BitLog2Quantizer",
     "BitLog2Scheme",
     "BitLog2Spec",
+    "IntegerView",
     "LogSqrt2Quantizer",
     "LogSqrt2Spec",
+    "NotIntegerError",
     "PTFSpec",
     "QuantSpec",
     "Quantizer",
+    "QuantizerState",
+    "TwinGeluQuantizer",
+    "TwinSoftmaxQuantizer",
     "UniformQuantizer",
     "UniformSpec",
     "check_bits",
     "make_spec",
     "parse_bitlog2",
+    "quantizer_from_state",
+    "quantizer_kinds",
+    "register_quantizer",
     "register_spec",
     "spec_kinds",
 ]

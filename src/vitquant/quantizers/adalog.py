@@ -18,6 +18,11 @@ labelling of values. Levels below float32's range underflow to 0 and take the ze
 
 ``forward`` gathers from a per-row level table built with exactly the formula above, so it equals
 ``s / D * torch.ldexp(T[j], -shift)`` bit for bit (see :func:`table_and_shift`).
+
+Integer form (:meth:`AdaLogQuantizer.to_integer`): mantissa T[j], the shift, scale fl32(s / D) (as the level
+table computes it; float32 · (T[j]·2^-shift) is then the exact float64 product rounded once). Where
+T[j]·2^-shift falls below float32's normal range (x/s near 2^-149 with a large q: shifts past ~140) the
+table's float32 may have rounded it, even to 0; there mantissa and shift are those of that float32 value.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import torch
 
 from vitquant.errors import ConfigError, NumericalError
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.integer_view import IntegerView, dyadic
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
+from vitquant.quantizers.state import register_quantizer
 
 ADALOG_R = 37
 Q_MAX = 1 << 24  # q is stored in float32: integers are exact up to 2^24
@@ -129,12 +136,16 @@ def _table_index(u: torch.Tensor, q: torch.Tensor, bits: int) -> torch.Tensor:
     return c.nan_to_num_(nan=zero_code + 1).to(torch.int64)
 
 
+@register_quantizer
 class AdaLogQuantizer(Quantizer):
     """AdaLog with fitted ``scale`` (s) and integer ``q`` (base 2^(q/37)), broadcast-shaped like
     :class:`~vitquant.quantizers.UniformQuantizer` (scalar per tensor, e.g. ``[C, 1]`` per channel).
 
     Non-negative input; NaN or negative input gives NaN in ``forward`` and an error in ``codes``.
     """
+
+    kind: ClassVar[str] = "adalog"
+    tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {"scale": torch.float32, "q": torch.int64}
 
     def __init__(self, bits: int, scale: torch.Tensor, q: torch.Tensor) -> None:
         super().__init__()
@@ -187,6 +198,19 @@ class AdaLogQuantizer(Quantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.level_table.take(self._index(x)).to(x.dtype)
+
+    def to_integer(self, x: torch.Tensor) -> IntegerView:
+        """x̂ = fl32(s / D) · T[j] · 2^(-shift) (:func:`table_and_shift`); mantissa 0 for the zero code."""
+        c = self.log_codes(x)  # raises on NaN or negative input
+        nonzero = c < self.zero_code
+        table, shift = table_and_shift(torch.where(nonzero, c, 0), self.q, self.bits)
+        unit = torch.ldexp(table.to(torch.float32), -shift)  # as adalog_levels computes it
+        exact = unit >= torch.finfo(torch.float32).tiny  # normal: the ldexp dropped no bit of T
+        unit_mantissa, unit_shift = dyadic(unit)
+        mantissa = torch.where(nonzero, torch.where(exact, table, unit_mantissa), 0)
+        shift = torch.where(nonzero, torch.where(exact, shift, unit_shift), 0)
+        step = self.scale / table_denominator(self.bits)  # float32, as in adalog_levels
+        return IntegerView(mantissa, shift, step.to(torch.float64))
 
     def extra_repr(self) -> str:
         kind = f"per-channel x{self.scale.numel()}" if self.scale.numel() > 1 else f"q={int(self.q)}"

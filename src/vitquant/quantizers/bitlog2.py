@@ -31,19 +31,31 @@ Two implementations that tests prove identical on every integer input:
 - :func:`dequant_float`: the simulation path; on a float32 holding an integer, 2^floor(log2 v) is v with
   its mantissa cleared, and Half keeps the top mantissa bit: one bitwise AND. :func:`code_float` reads
   the level index from the same bits (for level counting).
+
+Integer form (:meth:`BitLog2Quantizer.to_integer`): D(x_int) = μ·2^e with an odd μ in {1, 3} (3 for the
+Half level 1.5·2^k = 3·2^(k-1)), so with k_top the leading-one position of int_max - 1
+
+    x̂ = (2^k_top / s) · μ · 2^-(k_top - e)        mantissa μ (0 for zero), shift k_top - e >= 0
+
+one scale per divisor and a right shift per element: attn@v becomes a sum of shifted v (plus v<<1 for
+μ = 3), times 2^k_top / s once per output. The float64 scale is inexact, yet rounding the float64 product
+to float32 equals forward's float32 D/s: s is a float32 integer, so its odd part o is below 2^24 and the
+exact D/s lies at least 2^-26/o (relative) from any float32 rounding boundary, far beyond float64's 2^-52.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.integer_view import IntegerView, reject_nan
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
+from vitquant.quantizers.state import register_quantizer
 
 _MAX_INT_MAX = 2**62  # int64 headroom: x_int and shifts must stay exact
 
@@ -187,8 +199,24 @@ def code_float(v: torch.Tensor, half: bool) -> torch.Tensor:
     return torch.where(bits > 0, code, 0).to(torch.int64)
 
 
+def odd_mantissa_shift(x_int: torch.Tensor, half: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """D(x_int) = μ · 2^e with odd μ in {1, 3} (0 for zero, e = 0 there): ``(μ, e)``, integer ops only."""
+    k = integer_log2(x_int)
+    h = torch.zeros_like(x_int)
+    if half:  # bit k-1 set: D = 2^k + 2^(k-1) = 3·2^(k-1)
+        h = torch.where(k > 0, (x_int >> (k - 1).clamp_(min=0)) & 1, h)
+    positive = x_int > 0
+    mantissa = torch.where(positive, 1 + (h << 1), 0)
+    return mantissa, torch.where(positive, k - h, 0)
+
+
+@register_quantizer
 class BitLog2Quantizer(Quantizer):
     """BitLog2 fake-quant with a fitted integer divisor ``s`` (per tensor or broadcast-shaped): x̂ = D(x_int) / s."""
+
+    kind: ClassVar[str] = "bitlog2"
+    meta_types: ClassVar[dict[str, type]] = {"bits": int, "half": bool, "variant": int}
+    tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {"divisor": torch.int64}
 
     def __init__(self, scheme: BitLog2Scheme, divisor: int | torch.Tensor) -> None:
         super().__init__()
@@ -217,6 +245,22 @@ class BitLog2Quantizer(Quantizer):
         """D(x_int) / s. NaN input stays non-finite (NaN, or inf for Single: its mask keeps no mantissa)."""
         d = dequant_float(to_int_domain(x, self.scheme), self.scheme.half)
         return d.div_(self.divisor).to(x.dtype)
+
+    def to_integer(self, x: torch.Tensor) -> IntegerView:
+        """x̂ = (2^k_top / s) · μ · 2^(-shift): μ in {0, 1, 3}, shift = k_top - e (see the module doc)."""
+        v = to_int_domain(x, self.scheme)
+        reject_nan(v, self.scheme.name)
+        mantissa, e = odd_mantissa_shift(v.to(torch.int64), self.scheme.half)
+        k_top = (self.scheme.int_max - 1).bit_length() - 1
+        shift = torch.where(mantissa > 0, k_top - e, 0)
+        return IntegerView(mantissa, shift, float(2**k_top) / self.divisor.to(torch.float64))
+
+    def state_meta(self) -> dict[str, Any]:
+        return {"bits": self.bits, "half": self.scheme.half, "variant": self.scheme.variant}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> BitLog2Quantizer:
+        return cls(BitLog2Scheme(half=meta["half"], variant=meta["variant"], bits=meta["bits"]), tensors["divisor"])
 
     def extra_repr(self) -> str:
         div = int(self.divisor) if self.divisor.numel() == 1 else f"x{self.divisor.numel()}"

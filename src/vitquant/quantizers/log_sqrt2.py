@@ -14,6 +14,13 @@ Matches the published outputs in ``shared/testvectors/Sqrt2.csv`` (tests/quantiz
 
 Simulation evaluates 2^(-ceil(q/2)) · (√2 if odd) as ``exp2(-q/2)``: the same number, and bit-identical
 in float32 for every code 0..256 (checked exhaustively in the tests), without a table gather.
+
+Integer form (:meth:`LogSqrt2Quantizer.to_integer`): √2 is irrational, but the simulation multiplies Δ by
+the float w = exp2(-q/2), a dyadic rational: w = μ · 2^(-shift) with odd μ = 1 (even q) or μ = 11863283
+(odd q: float32's √2 = 11863283 · 2^-23), so x̂ = Δ · μ · 2^(-shift) exactly (scale Δ). An integer kernel
+reproduces the simulation bit for bit only with that 24-bit √2 constant; a shorter one (e.g. 1.5) is a
+different format. At 8 bits the deepest codes make w subnormal in float32: μ is then whatever odd integer
+float32 kept, still exact.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import torch
 
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.integer_view import IntegerView, dyadic, reject_nan
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
+from vitquant.quantizers.state import register_quantizer
 
 VARIANTS = (16, 17)
 
@@ -45,8 +54,13 @@ def log_sqrt2_levels(bits: int, variant: int, delta: torch.Tensor) -> torch.Tens
     return torch.cat([nonzero, torch.zeros(1)])
 
 
+@register_quantizer
 class LogSqrt2Quantizer(Quantizer):
     """log√2 quantizer with fitted scale ``delta`` (Δ, the largest level), per tensor or broadcast-shaped."""
+
+    kind: ClassVar[str] = "log_sqrt2"
+    meta_types: ClassVar[dict[str, type]] = {"bits": int, "variant": int}
+    tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {"delta": torch.float32}
 
     def __init__(self, bits: int, variant: int, delta: torch.Tensor) -> None:
         super().__init__()
@@ -88,11 +102,22 @@ class LogSqrt2Quantizer(Quantizer):
         zero = c >= 2**self.bits
         return c.clamp_(0, self.q_max).masked_fill_(zero, self.zero_code).to(torch.int64)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _unit_level(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2^(-q/2) with q = clamp(c, 0, q_max), mask of c >= 2^b: the zero level)."""
         c = self._log_code(x)
         zero = c >= 2**self.bits
-        out = c.clamp_(0, self.q_max).mul_(-0.5).exp2_().mul_(self.delta).masked_fill_(zero, 0.0)
-        return out.to(x.dtype)
+        return c.clamp_(0, self.q_max).mul_(-0.5).exp2_(), zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unit, zero = self._unit_level(x)
+        return unit.mul_(self.delta).masked_fill_(zero, 0.0).to(x.dtype)
+
+    def to_integer(self, x: torch.Tensor) -> IntegerView:
+        """x̂ = Δ · μ · 2^(-shift) with 2^(-q/2) = μ · 2^(-shift) exactly (odd μ; 0 for the zero level)."""
+        unit, zero = self._unit_level(x)
+        reject_nan(unit, f"log-sqrt2 (Sqrt2_{self.variant})")
+        mantissa, shift = dyadic(unit)
+        return IntegerView(mantissa.masked_fill_(zero, 0), shift.masked_fill_(zero, 0), self.delta.to(torch.float64))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, variant=Sqrt2_{self.variant}, levels={self.max_levels}"

@@ -21,6 +21,11 @@ sum of two clamped quantizers; see the research notes):
   Codes: negative index i = 1..n -> i - 1, zero -> n, positive index p = 1..n-1 -> n + p.
 
 Both emit at most 2^b distinct values per row (``max_levels = 2^b``). Zero is always +0.0.
+
+Integer form (``to_integer``): softmax mode is x̂ = Δ2 · i · 2^(-m) (R1) or Δ2 · j (R2): mantissa the
+range index, shift m in R1 and 0 in R2, scale Δ2 = 2^-(b-1); every product is exact. GELU mode has none:
+its two steps Δn (fixed) and Δp (searched) have no power-of-two ratio, so no single scale with integer
+mantissas and shifts gives both ranges (:class:`~vitquant.errors.NotIntegerError`).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from typing import ClassVar
 
 import torch
 
-from vitquant.errors import ConfigError, NumericalError
+from vitquant.errors import ConfigError, NotIntegerError, NumericalError
 from vitquant.quantizers.adalog import piecewise_sq_error, sort_rows
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.integer_view import IntegerView, reject_nan
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
+from vitquant.quantizers.state import register_quantizer
 
 TWIN_MODES = ("softmax", "gelu")
 GELU_MIN_ABS = 0.16997124254703522  # -min_x GELU(x)
@@ -71,8 +78,12 @@ def _checked(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@register_quantizer
 class TwinSoftmaxQuantizer(Quantizer):
     """Twin uniform for post-softmax values with per-row integer ``m`` (Δ1 = 2^-(b-1+m), Δ2 = 2^-(b-1))."""
+
+    kind: ClassVar[str] = "twin_softmax"
+    tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {"m": torch.int64}
 
     def __init__(self, bits: int, m: torch.Tensor) -> None:
         super().__init__()
@@ -104,13 +115,29 @@ class TwinSoftmaxQuantizer(Quantizer):
         out = torch.where(x32 < self.threshold, i.div_(self.inv_step1), j.div_(n))
         return out.add_(0.0).to(x.dtype)  # -0.0 (negative input) -> +0.0
 
+    def to_integer(self, x: torch.Tensor) -> IntegerView:
+        """x̂ = Δ2 · i · 2^(-m) in R1, Δ2 · j in R2 (Δ2 = 2^-(b-1)): mantissa i or j, shift m or 0."""
+        x32 = x.to(torch.float32)
+        i, j = _softmax_index(x32, _half(self.bits), self.inv_step1)
+        reject_nan(j, "twin-uniform softmax")
+        low = x32 < self.threshold
+        mantissa = torch.where(low, i, j).to(torch.int64)
+        shift = torch.where(low & (mantissa > 0), self.m, 0).to(torch.int64)
+        step2 = torch.full(self.m.shape, 2.0 ** (1 - self.bits), dtype=torch.float64, device=self.m.device)
+        return IntegerView(mantissa, shift, step2)
+
     def extra_repr(self) -> str:
         kind = f"per-channel x{self.m.numel()}" if self.m.numel() > 1 else f"m={int(self.m)}"
         return f"bits={self.bits}, softmax, {kind}, levels={self.max_levels}"
 
 
+@register_quantizer
 class TwinGeluQuantizer(Quantizer):
     """Twin uniform for post-GELU values: fixed Δn = 0.16997.../n, per-row positive step ``scale``."""
+
+    kind: ClassVar[str] = "twin_gelu"
+    integer_form: ClassVar[bool] = False
+    tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {"scale": torch.float32}
 
     def __init__(self, bits: int, scale: torch.Tensor) -> None:
         super().__init__()
@@ -142,6 +169,14 @@ class TwinGeluQuantizer(Quantizer):
         neg = torch.div(x32, dn).round_().clamp_(-n, 0).mul_(dn)  # == -clamp(round(-x/Δn), 0, n)·Δn
         pos = torch.div(x32, self.scale).round_().clamp_(0, n - 1).mul_(self.scale)
         return torch.where(x32 < 0, neg, pos).add_(0.0).to(x.dtype)  # -0.0 -> +0.0
+
+    def to_integer(self, x: torch.Tensor) -> IntegerView:
+        """No integer form: negative levels are multiples of Δn, positive ones of Δp, in no 2^k ratio."""
+        raise NotIntegerError(
+            "twin-uniform gelu levels are i·Δn (Δn = 0.16997.../n fixed) and p·Δp (Δp searched): the two "
+            "steps have no power-of-two ratio, so no single scale with integer mantissas and shifts covers "
+            "both ranges; use uniform or adalog for integer-only inference"
+        )
 
     def extra_repr(self) -> str:
         kind = f"per-channel x{self.scale.numel()}" if self.scale.numel() > 1 else "per-tensor"

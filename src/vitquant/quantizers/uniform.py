@@ -7,6 +7,9 @@ with step Δ > 0 and integer zero point z (which may lie outside ``[0, 2^b - 1]`
 ``round(-min/Δ)`` allows). ``1/Δ`` is computed once in float32; this is bit-identical to
 ``torch.fake_quantize_per_tensor_affine`` and several times faster on CPU. ``round`` is
 round-half-to-even. Emits at most ``2^b`` distinct values (per channel).
+
+Integer form (:meth:`UniformQuantizer.to_integer`): mantissa q - z (signed), no shift, scale Δ. The float32
+product (q - z)·Δ is the float64 one rounded once (|q - z| < 2^24), so the view dequantizes bit for bit.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import torch
 
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.integer_view import IntegerView, reject_nan
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
+from vitquant.quantizers.state import register_quantizer
 
 
+@register_quantizer
 class UniformQuantizer(Quantizer):
     """Uniform affine quantizer with fitted ``scale`` (Δ) and ``zero_point`` (z).
 
@@ -28,6 +34,9 @@ class UniformQuantizer(Quantizer):
     a scalar for per-tensor, e.g. ``[C, 1]`` for per-output-channel weights or ``[C]`` for per-channel
     activations whose channels are the last dimension.
     """
+
+    kind: ClassVar[str] = "uniform"
+    tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {"scale": torch.float32, "zero_point": torch.int64}
 
     def __init__(self, bits: int, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         super().__init__()
@@ -67,9 +76,19 @@ class UniformQuantizer(Quantizer):
         ints = torch.round(x_hat.double() / self.scale.double())
         return ints, self.scale.double()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _signed_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """q - z = clamp(round(x · (1/Δ)), -z, 2^b - 1 - z) as floats (x's dtype)."""
         q = x * self.inv_scale
-        return q.round_().clamp_(self.code_min, self.code_max).mul_(self.scale)
+        return q.round_().clamp_(self.code_min, self.code_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._signed_codes(x).mul_(self.scale)
+
+    def to_integer(self, x: torch.Tensor) -> IntegerView:
+        """x̂ = Δ · (q - z): mantissa q - z, no shift, scale Δ (float64)."""
+        signed = self._signed_codes(x)
+        reject_nan(signed, "uniform quantizer")
+        return IntegerView(signed.to(torch.int64), None, self.scale.to(torch.float64))
 
     def extra_repr(self) -> str:
         kind = f"per-channel x{self.scale.numel()}" if self.per_channel else "per-tensor"
