@@ -10,10 +10,18 @@ Data flows one way: model + calibration images -> quantized model -> report.
 - ``vitquant.reparam``: RepQ-ViT post-LayerNorm scale reparameterization.
 - ``vitquant.calibration``: the calibration pipeline.
 - ``vitquant.data`` / ``vitquant.evaluation``: images in, accuracy and fidelity report out.
+- ``vitquant.integer``: a calibrated model as an integer program; ``vitquant.load(path)`` runs a saved one.
 """
 
 __version__ = "0.1.0"
 
 from vitquant.errors import VitQuantError
 
-__all__ = ["VitQuantError", "__version__"]
+__all__ = ["VitQuantError", "__version__", "load"]
+
+
+def load(path, backend: str = "int", gemm: str = "int", strict: bool = True):
+    """The integer model saved at ``path`` (``vitquant quantize --save``): ``model(images) -> logits``."""
+    from vitquant.integer.execute import load as load_program
+
+    return load_program(path, backend=backend, gemm=gemm, strict=strict)

@@ -237,3 +237,23 @@ def test_default_float_config_has_no_report(tiny):
     plain = quantize_model(tiny.model("vit"), x, repq_vit_qconfig(4, 4))
     probe = tiny.images(4, "vit", seed=9)
     assert torch.equal(_logits(plain.model, probe), _logits(result.model, probe))
+
+
+def test_mixed_with_adalog_shifted_gelu_keys_layers_by_their_prepared_name(tiny):
+    """AdaLog wraps each GELU in a shifted activation (blocks.i.mlp.act -> .act.act); the sensitivity pass,
+    the choices and the recalibration still name the layer as prepared, and the choice reaches it."""
+    from vitquant.calibration import quantize_model
+    from vitquant.nn.nonlinear import QuantGELU
+    from vitquant.nonlinear import NonlinearConfig
+    from vitquant.recipes import build_qconfig
+
+    model = tiny.model("vit")
+    x = tiny.images(4, "vit", seed=3)
+    cfg = build_qconfig("adalog", 4, 4).with_nonlinear(NonlinearConfig.everywhere("mixed", 6))
+    result = quantize_model(model, x, cfg)
+    choices = result.nonlinear.choices
+    assert "blocks.0.mlp.act" in choices and not any(k.endswith(".act.act") for k in choices)
+    gelus = {m.layer_name: m for m in result.model.modules() if isinstance(m, QuantGELU)}
+    assert "blocks.0.mlp.act" in gelus and type(result.model.blocks[0].mlp.act).__name__ != "QuantGELU"  # wrapped
+    for name, module in gelus.items():
+        assert module.active == choices[name] and list(module.slots) == [choices[name]]

@@ -1,8 +1,18 @@
 """Integer-only execution of quantized Vision Transformers.
 
-- :mod:`~vitquant.integer.fileformat`: the single-file container (``.vqm``) a quantized model is saved in.
+- :mod:`~vitquant.integer.program`: the integer program (ops over named integer tensors) and its file;
+- :mod:`~vitquant.integer.ops`: the op set, written once for int64 and for its float64 twin;
+- :mod:`~vitquant.integer.convert`: a calibrated ViT/DeiT -> integer program (dyadic requantization,
+  integer kernels, integer residual stream, BitLog2 attn@v as shifted sums);
+- :mod:`~vitquant.integer.execute`: :class:`IntegerModel`, the strict integer executor (no timm);
+- :mod:`~vitquant.integer.fileformat`: the single-file container (``.vqm``).
 """
 
+from vitquant.integer.execute import IntegerModel, StrictModeError, load
 from vitquant.integer.fileformat import FORMAT_NAME, FORMAT_VERSION, read_vqm, write_vqm
+from vitquant.integer.program import PROGRAM_VERSION, IntegerProgram, Op
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "read_vqm", "write_vqm"]
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "PROGRAM_VERSION", "IntegerModel", "IntegerProgram", "Op",
+    "StrictModeError", "load", "read_vqm", "write_vqm",
+]

@@ -97,8 +97,10 @@ class NonlinearReport:
 
 
 def kernel_layers(model: nn.Module) -> dict[str, QuantNonLinear]:
-    """Non-linear modules of a prepared model that run (or may run) a kernel, in module order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantNonLinear) and len(m.slots)}
+    """Non-linear modules of a prepared model that run (or may run) a kernel, in module order, by the
+    name they had when the model was prepared (a reparameterization may wrap them, e.g. AdaLog's
+    shifted GELU; the float model and the configuration keep that name)."""
+    return {m.layer_name or n: m for n, m in model.named_modules() if isinstance(m, QuantNonLinear) and len(m.slots)}
 
 
 @contextmanager
@@ -107,7 +109,7 @@ def _capture(model: nn.Module, names: list[str], quantized: bool) -> Iterator[di
     ``[Q_in, Q_out]`` of the quantized one, Q_in being the output of the active slot's input point or
     the integers it was given (what the kernel received; the float op's input when no slot is active)."""
     store: dict[str, list] = {}
-    modules = dict(model.named_modules())
+    modules = kernel_layers(model) if quantized else dict(model.named_modules())
     handles = []
     for name in names:
         module = modules[name]

@@ -1,0 +1,362 @@
+"""Convert a calibrated ViT/DeiT (timm ``VisionTransformer``) into an integer program.
+
+Every value of the program carries, at conversion time, a scale (one per tensor, channel or head) and
+a bound on its integers. Where the scale changes the converter emits a dyadic requantization
+(:func:`~vitquant.kernels.dyadic.dyadic`: ``m / 2^s``, m < 2^16, fewer bits where ``bound · m`` would
+reach 2^51) into the code range of the next quantizer, so the program computes, in integers, what the
+fake-quantized model computes in float:
+
+- weights ``W_int = q_w - z_w`` (per output channel step S_w), biases ``round(b / (S_x·S_w))``, the
+  accumulator at S_x·S_w;
+- the patch embedding as patches times the flattened kernel; class token and position embedding rounded
+  onto the first residual scale;
+- the residual stream is integer (the fake-quantized model keeps it float): each of the 2L+1 residual
+  points gets ``S_r = 2·max|x| / (2^(R-1) - 1)`` from the calibration images (R = ``residual_bits``);
+  adds requantize both sides to the new point's scale;
+- LayerNorm, GELU and Softmax run their integer kernels (the calibrated model must have one active at
+  every non-linear layer); q@kᵀ is an integer matmul per head; attn@v is an integer matmul (uniform
+  attention quantizer) or, for BitLog2, shifted sums of v (:func:`~vitquant.integer.ops.bitlog2_av`);
+- the class token's logits are requantized per class onto one output scale.
+
+Accumulator bounds are derived from the code ranges and the worst case of the weights; anything that
+could reach 2^51 is rejected with :class:`~vitquant.errors.RangeError`. Formats without an integer
+path (log√2 / AdaLog / twin-uniform attention maps, AdaLog post-GELU, float non-linear ops, distilled
+or average-pooled heads) are refused with :class:`~vitquant.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vitquant.errors import ConfigError, RangeError
+from vitquant.integer.program import IntegerProgram, Op
+from vitquant.kernels.dyadic import dyadic
+from vitquant.nn.linear import WeightQuantMixin
+from vitquant.nn.nonlinear import QuantNonLinear
+from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.quantizers.bitlog2 import BitLog2Quantizer
+from vitquant.quantizers.uniform import UniformQuantizer
+
+EXACT_BITS = 51  # every integer of the program stays below 2^51 (float64 twin exact, int64 far from overflow)
+MULTIPLIER_BITS = 31  # capped per site so that bound · m < 2^51
+RESIDUAL_BITS = 24
+RESIDUAL_MARGIN = 2.0
+
+
+@dataclass
+class Value:
+    """A program value at conversion time: its name, scale (float64, broadcastable) and integer bound."""
+
+    name: str
+    scale: torch.Tensor
+    bound: int
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self._count}:{hint}"
+
+    def const(self, hint: str, tensor: torch.Tensor) -> str:
+        key = self.name(hint)
+        self.tensors[key] = tensor.detach().contiguous().clone()
+        return key
+
+    def emit(self, kind: str, inputs: Sequence[Value | str], hint: str, scale: torch.Tensor, bound: int,
+             attrs: dict | None = None, consts: dict[str, torch.Tensor] | None = None, output: str | None = None) -> Value:
+        _check_bound(bound, f"{kind} ({hint})")
+        names = {role: self.const(f"{hint}.{role}", t) for role, t in (consts or {}).items()}
+        out = output or self.name(hint)
+        self.ops.append(Op(kind, tuple(v.name if isinstance(v, Value) else v for v in inputs), out, attrs or {}, names))
+        return Value(out, scale, bound)
+
+    # ------------------------------------------------------------------ requantization
+    def requant(self, x: Value, scale: torch.Tensor, low: torch.Tensor, high: torch.Tensor, hint: str,
+                inv_scale: torch.Tensor | None = None) -> Value:
+        """``x`` onto ``scale`` with codes clamped to [low, high] (all broadcast against x). The ratio is
+        ``S_x / scale``, or ``S_x · inv_scale`` where the quantizer multiplies by a stored reciprocal (so
+        that exact ties of the fake-quantized model stay exact ties here)."""
+        ratio = (x.scale / scale if inv_scale is None else x.scale * inv_scale).double()
+        bits = min(MULTIPLIER_BITS, EXACT_BITS - x.bound.bit_length())
+        if bits < 8:
+            raise RangeError(f"{hint}: integers up to {x.bound} leave no room for an 8-bit requantization multiplier")
+        flat = ratio.reshape(-1).tolist()
+        pairs = [dyadic(r, bits=bits) for r in flat]
+        m = torch.tensor([p[0] for p in pairs], dtype=torch.int64).reshape(ratio.shape)
+        s = torch.tensor([p[1] for p in pairs], dtype=torch.int64).reshape(ratio.shape)
+        low = torch.as_tensor(low, dtype=torch.int64)
+        high = torch.as_tensor(high, dtype=torch.int64)
+        bound = int(max(low.abs().max(), high.abs().max()))
+        return self.emit("requant", [x], hint, scale.double(), bound,
+                         consts={"multiplier": m, "shift": s, "low": low, "high": high})
+
+    def requant_to_point(self, x: Value, point: QuantPoint, shape: Sequence[int] | None, hint: str) -> Value:
+        """``x`` onto the codes ``q - z`` of ``point``'s uniform quantizer (params reshaped to ``shape``)."""
+        q = _uniform(point)
+        scale, zero, inv = q.scale.double(), q.zero_point.to(torch.int64), q.inv_scale.double()
+        if shape is not None:
+            scale, zero, inv = scale.reshape(shape), zero.reshape(shape), inv.reshape(shape)
+        return self.requant(x, scale, -zero, q.qmax - zero, hint, inv_scale=inv)
+
+    def residual(self, x: Value, scale: float, hint: str) -> Value:
+        top = 2 ** (RESIDUAL_BITS - 1) - 1
+        return self.requant(x, torch.tensor(scale, dtype=torch.float64), torch.tensor(-top), torch.tensor(top), hint)
+
+    # ------------------------------------------------------------------ layers
+    def linear(self, x: Value, layer: nn.Module, hint: str, weight: torch.Tensor | None = None) -> Value:
+        """``x @ W_intᵀ + b_int`` of a calibrated QuantLinear/QuantConv2d (``weight``: its 2-D view)."""
+        if not isinstance(layer, WeightQuantMixin) or layer.weight_quantizer is None:
+            raise ConfigError(f"{hint}: the layer is not calibrated")
+        if layer.input_shift:
+            raise ConfigError(f"{hint}: an input shift (AdaLog post-GELU) has no integer path yet; use a uniform post-GELU quantizer")
+        if not isinstance(layer.weight_quantizer, UniformQuantizer):
+            raise ConfigError(f"{hint}: weights must be uniformly quantized, got {layer.weight_quantizer!r}")
+        view = layer.weight_quantizer.to_integer(layer.weight.detach())
+        w_int = view.mantissa.flatten(1)
+        w_scale = view.scale.reshape(-1)
+        if x.scale.numel() != 1:
+            raise ConfigError(f"{hint}: the input of a Linear must have one scale per tensor")
+        acc_scale = x.scale.reshape(()) * w_scale  # [out]
+        bias = layer.bias_for(layer.weight_fq)
+        b_int = None if bias is None else torch.round(bias.detach().double() / acc_scale).to(torch.int64)
+        bound = int((w_int.abs().sum(dim=1) * x.bound).max()) + (0 if b_int is None else int(b_int.abs().max()))
+        dtype = torch.int8 if int(w_int.abs().max()) < 128 else torch.int16
+        consts = {"weight": w_int.to(dtype)}
+        if b_int is not None:
+            consts["bias"] = b_int
+        return self.emit("linear", [x], hint, acc_scale, bound, consts=consts)
+
+    @staticmethod
+    def kernel(module: QuantNonLinear, hint: str) -> tuple[nn.Module, dict]:
+        """The active kernel slot of ``module`` and its op attributes (a float op is refused)."""
+        if module.active is None:
+            raise ConfigError(
+                f"{module.layer_name or hint}: runs the float {module.op}; an integer program needs an integer "
+                "kernel at every non-linear layer (--nonlinear ivit|ibert|mixed, or fqvit with GELU from another family)"
+            )
+        slot = module.slots[module.active]
+        attrs = {"family": slot.kernel.family, "out_bits": slot.kernel.out_bits}
+        return slot, attrs
+
+
+def _check_bound(bound: int, what: str) -> None:
+    if bound >= 2**EXACT_BITS:
+        raise RangeError(f"{what}: integers may reach {bound} (>= 2^{EXACT_BITS}); the program cannot hold them exactly")
+
+
+def _uniform(point: QuantPoint) -> UniformQuantizer:
+    q = point.quantizer
+    if point.mode is not Mode.QUANTIZE or not isinstance(q, UniformQuantizer):
+        raise ConfigError(f"{point.point_name or point.role}: needs a calibrated uniform quantizer, got {q!r}")
+    return q
+
+
+def _per_head(point: QuantPoint, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale, zero point, stored reciprocal), each [H], of a per-tensor or per-head uniform point."""
+    q = _uniform(point)
+    scale, zero, inv = q.scale.double().reshape(-1), q.zero_point.to(torch.int64).reshape(-1), q.inv_scale.double().reshape(-1)
+    if scale.numel() not in (1, heads):
+        raise ConfigError(f"{point.point_name}: needs one step per tensor or per head, got {scale.numel()}")
+    return scale.expand(heads), zero.expand(heads), inv.expand(heads)
+
+
+def residual_ranges(qmodel: nn.Module, images: Sequence[torch.Tensor]) -> list[float]:
+    """max |x| of the residual stream at every LayerNorm input (block norms and the final norm), in
+    network order, over ``images`` run through the quantized model."""
+    norms = [m for m in qmodel.modules() if isinstance(m, QuantNonLinear) and m.op == "layernorm"]
+    ranges = [0.0] * len(norms)
+    hooks = [
+        n.register_forward_pre_hook(lambda mod, args, i=i: ranges.__setitem__(i, max(ranges[i], float(args[0].abs().max()))))
+        for i, n in enumerate(norms)
+    ]
+    try:
+        with torch.no_grad():
+            for batch in images:
+                qmodel(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def convert_vit(qmodel: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor) -> IntegerProgram:
+    """The integer program of a calibrated timm ``VisionTransformer`` (``images``: calibration batches
+    for the residual ranges)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(qmodel, VisionTransformer):
+        raise ConfigError(f"integer conversion supports ViT/DeiT (timm VisionTransformer) models, got {type(qmodel).__name__}")
+    if getattr(qmodel, "dist_token", None) is not None or qmodel.global_pool != "token" or getattr(qmodel, "reg_token", None) is not None:
+        raise ConfigError("integer conversion supports class-token models without distillation or register tokens")
+    if isinstance(images, torch.Tensor):
+        images = [images]
+    qmodel.eval()
+    ranges = residual_ranges(qmodel, images)
+    top = 2 ** (RESIDUAL_BITS - 1) - 1
+    res_scales = [max(r, 1e-6) * RESIDUAL_MARGIN / top for r in ranges]
+    b = _Builder()
+
+    # ---------------------------------------------------------------- patch embedding
+    conv = qmodel.patch_embed.proj
+    point = _uniform(conv.input_quant)
+    if point.scale.numel() != 1 or not isinstance(qmodel.patch_embed.norm, nn.Identity):
+        raise ConfigError("the patch embedding needs a per-tensor input quantizer and no norm")
+    if conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.kernel_size[0] != conv.kernel_size[1]:
+        raise ConfigError("the patch embedding must be a square, non-overlapping, unpadded convolution")
+    x = Value("input", point.scale.double().reshape(()), int(max(point.zero_point.abs(), point.qmax - point.zero_point)))
+    x = b.emit("patchify", [x], "patch_embed", x.scale, x.bound, attrs={"patch": conv.kernel_size[0]})
+    x = b.linear(x, conv, "patch_embed.proj")
+    x = b.residual(x, res_scales[0], "patch_embed.out")
+    s0 = x.scale
+    token = torch.round(qmodel.cls_token.detach().double() / s0).to(torch.int64)
+    x = b.emit("prepend_token", [x], "cls_token", s0, max(x.bound, int(token.abs().max())), consts={"token": token})
+    pos = torch.round(qmodel.pos_embed.detach().double() / s0).to(torch.int64)
+    x = b.emit("add_const", [x], "pos_embed", s0, x.bound + int(pos.abs().max()), consts={"value": pos})
+
+    # ---------------------------------------------------------------- blocks
+    r = 1
+    for i, block in enumerate(qmodel.blocks):
+        _check_identity(block, i)
+        x = _attention_branch(b, x, block, f"blocks.{i}", res_scales[r])
+        r += 1
+        x = _mlp_branch(b, x, block, f"blocks.{i}", res_scales[r])
+        r += 1
+
+    # ---------------------------------------------------------------- head
+    x = b.emit("take_token", [x], "token0", x.scale, x.bound, attrs={"index": 0})
+    x = _layernorm(b, x, qmodel.norm, "norm")
+    x = b.requant_to_point(x, qmodel.head.input_quant, None, "head.in")
+    x = b.linear(x, qmodel.head, "head")
+    out_scale = float(x.scale.min())
+    limit = 2**40
+    x = b.requant(x, torch.tensor(out_scale, dtype=torch.float64), torch.tensor(-limit), torch.tensor(limit), "logits")
+    b.ops[-1] = Op(b.ops[-1].kind, b.ops[-1].inputs, "logits", b.ops[-1].attrs, b.ops[-1].constants)
+    return IntegerProgram(
+        b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
+        info={"model": type(qmodel).__name__, "residual_bits": RESIDUAL_BITS},
+    )
+
+
+def _check_identity(block: nn.Module, i: int) -> None:
+    for name in ("ls1", "ls2"):
+        if not isinstance(getattr(block, name, nn.Identity()), nn.Identity):
+            raise ConfigError(f"blocks.{i}.{name}: LayerScale has no integer path yet")
+    attn = block.attn
+    for name in ("q_norm", "k_norm", "norm"):
+        if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity):
+            raise ConfigError(f"blocks.{i}.attn.{name}: must be Identity for integer conversion")
+    if not isinstance(getattr(block.mlp, "norm", nn.Identity()), nn.Identity):
+        raise ConfigError(f"blocks.{i}.mlp.norm: must be Identity for integer conversion")
+
+
+def _layernorm(b: _Builder, x: Value, norm: QuantNonLinear, hint: str) -> Value:
+    slot, attrs = b.kernel(norm, hint)
+    xin = b.requant_to_point(x, slot.input_quant, None, f"{hint}.in")
+    q = slot.input_quant.quantizer
+    weight, bias = norm.kernel_args()
+    channels = weight.numel()
+    in_scale = q.scale.double().reshape(-1) if q.scale.numel() > 1 else q.scale.double().reshape(())
+    _, out_scale = slot.kernel(torch.zeros(1, channels, dtype=torch.float64), in_scale, _float(), weight, bias)
+    bound = 2**31 + int((bias.abs() / out_scale).max()) + 1
+    return b.emit("layernorm", [xin], hint, out_scale.reshape(-1), bound, attrs=attrs,
+                  consts={"scale": in_scale, "weight": weight, "bias": bias})
+
+
+def _float():
+    from vitquant.kernels.arith import FLOAT
+
+    return FLOAT
+
+
+def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_scale: float) -> Value:
+    attn = block.attn
+    heads, d = attn.num_heads, attn.head_dim
+    h = _layernorm(b, x, block.norm1, f"{hint}.norm1")
+    h = b.requant_to_point(h, attn.qkv.input_quant, None, f"{hint}.attn.qkv.in")
+    h = b.linear(h, attn.qkv, f"{hint}.attn.qkv")
+    # q (scaled by attn.scale before its point), k and v, per head, laid out [3, H, d] on the channels
+    scales, invs, zeros, qmax = [], [], [], []
+    for point, factor in ((attn.qk.a_quant, attn.scale), (attn.qk.b_quant, 1.0), (attn.av.b_quant, 1.0)):
+        s, z, inv = _per_head(point, heads)
+        scales.append(s / factor)  # q·f quantized at S_q: q itself at S_q/f
+        invs.append(inv * factor)
+        zeros.append(z)
+        qmax.append(_uniform(point).qmax)
+
+    def per_channel(values: list[torch.Tensor]) -> torch.Tensor:  # [3][H] -> [3·H·d] in qkv's channel order
+        return torch.stack(values).repeat_interleave(d, dim=1).reshape(-1)
+
+    zero = per_channel(zeros)
+    top = torch.tensor(qmax).repeat_interleave(heads * d)
+    qkv = b.requant(h, per_channel(scales), -zero, top - zero, f"{hint}.attn.qkv.out", inv_scale=per_channel(invs))
+    q, k, v = (b.emit("heads", [qkv], f"{hint}.attn.{n}", None, qkv.bound, attrs={"heads": heads, "which": w})
+               for w, n in enumerate("qkv"))
+    s_q = (scales[0] * attn.scale).reshape(1, heads, 1, 1)
+    s_k = scales[1].reshape(1, heads, 1, 1)
+    s_v = scales[2].reshape(1, heads, 1, 1)
+    logits = b.emit("matmul", [q, k], f"{hint}.attn.qk", s_q * s_k, d * q.bound * k.bound, attrs={"transpose_b": True})
+    slot, attrs = b.kernel(attn.softmax, f"{hint}.attn.softmax")
+    _, p_scale = slot.kernel(torch.zeros(1, 4, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64), _float())
+    probs = b.emit("softmax", [logits], f"{hint}.attn.softmax", p_scale, 2**16, attrs=attrs,
+                   consts={"scale": (s_q * s_k).reshape(-1)})
+    ctx = _attention_values(b, probs, v, attn, s_v, heads, f"{hint}.attn.av")
+    ctx = b.requant_to_point(ctx, attn.proj.input_quant, None, f"{hint}.attn.proj.in")
+    ctx = b.emit("merge_heads", [ctx], f"{hint}.attn.merge", ctx.scale, ctx.bound)
+    y = b.linear(ctx, attn.proj, f"{hint}.attn.proj")
+    return _residual_add(b, x, y, out_scale, hint + ".attn")
+
+
+def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v: torch.Tensor, heads: int, hint: str) -> Value:
+    point = attn.av.a_quant
+    q = point.quantizer
+    tokens_bound = 4096  # sums over at most 4096 tokens (checked at run time by the shapes)
+    if isinstance(q, BitLog2Quantizer):
+        frac = -math.log2(float(probs.scale))
+        if frac != round(frac):
+            raise ConfigError(f"{hint}: BitLog2 needs a softmax output scale of 2^-f, got {float(probs.scale)}")
+        divisor = q.divisor.double().reshape(-1).expand(heads).reshape(1, heads, 1, 1)
+        int_max = q.scheme.int_max
+        return b.emit("bitlog2_av", [probs, v], hint, s_v / divisor, tokens_bound * int_max * v.bound,
+                      attrs={"int_max": int_max, "half": q.scheme.half, "frac_bits": int(frac)})
+    if isinstance(q, UniformQuantizer):
+        if q.scale.numel() != 1:
+            raise ConfigError(f"{hint}: a uniform attention quantizer must be per tensor for integer conversion")
+        p = b.requant_to_point(probs, point, None, f"{hint}.probs")
+        return b.emit("matmul", [p, v], hint, p.scale * s_v, tokens_bound * p.bound * v.bound)
+    raise ConfigError(
+        f"{hint}: the attention map quantizer {type(q).__name__} has no integer attn@v path in this version "
+        "(supported: BitLog2 and uniform); choose --attn-quant bitlog2-* or uniform"
+    )
+
+
+def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_scale: float) -> Value:
+    mlp = block.mlp
+    h = _layernorm(b, x, block.norm2, f"{hint}.norm2")
+    h = b.requant_to_point(h, mlp.fc1.input_quant, None, f"{hint}.mlp.fc1.in")
+    h = b.linear(h, mlp.fc1, f"{hint}.mlp.fc1")
+    slot, attrs = b.kernel(mlp.act, f"{hint}.mlp.act")
+    g = b.requant_to_point(h, slot.input_quant, None, f"{hint}.mlp.act.in")
+    gq = slot.input_quant.quantizer
+    domain = torch.arange(int(gq.code_min), int(gq.code_max) + 1, dtype=torch.float64)
+    table, g_scale = slot.kernel(domain, gq.scale.double(), _float())  # elementwise: its exact output range
+    g = b.emit("gelu", [g], f"{hint}.mlp.act", g_scale, int(table.abs().max()), attrs=attrs,
+               consts={"scale": gq.scale.double().reshape(())})
+    g = b.requant_to_point(g, mlp.fc2.input_quant, None, f"{hint}.mlp.fc2.in")
+    y = b.linear(g, mlp.fc2, f"{hint}.mlp.fc2")
+    return _residual_add(b, x, y, out_scale, hint + ".mlp")
+
+
+def _residual_add(b: _Builder, x: Value, y: Value, scale: float, hint: str) -> Value:
+    xr = b.residual(x, scale, f"{hint}.skip")
+    yr = b.residual(y, scale, f"{hint}.out")
+    return b.emit("add", [xr, yr], f"{hint}.add", xr.scale, xr.bound + yr.bound)

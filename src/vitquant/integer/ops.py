@@ -1,0 +1,180 @@
+"""The op set of an integer program, each written once against an arithmetic backend.
+
+``OPS[kind](args, consts, attrs, ctx) -> tensor``. With ``ctx.arith`` = :data:`~vitquant.kernels.arith.INT`
+every value is an ``int64`` tensor and only integer operations run (matmuls through
+:func:`~vitquant.kernels.gemm.int_matmul`); with :data:`~vitquant.kernels.arith.FLOAT` the same
+arithmetic runs on float64 integers with floors: the simulation twin, equal bit for bit while every
+value stays below 2^52 (the converter checks the bounds).
+
+Requantization (every scale change) is dyadic: ``clamp(round(x · m / 2^s), lo, hi)`` with an integer
+multiplier m and shift s per channel or head, rounding ties to even like the fake-quantized model's
+``torch.round`` (attention probabilities are multiples of 2^-k and often land on ties). Non-linear ops call the
+integer kernels of :mod:`vitquant.kernels`; a kernel derives its integer constants from the stored input
+scale in Python, once per call, as a converter would store them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vitquant.kernels.arith import BACKENDS, Arith
+from vitquant.kernels.base import make_kernel
+from vitquant.kernels.gemm import int_matmul
+
+OpFn = Callable[[list[torch.Tensor], dict[str, torch.Tensor], dict[str, Any], "Context"], torch.Tensor]
+OPS: dict[str, OpFn] = {}
+
+
+@dataclass(frozen=True)
+class Context:
+    arith: Arith
+    gemm: str = "int"  # int_matmul backend for the INT arithmetic: "int" (pure) or "float" (exact, faster)
+
+
+def register_op(kind: str) -> Callable[[OpFn], OpFn]:
+    def wrap(fn: OpFn) -> OpFn:
+        OPS[kind] = fn
+        return fn
+    return wrap
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Exact ``a @ b`` of integers (float64 in the simulation: every partial sum < 2^53)."""
+    if ctx.arith.is_integer:
+        return int_matmul(a, b, backend=ctx.gemm)
+    return a @ b
+
+
+def round_shift(x: torch.Tensor, shift: torch.Tensor, arith: Arith) -> torch.Tensor:
+    """``round(x / 2^s)`` with ties to even (as ``torch.round`` in the fake-quantized model), elementwise
+    for a broadcast tensor of shifts s >= 0: ``q = ⌊x / 2^s⌋``, ``r = x - q·2^s``, up if ``r > 2^(s-1)``
+    or ``r = 2^(s-1)`` and q is odd (s = 0: x)."""
+    q = arith.shift_right(x, shift)
+    r = x - arith.shift_left(q, shift)
+    half = torch.where(shift > 0, arith.shift_left(torch.ones_like(shift), torch.clamp(shift - 1, min=0)), 1)  # s = 0: r = 0, never up
+    odd = q - 2 * arith.floor_div(q, 2)
+    up = (r > half) | ((r == half) & (odd == 1))
+    return q + up.to(q.dtype)
+
+
+@register_op("requant")
+def requant(args, consts, attrs, ctx):
+    """``clamp(round(x · m / 2^s), lo, hi)`` (ties to even): a new scale, and the code range of the next
+    quantizer."""
+    a = ctx.arith
+    y = round_shift(args[0] * a.tensor(consts["multiplier"]), a.tensor(consts["shift"]), a)
+    return torch.minimum(torch.maximum(y, a.tensor(consts["low"])), a.tensor(consts["high"]))
+
+
+@register_op("patchify")
+def patchify(args, consts, attrs, ctx):
+    """[B, C, H, W] -> [B, N, C·p·p] (row-major patches, channels then rows then columns: Conv2d's order)."""
+    x = args[0]
+    p = int(attrs["patch"])
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+@register_op("linear")
+def linear(args, consts, attrs, ctx):
+    """``x @ Wᵀ + b`` with integer weights [out, in] and an integer bias (accumulator scale S_x·S_w)."""
+    a = ctx.arith
+    y = matmul(args[0], a.tensor(consts["weight"]).transpose(0, 1), ctx)
+    return y + a.tensor(consts["bias"]) if "bias" in consts else y
+
+
+@register_op("prepend_token")
+def prepend_token(args, consts, attrs, ctx):
+    token = ctx.arith.tensor(consts["token"])
+    return torch.cat([token.expand(args[0].shape[0], -1, -1), args[0]], dim=1)
+
+
+@register_op("add_const")
+def add_const(args, consts, attrs, ctx):
+    return args[0] + ctx.arith.tensor(consts["value"])
+
+
+@register_op("add")
+def add(args, consts, attrs, ctx):
+    return args[0] + args[1]
+
+
+@register_op("heads")
+def heads(args, consts, attrs, ctx):
+    """[B, N, 3·H·d] -> one of q, k, v as [B, H, N, d] (``which`` 0, 1, 2), as timm's qkv reshape."""
+    x = args[0]
+    b, n, _ = x.shape
+    h = int(attrs["heads"])
+    return x.reshape(b, n, 3, h, -1)[:, :, int(attrs["which"])].permute(0, 2, 1, 3)
+
+
+@register_op("merge_heads")
+def merge_heads(args, consts, attrs, ctx):
+    x = args[0]
+    return x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+
+
+@register_op("matmul")
+def matmul_op(args, consts, attrs, ctx):
+    """``a @ b`` (``transpose_b``: ``a @ bᵀ``)."""
+    b = args[1].transpose(-2, -1) if attrs.get("transpose_b") else args[1]
+    return matmul(args[0], b, ctx)
+
+
+@register_op("take_token")
+def take_token(args, consts, attrs, ctx):
+    return args[0][:, int(attrs["index"])]
+
+
+def _kernel(attrs: dict[str, Any], op: str):
+    return make_kernel(attrs["family"], op, **({"out_bits": int(attrs["out_bits"])} if "out_bits" in attrs else {}))
+
+
+@register_op("layernorm")
+def layernorm(args, consts, attrs, ctx):
+    """An integer LayerNorm kernel (family in attrs) with the affine folded; output scale per channel."""
+    y, _ = _kernel(attrs, "layernorm")(args[0], consts["scale"], ctx.arith, consts["weight"], consts["bias"])
+    return y
+
+
+@register_op("gelu")
+def gelu(args, consts, attrs, ctx):
+    y, _ = _kernel(attrs, "gelu")(args[0], consts["scale"], ctx.arith)
+    return y
+
+
+@register_op("softmax")
+def softmax(args, consts, attrs, ctx):
+    """An integer softmax kernel per head (scales [H]) on the q@kᵀ integers [B, H, N, N]."""
+    kernel = _kernel(attrs, "softmax")
+    scales = consts["scale"].reshape(-1)
+    x = args[0]
+    if scales.numel() == 1:
+        return kernel(x, scales[0], ctx.arith)[0]
+    return torch.stack([kernel(x[:, h], scales[h], ctx.arith)[0] for h in range(x.shape[1])], dim=1)
+
+
+@register_op("bitlog2_av")
+def bitlog2_av(args, consts, attrs, ctx):
+    """BitLog2 attn@v without multiplications: probabilities y (scale 2^-f) become
+    x_int = clamp(⌊y · int_max / 2^f⌋, 0, int_max - 1), D(x_int) = 2^k (+ 2^(k-1) for Half), and
+    D @ v = Σ_j (bit_j(D) @ v) << j: sums of selected v rows, shifted (at most two bits of D are set).
+    Output scale S_v / divisor (per head when the divisor or v is per head)."""
+    from vitquant.quantizers.bitlog2 import dequant_int
+
+    a = ctx.arith
+    y, v = args
+    int_max = int(attrs["int_max"])
+    x_int = torch.clamp(a.shift_right(y * int_max, int(attrs["frac_bits"])), 0, int_max - 1)
+    d = dequant_int(x_int.to(torch.int64), bool(attrs["half"]))  # shifts, adds and comparisons
+    out = torch.zeros(*v.shape[:-2], y.shape[-2], v.shape[-1], dtype=a.dtype)
+    for j in range(int_max.bit_length()):
+        bit = ((d >> j) & 1).to(a.dtype)
+        if bool(bit.any()):
+            out = out + a.shift_left(matmul(bit, v, ctx), j)
+    return out

@@ -1,0 +1,39 @@
+"""Calibrated tiny models and their integer programs, shared by the integer tests (cached per case)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from vitquant.calibration import quantize_model
+from vitquant.integer.convert import convert_vit
+from vitquant.nonlinear import NonlinearConfig
+from vitquant.qconfig import repq_vit_qconfig
+from vitquant.recipes import build_qconfig
+
+import conftest
+
+
+def qconfig_for(case: str):
+    """``w8a8-uniform``: 8-bit uniform attention map, I-BERT kernels; ``w4a4-bitlog2``: BitLog2 Half_17,
+    I-ViT kernels at 6 bits; ``w8a8-mixed``: FQ-ViT softmax/LayerNorm (PTF inputs) with I-BERT GELU."""
+    if case == "w8a8-uniform":
+        return build_qconfig("repq-vit", 8, 8, attn_quant="uniform").with_nonlinear(NonlinearConfig.everywhere("ibert", 8))
+    if case == "w4a4-bitlog2":
+        return repq_vit_qconfig(4, 4, "bitlog2-half-17").with_nonlinear(NonlinearConfig.everywhere("ivit", 6))
+    if case == "w8a8-mixed":
+        nl = NonlinearConfig(ops={"softmax": "fqvit", "layernorm": "fqvit", "gelu": "ibert"}, bits=8)
+        return repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(nl)
+    raise KeyError(case)
+
+
+@functools.lru_cache(maxsize=None)
+def calibrated(case: str):
+    """(float model, calibrated model, program, calibration images, other images)."""
+    torch.manual_seed(0)
+    model = conftest.make_vit()
+    calib = conftest.images(8, 32, seed=1)
+    other = conftest.images(8, 32, seed=2)
+    qmodel = quantize_model(model, calib, qconfig_for(case)).model
+    return model, qmodel, convert_vit(qmodel, calib), calib, other

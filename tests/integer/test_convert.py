@@ -1,0 +1,122 @@
+"""Conversion: what becomes an integer program, what is refused, and the saved file."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import conftest
+from integer_cases import calibrated
+from vitquant.calibration import quantize_model
+from vitquant.errors import ConfigError, ModelFileError, RangeError
+from vitquant.integer.convert import EXACT_BITS, Value, _Builder, convert_vit
+from vitquant.integer.execute import IntegerModel, load
+from vitquant.integer.program import PROGRAM_VERSION, IntegerProgram
+from vitquant.nonlinear import NonlinearConfig
+from vitquant.qconfig import repq_vit_qconfig
+from vitquant.recipes import build_qconfig
+
+
+def test_program_structure_and_constant_dtypes():
+    _, qmodel, program, _, _ = calibrated("w4a4-bitlog2")
+    kinds = [op.kind for op in program.ops]
+    blocks = len(qmodel.blocks)
+    assert kinds.count("layernorm") == 2 * blocks + 1
+    assert kinds.count("softmax") == kinds.count("gelu") == kinds.count("bitlog2_av") == blocks
+    assert kinds.count("add") == 2 * blocks
+    assert kinds.count("linear") == 4 * blocks + 2  # qkv, proj, fc1, fc2 per block; patch embedding; head
+    assert program.ops[-1].output == "logits"
+    for name, t in program.tensors.items():
+        if name.endswith(".weight") and "norm" not in name:
+            assert t.dtype in (torch.int8, torch.int16), name
+            assert int(t.abs().max()) <= 15  # 4-bit weights: q - z within [-15, 15]
+    json.dumps(program.header())  # plain JSON
+
+
+def test_save_and_load_round_trip(tmp_path):
+    _, _, program, _, images = calibrated("w8a8-uniform")
+    path = tmp_path / "model.vqm"
+    program.save(path)
+    loaded = load(path)
+    assert torch.equal(loaded.run(images), IntegerModel(program).run(images))
+    assert [op.to_dict() for op in loaded.program.ops] == [op.to_dict() for op in program.ops]
+
+
+def test_load_refuses_other_versions_and_bad_programs(tmp_path):
+    _, _, program, _, _ = calibrated("w8a8-uniform")
+    from vitquant.integer.fileformat import write_vqm
+
+    path = tmp_path / "m.vqm"
+    header = program.header()
+    write_vqm(path, program.tensors, {**header, "program_version": PROGRAM_VERSION + 1})
+    with pytest.raises(ModelFileError, match="version"):
+        IntegerProgram.load(path)
+    bad_kind = copy.deepcopy(header)
+    bad_kind["ops"][3]["kind"] = "exec"
+    write_vqm(path, program.tensors, bad_kind)
+    with pytest.raises(ModelFileError, match="unknown kind 'exec'"):
+        IntegerProgram.load(path)
+    tensors = dict(program.tensors)
+    tensors.pop(next(iter(tensors)))
+    write_vqm(path, tensors, header)
+    with pytest.raises(ModelFileError, match="missing tensors"):
+        IntegerProgram.load(path)
+    no_logits = copy.deepcopy(header)
+    no_logits["ops"] = no_logits["ops"][:-1]
+    write_vqm(path, program.tensors, no_logits)
+    with pytest.raises(ModelFileError, match="logits"):
+        IntegerProgram.load(path)
+    broken = copy.deepcopy(header)
+    del broken["input"]
+    write_vqm(path, program.tensors, broken)
+    with pytest.raises(ModelFileError, match="malformed"):
+        IntegerProgram.load(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelFileError):
+        load(path)
+
+
+def _calibrate(qconfig, kind="vit"):
+    model = conftest.make_vit() if kind == "vit" else conftest.make_swin()
+    x = conftest.images(4, conftest.TinyModels.img_size(kind), seed=1)
+    return quantize_model(model, x, qconfig).model, x
+
+
+@pytest.mark.parametrize(
+    ("qconfig", "message"),
+    [
+        (repq_vit_qconfig(8, 8, "sqrt2-17"), "float"),  # float kernels: not integer-only
+        (repq_vit_qconfig(8, 8, "sqrt2-17").with_nonlinear(NonlinearConfig.everywhere("ibert")), "no integer attn@v"),
+        (build_qconfig("adalog", 4, 4).with_nonlinear(NonlinearConfig.everywhere("ibert", 6)), "input shift|no integer attn@v"),
+    ],
+    ids=["float-kernels", "sqrt2-attention", "adalog"],
+)
+def test_conversion_refuses_what_has_no_integer_path(qconfig, message):
+    qmodel, x = _calibrate(qconfig)
+    with pytest.raises(ConfigError, match=message):
+        convert_vit(qmodel, x)
+
+
+def test_conversion_refuses_other_models():
+    with pytest.raises(ConfigError, match="ViT/DeiT"):
+        convert_vit(torch.nn.Linear(2, 2), torch.zeros(1, 3, 32, 32))
+    qmodel, x = _calibrate(repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert")), kind="swin")
+    with pytest.raises(ConfigError, match="ViT/DeiT"):
+        convert_vit(qmodel, x)
+
+
+def test_bounds_are_checked_at_conversion():
+    b = _Builder()
+    with pytest.raises(RangeError, match="2\\^51"):
+        b.emit("add", ["input", "input"], "huge", torch.tensor(1.0), 2**EXACT_BITS)
+    wide = Value("input", torch.tensor(1.0, dtype=torch.float64), 2**45)
+    with pytest.raises(RangeError, match="8-bit requantization multiplier"):
+        b.requant(wide, torch.tensor(3.0, dtype=torch.float64), torch.tensor(-5), torch.tensor(5), "wide")
+    ok = b.requant(Value("input", torch.tensor(1.0, dtype=torch.float64), 2**30), torch.tensor(3.0, dtype=torch.float64),
+                   torch.tensor(-5), torch.tensor(5), "fits")
+    assert ok.bound == 5
+    m = b.tensors[b.ops[-1].constants["multiplier"]]
+    assert int(m) * 2**30 < 2**EXACT_BITS  # the multiplier was narrowed to keep x · m exact
