@@ -65,6 +65,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, metavar="N", default=64, help="evaluation batch size (default 64)")
     g.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0: decode in-process)")
     g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
+    g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
     g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -81,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="calibrate, quantize and evaluate a model (the main job)")
     _add_quantize_args(q)
+    r = sub.add_parser("run", help="evaluate a saved integer program (.vqm) with the integer executor")
+    r.add_argument("model_file", type=Path, metavar="MODEL.vqm")
+    r.add_argument("--eval-data", type=Path, metavar="DIR", help="labelled images (default: the shared ImageNet sample)")
+    r.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images (seeded sample)")
+    r.add_argument("--batch-size", type=int, metavar="N", default=64, help="batch size (default 64)")
+    r.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0)")
+    r.add_argument("--gemm", choices=("int", "float"), default="int",
+                   help="matmuls: int (pure int64, default) or float (exact float GEMM of the integers, faster)")
+    r.add_argument("--check-simulation", action="store_true", help="also run the float64 twin and count bit-identical images")
+    r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    r.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub.add_parser("models", help="list the short model names")
     sub.add_parser("schemes", help="list the attention quantization schemes and their levels")
     sub.add_parser("recipes", help="list the quantization recipes")
@@ -128,15 +141,15 @@ def _print_levels(report: dict) -> None:
         print(f"  {point['name']:<40} {point['quantizer']:<22} {point['levels_used']!s:>4} / {point['max_levels']}")
 
 
-def _check_output_path(path: Path | None) -> None:
-    """Fail before any heavy work if the report file could not be written."""
+def _check_output_path(path: Path | None, flag: str = "--json") -> None:
+    """Fail before any heavy work if an output file could not be written."""
     if path is None:
         return
     if path.is_dir():
-        raise ConfigError(f"--json {path} is a directory; give a file name")
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
     existing = next(p for p in [path.parent, *path.parent.parents] if p.exists())
     if not existing.is_dir():
-        raise ConfigError(f"--json {path}: {existing} is not a directory")
+        raise ConfigError(f"{flag} {path}: {existing} is not a directory")
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
@@ -144,6 +157,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from vitquant.workflow import QuantizeJob, run_quantize
 
     _check_output_path(args.json)
+    _check_output_path(getattr(args, "save", None), "--save")
     job = QuantizeJob(
         model=args.model,
         weights=args.weights,
@@ -166,6 +180,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         crop_pct=getattr(args, "crop_pct", None),
+        save=getattr(args, "save", None),
         progress=not args.quiet,
     )
     report = run_quantize(job)
@@ -188,8 +203,31 @@ def _run_quantize(args: argparse.Namespace) -> int:
     if nonlinear:
         counts = "; ".join(f"{op}: " + ", ".join(f"{f} x{n}" for f, n in fam.items()) for op, fam in nonlinear["counts"].items())
         print(f"non-linear kernels ({cfg['nonlinear']}, rule {nonlinear['rule']}): {counts}")
+    if report.get("saved"):
+        print(f"integer program ({report['saved']['ops']} ops, {report['saved']['bytes'] / 1e6:.2f} MB) written to {report['saved']['path']}")
     if getattr(args, "levels", False):
         _print_levels(report)
+    if args.json:
+        write_json(report, args.json)
+        print(f"report written to {args.json}")
+    return 0
+
+
+def _run_program(args: argparse.Namespace) -> int:
+    from vitquant.evaluation import write_json
+    from vitquant.integer.evaluate import RunJob, run_program
+
+    _check_output_path(args.json)
+    report = run_program(RunJob(
+        model_file=args.model_file, eval_data=args.eval_data, eval_size=args.eval_size, batch_size=args.batch_size,
+        workers=args.workers, gemm=args.gemm, check_simulation=args.check_simulation, progress=not args.quiet,
+    ))
+    r = report["integer"]
+    print(f"{args.model_file}: {report['program']['ops']} integer ops; {report['images']} images from {report['eval_dir']}")
+    print(f"integer model: top-1 {r['top1']:.2f} %  top-5 {r['top5']:.2f} %  {r['images_per_second']:.1f} images/s (gemm {r['gemm']})")
+    if "simulation" in report:
+        s = report["simulation"]
+        print(f"float64 twin: {s['bit_identical_images']} / {s['images']} images with bit-identical logits")
     if args.json:
         write_json(report, args.json)
         print(f"report written to {args.json}")
@@ -244,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "recipes":
             return _list_recipes()
         _setup_logging(args.quiet, args.verbose)
+        if args.command == "run":
+            return _run_program(args)
         return _run_quantize(args)
     except VitQuantError as exc:
         print(f"vitquant: error: {_error_text(exc)}", file=sys.stderr)

@@ -63,6 +63,7 @@ class QuantizeJob:
     batch_size: int = 64
     workers: int = 0
     crop_pct: float | None = None
+    save: Path | None = None  # write the integer program (.vqm) of the calibrated model
     progress: bool = True
 
     def validate(self) -> None:
@@ -125,6 +126,23 @@ def check_labels(data: JobData, model: torch.nn.Module) -> None:
         raise DataError(f"label {top} in {data.eval_dir} is not a class of this {classes}-class model")
 
 
+def _json_ready(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def save_integer_program(qmodel: torch.nn.Module, calib_images: torch.Tensor, path: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Convert the calibrated model to an integer program (:mod:`vitquant.integer`) and write it to
+    ``path``; returns what the report records (path, bytes, ops)."""
+    from vitquant.integer.convert import convert_vit
+
+    program = convert_vit(qmodel, calib_images)
+    program.info.update(info)
+    program.save(path)
+    size = Path(path).stat().st_size
+    log.info("integer program: %d ops, %d tensors, %.2f MB written to %s", len(program.ops), len(program.tensors), size / 1e6, path)
+    return {"path": str(path), "bytes": size, "ops": len(program.ops)}
+
+
 def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
     return {role: result.role_summary(role) for role in ROLES if any(p.role == role for p in result.points)}
 
@@ -152,6 +170,13 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
     result = quantize_model(model, calib_images, qconfig, progress=job.progress)
     log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
+    saved = None
+    if job.save is not None:  # before evaluation: a model without an integer path fails early
+        saved = save_integer_program(result.model, calib_images, job.save, {
+            "timm_model": timm_name, "qconfig": result.qconfig.to_dict(), **source_commit(),
+            "calib_dir": str(data.calib_dir.resolve()), "calib_size": job.calib_size, "seed": job.seed,
+            "transform": _json_ready(data_config(model, job.crop_pct)),
+        })
 
     loader = make_loader(data.evaluation, transform, job.batch_size, job.workers)
     fp_run, q_run, fidelity = evaluate_pair(model, result.model, loader, progress=job.progress)
@@ -162,7 +187,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "weights_source": weights_source,
         "calib_dir": str(data.calib_dir.resolve()),
         "eval_dir": str(data.eval_dir.resolve()),
-        "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model, job.crop_pct).items()},
+        "transform": _json_ready(data_config(model, job.crop_pct)),
         "qconfig": result.qconfig.to_dict(),  # resolved: mixed kernel choices pinned per layer
         "vitquant_version": __version__,
         **source_commit(),
@@ -175,6 +200,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "calibration": result.to_dict(),
         "calibration_decode_seconds": decode_seconds,
         "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
+        "saved": saved,
     }
     return build_report(
         config=config,

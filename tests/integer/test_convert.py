@@ -29,10 +29,10 @@ def test_program_structure_and_constant_dtypes():
     assert kinds.count("add") == 2 * blocks
     assert kinds.count("linear") == 4 * blocks + 2  # qkv, proj, fc1, fc2 per block; patch embedding; head
     assert program.ops[-1].output == "logits"
-    for name, t in program.tensors.items():
-        if name.endswith(".weight") and "norm" not in name:
-            assert t.dtype in (torch.int8, torch.int16), name
-            assert int(t.abs().max()) <= 15  # 4-bit weights: q - z within [-15, 15]
+    codes = {name: t for name, t in program.tensors.items() if name.endswith(".weight_codes")}
+    assert len(codes) == kinds.count("linear")
+    for name, t in codes.items():
+        assert t.dtype == torch.uint8 and int(t.max()) <= 15, name  # 4-bit weight codes
     json.dumps(program.header())  # plain JSON
 
 

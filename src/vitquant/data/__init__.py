@@ -9,7 +9,6 @@ from vitquant.data.datasets import (
     make_loader,
 )
 from vitquant.data.splits import split_calibration_eval
-from vitquant.data.transforms import data_config, eval_transform
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -22,3 +21,13 @@ __all__ = [
     "make_loader",
     "split_calibration_eval",
 ]
+
+
+def __getattr__(name: str):
+    """``data_config`` and ``eval_transform`` need timm: imported on first use only (the integer
+    executor's evaluation path reads images without timm, :mod:`vitquant.data.preprocess`)."""
+    if name in ("data_config", "eval_transform"):
+        from vitquant.data import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module 'vitquant.data' has no attribute {name!r}")

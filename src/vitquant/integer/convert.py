@@ -121,17 +121,20 @@ class _Builder:
             raise ConfigError(f"{hint}: an input shift (AdaLog post-GELU) has no integer path yet; use a uniform post-GELU quantizer")
         if not isinstance(layer.weight_quantizer, UniformQuantizer):
             raise ConfigError(f"{hint}: weights must be uniformly quantized, got {layer.weight_quantizer!r}")
-        view = layer.weight_quantizer.to_integer(layer.weight.detach())
+        wq = layer.weight_quantizer
+        view = wq.to_integer(layer.weight.detach())
         w_int = view.mantissa.flatten(1)
         w_scale = view.scale.reshape(-1)
+        zero = wq.zero_point.to(torch.int64).reshape(-1)
         if x.scale.numel() != 1:
             raise ConfigError(f"{hint}: the input of a Linear must have one scale per tensor")
         acc_scale = x.scale.reshape(()) * w_scale  # [out]
         bias = layer.bias_for(layer.weight_fq)
         b_int = None if bias is None else torch.round(bias.detach().double() / acc_scale).to(torch.int64)
         bound = int((w_int.abs().sum(dim=1) * x.bound).max()) + (0 if b_int is None else int(b_int.abs().max()))
-        dtype = torch.int8 if int(w_int.abs().max()) < 128 else torch.int16
-        consts = {"weight": w_int.to(dtype)}
+        # stored as the quantizer's codes q (uint8 up to 8 bits) and one zero point per row: W = q - z
+        codes = w_int + zero.unsqueeze(1).expand_as(w_int)
+        consts = {"weight_codes": codes.to(torch.uint8), "weight_zero": zero}
         if b_int is not None:
             consts["bias"] = b_int
         return self.emit("linear", [x], hint, acc_scale, bound, consts=consts)

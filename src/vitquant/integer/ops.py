@@ -82,9 +82,11 @@ def patchify(args, consts, attrs, ctx):
 
 @register_op("linear")
 def linear(args, consts, attrs, ctx):
-    """``x @ Wᵀ + b`` with integer weights [out, in] and an integer bias (accumulator scale S_x·S_w)."""
+    """``x @ Wᵀ + b`` with integer weights ``W = q - z`` [out, in] (codes q, one zero point z per row) and
+    an integer bias (accumulator scale S_x·S_w)."""
     a = ctx.arith
-    y = matmul(args[0], a.tensor(consts["weight"]).transpose(0, 1), ctx)
+    weight = a.tensor(consts["weight_codes"]) - a.tensor(consts["weight_zero"]).unsqueeze(1)
+    y = matmul(args[0], weight.transpose(0, 1), ctx)
     return y + a.tensor(consts["bias"]) if "bias" in consts else y
 
 
