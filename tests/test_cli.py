@@ -266,3 +266,46 @@ def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, ca
     assert pinned["bits"] == 6 and pinned["rule"] == "output-sqnr"  # default: --a-bits 4, at least 6
     assert report["calibration"]["nonlinear"] == nonlinear
     assert "non-linear kernels (mixed, rule output-sqnr): softmax: " in stdout
+
+
+def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """--save writes the integer program; 'vitquant run' evaluates it on the same held-out images, with
+    the float64 twin bit for bit; a model without an integer path fails before evaluation."""
+    import torch
+
+    from conftest import VIT_IMG, make_vit
+    from vitquant import workflow
+
+    def tiny_model(name, weights=None):
+        model = make_vit()
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT_IMG, VIT_IMG)}
+        return model, "tiny random ViT"
+
+    monkeypatch.setattr(workflow, "create_model", tiny_model)
+    saved = tmp_path / "m.vqm"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rc, stdout, _ = _run(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(tiny_folder),
+                              "--calib-size", "2", "--batch-size", "2", "--nonlinear", "ibert",
+                              "--save", str(saved), "--json", str(tmp_path / "q.json"), "-q"], capsys)
+        assert rc == 0 and saved.is_file()
+        assert f"written to {saved}" in stdout
+        quantize_report = json.loads((tmp_path / "q.json").read_text())
+        assert quantize_report["saved"]["bytes"] == saved.stat().st_size
+        rc, stdout, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2",
+                              "--check-simulation", "--json", str(tmp_path / "r.json"), "-q"], capsys)
+        assert rc == 0
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["images"] == quantize_report["quantized"]["images"]  # the same held-out images
+        assert report["simulation"]["bit_identical_images"] == report["images"]
+        assert 0.0 <= report["integer"]["top1"] <= 100.0 and report["integer"]["images_per_second"] > 0
+        assert "integer model: top-1" in stdout
+        # no integer kernels: refused with a clear message, before the evaluation
+        rc, _, err = _run(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(tiny_folder),
+                           "--calib-size", "2", "--save", str(tmp_path / "x.vqm"), "-q"], capsys)
+        assert rc == 2 and "integer kernel" in err and not (tmp_path / "x.vqm").exists()
+    finally:
+        torch.set_num_threads(threads)
+    rc, _, err = _run(["run", str(tmp_path / "missing.vqm")], capsys)
+    assert rc == 2 and "not found" in err

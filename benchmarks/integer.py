@@ -1,0 +1,154 @@
+"""Benchmark: the quantized DeiT-Tiny as an integer program, run by the integer executor.
+
+Per row: calibrate (same 32 images, seed 0), convert to an integer program, save it (``.vqm``), load it
+back and evaluate on the same other images as the FP and simulated (fake-quant) models:
+
+- top-1 of FP, simulated and integer models; top-1 agreement of the integer model with the simulated one;
+- bit-identical images: integer logits (int64) against the program's float64 twin, and against nothing
+  else: the simulated model keeps a float residual stream and exact scale ratios, so its logits differ;
+- file size against the FP safetensors; throughput on one batch, as ratios to FP in the same run: the
+  simulated model, the integer executor with pure int64 matmuls (``gemm int``, the strict mode) and with
+  exact float GEMMs of the integers (``gemm float``).
+
+Writes ``results/integer_<model>.{md,json}``.
+
+    python benchmarks/integer.py                    # W8A8 and W4A4 rows, 200 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from attention_schemes import _accuracy, _logits, add_data_args, commit_note, environment, run_and_write
+from recipes import load_eval
+from vitquant.calibration import quantize_model
+from vitquant.evaluation import FidelityMeter
+from vitquant.integer import IntegerModel, load
+from vitquant.integer.convert import convert_vit
+from vitquant.models import resolve_model_name
+from vitquant.nonlinear import NonlinearConfig
+from vitquant.paths import default_weights
+from vitquant.recipes import build_qconfig
+
+log = logging.getLogger("vitquant.benchmark")
+
+#: row -> (recipe, W/A bits, build_qconfig options, non-linear choice, kernel input bits, rule)
+ROWS = {
+    "W8A8": ("repq-vit", 8, {"attn_quant": "uniform"}, "mixed", 8, "output-sqnr"),
+    "W4A4": ("bitlog2-half-17", 4, {}, "mixed", 6, "output-sqnr"),
+}
+
+
+def _images_per_second(fn, batch: torch.Tensor, repeats: int) -> float:
+    fn(batch)  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn(batch)
+    return repeats * batch.shape[0] / (time.perf_counter() - t)
+
+
+def measure(args, name, model, calib_images, batches, labels, fp_logits, fp_bytes: int) -> dict:
+    recipe, bits, options, choice, nl_bits, rule = ROWS[name]
+    qconfig = build_qconfig(recipe, bits, bits, **options).with_nonlinear(NonlinearConfig.everywhere(choice, nl_bits, rule))
+    log.info("%s: calibrating ...", name)
+    result = quantize_model(model, calib_images, qconfig)
+    sim_logits, _ = _logits(result.model, batches)
+    program = convert_vit(result.model, calib_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.vqm"
+        program.save(path)
+        file_bytes = path.stat().st_size
+        integer = load(path)
+    twin = IntegerModel(integer.program, backend="float")
+    log.info("%s: integer executor on %d images ...", name, len(labels))
+    int_logits, identical = [], 0
+    for images in batches:
+        ints = integer.run(images)
+        identical += int((twin.run(images) == ints.double()).all(dim=-1).sum())
+        int_logits.append(ints.double() * integer.program.output_scale)
+    int_logits = torch.cat(int_logits).float()
+    sim, ints = _accuracy(sim_logits, labels), _accuracy(int_logits, labels)
+    vs_sim, vs_fp = FidelityMeter(), FidelityMeter()
+    vs_sim.update(sim_logits, int_logits)
+    vs_fp.update(fp_logits, int_logits)
+    batch = batches[0][: args.timing_batch]
+    with torch.inference_mode():
+        fp_speed = _images_per_second(model, batch, args.repeats)
+        sim_speed = _images_per_second(result.model, batch, args.repeats)
+    fast = IntegerModel(integer.program, gemm="float")
+    int_speed = _images_per_second(integer.run, batch, 1)
+    fast_speed = _images_per_second(fast.run, batch, args.repeats)
+    row = {
+        "row": name, "bits": bits, "recipe": recipe, "attention": result.qconfig.to_dict()["roles"]["post_softmax"]["name"],
+        "nonlinear": result.nonlinear.to_dict()["counts"] if result.nonlinear else None,
+        "sim_top1": sim.top1, "int_top1": ints.top1, "int_top5": ints.top5,
+        "int_agreement_sim": vs_sim.top1_agreement, "int_agreement_fp": vs_fp.top1_agreement, "int_kl_fp": vs_fp.mean_kl,
+        "bit_identical_twin": identical, "images": len(labels), "ops": len(program.ops),
+        "file_bytes": file_bytes, "file_ratio_fp": file_bytes / fp_bytes,
+        "speed_ratio": {"simulated": sim_speed / fp_speed, "int_gemm_int": int_speed / fp_speed,
+                        "int_gemm_float": fast_speed / fp_speed},
+        "calibration_seconds": result.seconds, "qconfig": result.qconfig.to_dict(),
+    }
+    log.info("%s: FP-relative speeds %s; integer top-1 %.2f %% (simulated %.2f %%), %d/%d bit-identical to its twin",
+             name, row["speed_ratio"], ints.top1, sim.top1, identical, len(labels))
+    return row
+
+
+def run(args: argparse.Namespace) -> dict:
+    model, weights_source, data, calib_images, batches, labels, fp_logits = load_eval(args)
+    weights = args.weights or default_weights(resolve_model_name(args.model))
+    fp_bytes = Path(weights).stat().st_size
+    fp = _accuracy(fp_logits, labels)
+    rows = [measure(args, name, model, calib_images, batches, labels, fp_logits, fp_bytes) for name in args.rows]
+    return {
+        "command": "python benchmarks/integer.py " + " ".join(sys.argv[1:]),
+        "model": resolve_model_name(args.model), "weights": weights_source, "fp_top1": fp.top1, "fp_bytes": fp_bytes,
+        "calibration_images": len(calib_images), "evaluation_images": len(labels),
+        "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed, "timing_batch": args.timing_batch,
+        **environment(), "rows": rows,
+    }
+
+
+def to_markdown(res: dict) -> str:
+    lines = [
+        f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), evaluated on "
+        f"{res['evaluation_images']} other images of `{Path(res['eval_dir']).name}`; FP top-1 {res['fp_top1']:.2f} %; "
+        f"speeds on one batch of {res['timing_batch']} images, {res['threads']} CPU threads, torch {res['torch']}; "
+        f"{commit_note(res)}.",
+        "",
+        "| row | attention | top-1 simulated % | top-1 integer % | agreement int/sim % | agreement int/FP % "
+        "| bit-identical to twin | file / FP | speed sim | speed int (int64) | speed int (float GEMM) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        s = r["speed_ratio"]
+        lines.append(
+            f"| {r['row']} | {r['attention']} | {r['sim_top1']:.2f} | {r['int_top1']:.2f} | {r['int_agreement_sim']:.2f} | "
+            f"{r['int_agreement_fp']:.2f} | {r['bit_identical_twin']} / {r['images']} | {r['file_ratio_fp']:.2f} | "
+            f"{s['simulated']:.2f}x | {s['int_gemm_int']:.3f}x | {s['int_gemm_float']:.3f}x |"
+        )
+    lines += ["", "Speeds are images/s relative to the FP model in the same run. Both rows: integer kernels chosen per "
+              "layer (mixed, output-sqnr rule).", "", f"Command: `{res['command'].strip()}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.set_defaults(eval_size=200)
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--timing-batch", type=int, default=16, help="images per timed batch (default 16)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per model (default 3)")
+    args = p.parse_args(argv)
+    return run_and_write(args, run, to_markdown, f"integer_{args.model}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
