@@ -64,6 +64,12 @@ def test_load_refuses_other_versions_and_bad_programs(tmp_path):
     write_vqm(path, tensors, header)
     with pytest.raises(ModelFileError, match="missing tensors"):
         IntegerProgram.load(path)
+    no_role = copy.deepcopy(header)
+    linear = next(op for op in no_role["ops"] if op["kind"] == "linear")
+    linear["constants"]["weight"] = linear["constants"].pop("weight_codes")  # an older op layout
+    write_vqm(path, program.tensors, no_role)
+    with pytest.raises(ModelFileError, match="lacks its constants \\['weight_codes'\\]"):
+        IntegerProgram.load(path)
     no_logits = copy.deepcopy(header)
     no_logits["ops"] = no_logits["ops"][:-1]
     write_vqm(path, program.tensors, no_logits)

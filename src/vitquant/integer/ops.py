@@ -27,6 +27,7 @@ from vitquant.kernels.gemm import int_matmul
 
 OpFn = Callable[[list[torch.Tensor], dict[str, torch.Tensor], dict[str, Any], "Context"], torch.Tensor]
 OPS: dict[str, OpFn] = {}
+REQUIRED: dict[str, tuple[str, ...]] = {}  # op kind -> constants it must be given (checked when a program loads)
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,10 @@ class Context:
     gemm: str = "int"  # int_matmul backend for the INT arithmetic: "int" (pure) or "float" (exact, faster)
 
 
-def register_op(kind: str) -> Callable[[OpFn], OpFn]:
+def register_op(kind: str, constants: tuple[str, ...] = ()) -> Callable[[OpFn], OpFn]:
     def wrap(fn: OpFn) -> OpFn:
         OPS[kind] = fn
+        REQUIRED[kind] = constants
         return fn
     return wrap
 
@@ -51,23 +53,23 @@ def matmul(a: torch.Tensor, b: torch.Tensor, ctx: Context) -> torch.Tensor:
 
 def round_shift(x: torch.Tensor, shift: torch.Tensor, arith: Arith) -> torch.Tensor:
     """``round(x / 2^s)`` with ties to even (as ``torch.round`` in the fake-quantized model), elementwise
-    for a broadcast tensor of shifts s >= 0: ``q = ⌊x / 2^s⌋``, ``r = x - q·2^s``, up if ``r > 2^(s-1)``
-    or ``r = 2^(s-1)`` and q is odd (s = 0: x)."""
+    for a broadcast tensor of shifts s >= 0: ``(x + 2^(s-1) - 1 + lsb(⌊x / 2^s⌋)) >> s`` (s = 0: x)."""
+    positive = shift > 0
+    bias = torch.where(positive, arith.shift_left(torch.ones_like(shift), torch.clamp(shift - 1, min=0)) - 1, 0)
     q = arith.shift_right(x, shift)
-    r = x - arith.shift_left(q, shift)
-    half = torch.where(shift > 0, arith.shift_left(torch.ones_like(shift), torch.clamp(shift - 1, min=0)), 1)  # s = 0: r = 0, never up
-    odd = q - 2 * arith.floor_div(q, 2)
-    up = (r > half) | ((r == half) & (odd == 1))
-    return q + up.to(q.dtype)
+    lsb = torch.bitwise_and(q, 1) if arith.is_integer else q - 2 * arith.shift_right(q, 1)
+    if not bool(positive.all()):
+        lsb = torch.where(positive, lsb, torch.zeros_like(lsb))
+    return arith.shift_right(x + (lsb + bias), shift)
 
 
-@register_op("requant")
+@register_op("requant", ("multiplier", "shift", "low", "high"))
 def requant(args, consts, attrs, ctx):
     """``clamp(round(x · m / 2^s), lo, hi)`` (ties to even): a new scale, and the code range of the next
     quantizer."""
     a = ctx.arith
     y = round_shift(args[0] * a.tensor(consts["multiplier"]), a.tensor(consts["shift"]), a)
-    return torch.minimum(torch.maximum(y, a.tensor(consts["low"])), a.tensor(consts["high"]))
+    return torch.clamp(y, min=a.tensor(consts["low"]), max=a.tensor(consts["high"]))
 
 
 @register_op("patchify")
@@ -80,7 +82,7 @@ def patchify(args, consts, attrs, ctx):
     return x.reshape(b, (h // p) * (w // p), c * p * p)
 
 
-@register_op("linear")
+@register_op("linear", ("weight_codes", "weight_zero"))
 def linear(args, consts, attrs, ctx):
     """``x @ Wᵀ + b`` with integer weights ``W = q - z`` [out, in] (codes q, one zero point z per row) and
     an integer bias (accumulator scale S_x·S_w)."""
@@ -90,13 +92,13 @@ def linear(args, consts, attrs, ctx):
     return y + a.tensor(consts["bias"]) if "bias" in consts else y
 
 
-@register_op("prepend_token")
+@register_op("prepend_token", ("token",))
 def prepend_token(args, consts, attrs, ctx):
     token = ctx.arith.tensor(consts["token"])
     return torch.cat([token.expand(args[0].shape[0], -1, -1), args[0]], dim=1)
 
 
-@register_op("add_const")
+@register_op("add_const", ("value",))
 def add_const(args, consts, attrs, ctx):
     return args[0] + ctx.arith.tensor(consts["value"])
 
@@ -137,20 +139,27 @@ def _kernel(attrs: dict[str, Any], op: str):
     return make_kernel(attrs["family"], op, **({"out_bits": int(attrs["out_bits"])} if "out_bits" in attrs else {}))
 
 
-@register_op("layernorm")
+@register_op("layernorm", ("scale", "weight", "bias"))
 def layernorm(args, consts, attrs, ctx):
     """An integer LayerNorm kernel (family in attrs) with the affine folded; output scale per channel."""
     y, _ = _kernel(attrs, "layernorm")(args[0], consts["scale"], ctx.arith, consts["weight"], consts["bias"])
     return y
 
 
-@register_op("gelu")
+@register_op("gelu", ("scale",))
 def gelu(args, consts, attrs, ctx):
-    y, _ = _kernel(attrs, "gelu")(args[0], consts["scale"], ctx.arith)
-    return y
+    """An integer GELU kernel. Elementwise, so it runs once on every integer from min(x) to max(x) (at
+    most the 2^b codes of its input point) and is looked up: the same integers, fewer operations."""
+    x = args[0]
+    if x.numel() == 0:
+        return x
+    lo, hi = int(x.min()), int(x.max())
+    domain = torch.arange(lo, hi + 1, dtype=torch.int64).to(x.dtype)
+    table, _ = _kernel(attrs, "gelu")(domain, consts["scale"], ctx.arith)
+    return table[(x - lo).long()]
 
 
-@register_op("softmax")
+@register_op("softmax", ("scale",))
 def softmax(args, consts, attrs, ctx):
     """An integer softmax kernel per head (scales [H]) on the q@kᵀ integers [B, H, N, N]."""
     kernel = _kernel(attrs, "softmax")

@@ -92,7 +92,7 @@ class IntegerProgram:
 
     def validate(self, where: str = "integer program") -> None:
         """Every op kind exists, reads defined values and existing constants; logits are produced."""
-        from vitquant.integer.ops import OPS
+        from vitquant.integer.ops import OPS, REQUIRED
 
         defined = {"input"}
         for i, op in enumerate(self.ops):
@@ -101,6 +101,9 @@ class IntegerProgram:
             missing = [name for name in op.inputs if name not in defined]
             if missing:
                 raise ModelFileError(f"{where}: op {i} ({op.kind}) reads undefined values {missing}")
+            lacking = [role for role in REQUIRED[op.kind] if role not in op.constants]
+            if lacking:
+                raise ModelFileError(f"{where}: op {i} ({op.kind}) lacks its constants {lacking}")
             absent = [t for t in op.constants.values() if t not in self.tensors]
             if absent:
                 raise ModelFileError(f"{where}: op {i} ({op.kind}) needs missing tensors {absent}")
