@@ -78,3 +78,20 @@ def test_job_records_the_resolved_configuration():
     assert d["roles"]["post_gelu"]["kind"] == "adalog" and d["roles"]["post_gelu"]["search"] == "fpcs"
     assert d["roles"]["post_gelu"]["metric"] == "hessian"
     assert d["search"]["budget"] == 128 and d["reference"] == "local" and d["reparam"] is False
+
+
+@pytest.mark.parametrize("recipe", ["bitlog2-half-17", "bitlog2-single-17", "adalog", "ptq4vit", "repq-vit"])
+def test_attention_options_at_8_bits_do_not_need_the_recipes_own_scheme_to_fit(recipe):
+    """BitLog2 Half stops at 6 bits: at W8A8 --attn-bits and --attn-quant must still work (the recipe's
+    attention quantizer is built at the requested width, or replaced)."""
+    from vitquant.qconfig import POST_SOFTMAX
+
+    cfg = build_qconfig(recipe, 8, 8, attn_bits=4)
+    assert cfg.specs[POST_SOFTMAX].bits == 4 and cfg.specs["linear_input"].bits == 8
+    cfg = build_qconfig(recipe, 8, 8, attn_quant="uniform")
+    spec = cfg.specs[POST_SOFTMAX]
+    assert spec.kind == "uniform" and spec.bits == 8
+    assert spec.search == build_qconfig(recipe, 4, 4).specs[POST_SOFTMAX].search  # the recipe's search kept
+    if recipe.startswith("bitlog2"):
+        with pytest.raises(ConfigError, match="at most"):
+            build_qconfig(recipe, 8, 8)

@@ -39,7 +39,7 @@ from vitquant.quantizers.spec import QuantSpec
 from vitquant.quantizers.uniform import UniformSpec
 from vitquant.search.registry import check_metric, check_search
 
-Recipe = Callable[[int, int], QConfig]
+Recipe = Callable[[int, int, int], QConfig]  # (w_bits, a_bits, attention-map bits) -> QConfig
 _RECIPES: dict[str, tuple[Recipe, str]] = {}
 ACTIVATION_ROLES = (PATCH_EMBED_INPUT, POST_LAYERNORM, POST_SOFTMAX, POST_GELU, LINEAR_INPUT, MATMUL_INPUT)
 POST_GELU_QUANTIZERS = ("uniform", "adalog", "twin-uniform")
@@ -69,7 +69,7 @@ def normalize_recipe_name(name: str) -> str:
 
 
 def _scheme_recipe(scheme: str) -> Recipe:
-    return lambda w_bits, a_bits: repq_vit_qconfig(w_bits, a_bits, scheme)
+    return lambda w_bits, a_bits, attn_bits: repq_vit_qconfig(w_bits, a_bits, scheme, attn_bits)
 
 
 register_recipe("repq-vit", "RepQ-ViT: percentile init, LayerNorm reparameterization, Sqrt2_17 attention")(
@@ -80,13 +80,13 @@ for _scheme in ATTENTION_SCHEMES:
 
 
 @register_recipe("adalog", "AdaLog: adaptive-base log attention and post-GELU, per-head matmuls, weights and activations by FPCS")
-def adalog(w_bits: int, a_bits: int) -> QConfig:
+def adalog(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     fpcs = {"search": "fpcs", "metric": "mse"}
-    base = repq_vit_qconfig(w_bits, a_bits, "sqrt2-17")
+    base = repq_vit_qconfig(w_bits, a_bits, "sqrt2-17", attn_bits)
     return base.with_roles(
         **{
             WEIGHT: UniformSpec(bits=w_bits, granularity="channel", **fpcs),
-            POST_SOFTMAX: make_spec("adalog", bits=a_bits, **fpcs),
+            POST_SOFTMAX: make_spec("adalog", bits=attn_bits, **fpcs),
             POST_GELU: make_spec("adalog", bits=a_bits, **fpcs),
             MATMUL_INPUT: UniformSpec(bits=a_bits, granularity="head", **fpcs),
             LINEAR_INPUT: UniformSpec(bits=a_bits, **fpcs),
@@ -95,14 +95,14 @@ def adalog(w_bits: int, a_bits: int) -> QConfig:
 
 
 @register_recipe("ptq4vit", "PTQ4ViT: twin-uniform attention and post-GELU, alternating search, Hessian metric")
-def ptq4vit(w_bits: int, a_bits: int) -> QConfig:
+def ptq4vit(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     alt = {"search": "alternating", "metric": "hessian"}
     cfg = QConfig(
         specs={
             WEIGHT: UniformSpec(bits=w_bits, granularity="channel"),
             PATCH_EMBED_INPUT: UniformSpec(bits=8),
             POST_LAYERNORM: UniformSpec(bits=a_bits, **alt),
-            POST_SOFTMAX: make_spec("twin_uniform", bits=a_bits, mode="softmax", **alt),
+            POST_SOFTMAX: make_spec("twin_uniform", bits=attn_bits, mode="softmax", **alt),
             POST_GELU: make_spec("twin_uniform", bits=a_bits, mode="gelu", **alt),
             LINEAR_INPUT: UniformSpec(bits=a_bits, **alt),
             MATMUL_INPUT: UniformSpec(bits=a_bits, granularity="head", **alt),
@@ -138,15 +138,16 @@ def build_qconfig(
     metric for the role); ``attn_bits`` the attention map's bit width; ``search`` / ``metric`` apply to
     every activation point (not the weights, which are fitted on their own values).
     """
-    cfg = _RECIPES[normalize_recipe_name(recipe)][0](w_bits, a_bits)
+    fn = _RECIPES[normalize_recipe_name(recipe)][0]
+    bits = a_bits if attn_bits is None else attn_bits
+    # with attn_quant the recipe's own attention quantizer is replaced (only its search and metric are
+    # kept), so it is built at a width every scheme supports (BitLog2 Half stops at 6 bits)
+    cfg = fn(w_bits, a_bits, bits if attn_quant is None else min(bits, 4))
     roles: dict[str, QuantSpec] = {}
-    if attn_quant is not None or attn_bits is not None:
+    if attn_quant is not None:
         old = cfg.specs[POST_SOFTMAX]
-        if attn_quant is None:
-            roles[POST_SOFTMAX] = replace(old, bits=attn_bits)
-        else:
-            keep = {"search": old.search, "metric": old.metric}
-            roles[POST_SOFTMAX] = attention_spec(normalize_scheme_name(attn_quant), attn_bits or a_bits, **keep)
+        keep = {"search": old.search, "metric": old.metric}
+        roles[POST_SOFTMAX] = attention_spec(normalize_scheme_name(attn_quant), bits, **keep)
     if post_gelu is not None:
         old = cfg.specs[POST_GELU]
         roles[POST_GELU] = post_gelu_spec(post_gelu, a_bits, search=old.search, metric=old.metric)
