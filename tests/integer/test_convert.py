@@ -31,9 +31,29 @@ def test_program_structure_and_constant_dtypes():
     assert program.ops[-1].output == "logits"
     codes = {name: t for name, t in program.tensors.items() if name.endswith(".weight_codes")}
     assert len(codes) == kinds.count("linear")
-    for name, t in codes.items():
-        assert t.dtype == torch.uint8 and int(t.max()) <= 15, name  # 4-bit weight codes
+    linears = [op for op in program.ops if op.kind == "linear"]
+    for op in linears:  # 4-bit weight codes, two per byte
+        t = program.tensors[op.constants["weight_codes"]]
+        assert op.attrs == {"packed": 4, "in_features": qmodel_in_features(qmodel, op)}
+        assert t.dtype == torch.uint8 and t.shape[1] == (op.attrs["in_features"] + 1) // 2
     json.dumps(program.header())  # plain JSON
+
+
+def qmodel_in_features(qmodel, op) -> int:
+    name = op.output.split(":", 1)[1]
+    layer = qmodel.get_submodule(name)
+    return int(layer.weight[0].numel())
+
+
+def test_nibble_packing_round_trip():
+    from vitquant.integer.ops import pack_nibbles, unpack_nibbles
+
+    gen = torch.Generator().manual_seed(0)
+    for cols in (1, 2, 7, 192):
+        codes = torch.randint(0, 16, (5, cols), generator=gen)
+        packed = pack_nibbles(codes)
+        assert packed.dtype == torch.uint8 and packed.shape == (5, (cols + 1) // 2)
+        assert torch.equal(unpack_nibbles(packed, cols), codes)
 
 
 def test_save_and_load_round_trip(tmp_path):

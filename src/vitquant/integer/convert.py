@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from vitquant.errors import ConfigError, RangeError
+from vitquant.integer.ops import pack_nibbles
 from vitquant.integer.program import IntegerProgram, Op
 from vitquant.kernels.dyadic import dyadic
 from vitquant.nn.linear import WeightQuantMixin
@@ -132,12 +133,15 @@ class _Builder:
         bias = layer.bias_for(layer.weight_fq)
         b_int = None if bias is None else torch.round(bias.detach().double() / acc_scale).to(torch.int64)
         bound = int((w_int.abs().sum(dim=1) * x.bound).max()) + (0 if b_int is None else int(b_int.abs().max()))
-        # stored as the quantizer's codes q (uint8 up to 8 bits) and one zero point per row: W = q - z
+        # stored as the quantizer's codes q and one zero point per row (W = q - z): a byte per code, or
+        # two 4-bit codes per byte up to 4 bits
         codes = w_int + zero.unsqueeze(1).expand_as(w_int)
-        consts = {"weight_codes": codes.to(torch.uint8), "weight_zero": zero}
+        packed = wq.qmax <= 15
+        consts = {"weight_codes": pack_nibbles(codes) if packed else codes.to(torch.uint8), "weight_zero": zero}
         if b_int is not None:
             consts["bias"] = b_int
-        return self.emit("linear", [x], hint, acc_scale, bound, consts=consts)
+        attrs = {"packed": 4, "in_features": int(codes.shape[1])} if packed else {}
+        return self.emit("linear", [x], hint, acc_scale, bound, attrs=attrs, consts=consts)
 
     @staticmethod
     def kernel(module: QuantNonLinear, hint: str) -> tuple[nn.Module, dict]:

@@ -82,12 +82,28 @@ def patchify(args, consts, attrs, ctx):
     return x.reshape(b, (h // p) * (w // p), c * p * p)
 
 
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """[out, in] codes in 0..15 -> uint8 [out, ⌈in/2⌉]: column 2j in the low nibble, 2j+1 in the high one."""
+    if codes.shape[1] % 2:
+        codes = torch.cat([codes, torch.zeros_like(codes[:, :1])], dim=1)
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_nibbles(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """The int64 codes [out, in_features] of :func:`pack_nibbles` (integer operations only)."""
+    p = packed.to(torch.int64)
+    return torch.stack([p & 15, p >> 4], dim=2).reshape(p.shape[0], -1)[:, :in_features]
+
+
 @register_op("linear", ("weight_codes", "weight_zero"))
 def linear(args, consts, attrs, ctx):
-    """``x @ Wᵀ + b`` with integer weights ``W = q - z`` [out, in] (codes q, one zero point z per row) and
-    an integer bias (accumulator scale S_x·S_w)."""
+    """``x @ Wᵀ + b`` with integer weights ``W = q - z`` [out, in] (codes q, one zero point z per row;
+    ``packed: 4``: two codes per byte) and an integer bias (accumulator scale S_x·S_w)."""
     a = ctx.arith
-    weight = a.tensor(consts["weight_codes"]) - a.tensor(consts["weight_zero"]).unsqueeze(1)
+    codes = consts["weight_codes"]
+    if attrs.get("packed") == 4:
+        codes = unpack_nibbles(codes, int(attrs["in_features"]))
+    weight = a.tensor(codes) - a.tensor(consts["weight_zero"]).unsqueeze(1)
     y = matmul(args[0], weight.transpose(0, 1), ctx)
     return y + a.tensor(consts["bias"]) if "bias" in consts else y
 
