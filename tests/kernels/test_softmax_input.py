@@ -72,3 +72,18 @@ def test_reduction_rejects():
     for bad in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(ConfigError, match="finite and positive"):
             reduce_logits(x, bad, INT)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_head_scales_run_each_head_with_its_own(family):
+    gen = torch.Generator().manual_seed(5)
+    kernel = make_kernel(family, "softmax")
+    x = torch.randint(-3000, 3000, (2, 3, 5, 7), generator=gen)
+    scales = torch.tensor([1e-3, 4e-3, 2e-4], dtype=torch.float64)
+    for given in (scales, scales.reshape(1, 3, 1, 1), scales.reshape(3, 1, 1)):
+        y, y_scale = kernel(INT.tensor(x), given, INT)
+        for h in range(3):
+            yh, sh = kernel(INT.tensor(x[:, h]), scales[h], INT)
+            assert torch.equal(y[:, h], yh) and torch.equal(y_scale, sh)
+    with pytest.raises(ConfigError, match="one input scale"):
+        kernel(INT.tensor(x[0, 0]), scales, INT)  # per-head scales need [B, H, N, N] logits

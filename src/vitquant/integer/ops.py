@@ -177,13 +177,8 @@ def gelu(args, consts, attrs, ctx):
 
 @register_op("softmax", ("scale",))
 def softmax(args, consts, attrs, ctx):
-    """An integer softmax kernel per head (scales [H]) on the q@kᵀ integers [B, H, N, N]."""
-    kernel = _kernel(attrs, "softmax")
-    scales = consts["scale"].reshape(-1)
-    x = args[0]
-    if scales.numel() == 1:
-        return kernel(x, scales[0], ctx.arith)[0]
-    return torch.stack([kernel(x[:, h], scales[h], ctx.arith)[0] for h in range(x.shape[1])], dim=1)
+    """An integer softmax kernel on the q@kᵀ integers [B, H, N, N] (scales: one, or one per head)."""
+    return _kernel(attrs, "softmax")(args[0], consts["scale"], ctx.arith)[0]
 
 
 @register_op("bitlog2_av")

@@ -100,8 +100,16 @@ class SoftmaxKernel(IntKernel):
     input_format: ClassVar[str] = "product"  # the integer q@kᵀ product, no input point of its own
 
     def __call__(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
-        """Softmax over the last dim of integers ``x`` with scalar ``scale``."""
-        delta, reduced = reduce_logits(x, _one_scale(scale, self.name), arith)
+        """Softmax over the last dim of integers ``x`` with one ``scale``, or one per head for attention
+        logits ``[B, H, N, N]`` (``[H]``, or a scale broadcasting to ``[1, H, 1, 1]``: each head runs with
+        its own)."""
+        t = torch.as_tensor(scale, dtype=torch.float64)
+        if t.numel() > 1 and x.dim() == 4:
+            t = t.reshape(1, -1, 1, 1) if t.dim() == 1 else t
+            per_head = torch.broadcast_to(t, (1, x.shape[1], 1, 1)).reshape(-1)
+            outs = [self(x[:, h], per_head[h], arith) for h in range(x.shape[1])]
+            return torch.stack([y for y, _ in outs], dim=1), outs[0][1]  # the output scale is fixed
+        delta, reduced = reduce_logits(x, _one_scale(t, self.name), arith)
         return self.softmax(delta, torch.tensor(reduced, dtype=torch.float64), arith)
 
     @abc.abstractmethod

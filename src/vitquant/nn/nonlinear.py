@@ -13,7 +13,7 @@ calibrated and the sensitivity pass (:mod:`vitquant.nonlinear.mixed`) picks the 
 A softmax kernel has no input point: the attention hands it the exact integer product of q@kᵀ
 (:meth:`~vitquant.nn.matmul.QuantMatMul.integer_product`, scale ``S_q·S_k``, any bias rounded onto that
 grid) as an :class:`~vitquant.nn.int_tensor.IntTensor`, as I-ViT does; the kernel reduces it
-(:func:`~vitquant.kernels.base.reduce_logits`) and runs once per head when the scale is per head.
+(:func:`~vitquant.kernels.base.reduce_logits`), head by head when the scale is per head.
 
 Like a Linear, a kernel module is a calibration *consumer*: its input points are fitted in network
 order (``input_points``; all slots read the same operand, ``point_operands``).
@@ -145,17 +145,6 @@ class QuantSoftmax(QuantNonLinear, nn.Module):
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.softmax(dim=-1)
-
-    def run_kernel(self, kernel: IntKernel, x: IntTensor) -> torch.Tensor:
-        """Once per head when the scale is per head (``[1, H, 1, 1]``): a kernel takes one scale."""
-        if x.scale.numel() == 1:
-            return super().run_kernel(kernel, x)
-        per_head = torch.broadcast_to(x.scale, (1, x.ints.shape[1], 1, 1)).reshape(-1)  # [B, H, N, N] logits
-        heads = [
-            super(QuantSoftmax, self).run_kernel(kernel, IntTensor(x.ints[:, h], per_head[h]))
-            for h in range(x.ints.shape[1])
-        ]
-        return torch.stack(heads, dim=1)
 
 
 class QuantGELU(QuantNonLinear, nn.GELU):
