@@ -36,6 +36,7 @@ from torch import nn
 from vitquant.errors import ConfigError, RangeError
 from vitquant.integer.ops import pack_nibbles
 from vitquant.integer.program import IntegerProgram, Op
+from vitquant.kernels.arith import FLOAT
 from vitquant.kernels.dyadic import dyadic
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.nonlinear import QuantNonLinear
@@ -83,7 +84,7 @@ class _Builder:
 
     # ------------------------------------------------------------------ requantization
     def requant(self, x: Value, scale: torch.Tensor, low: torch.Tensor, high: torch.Tensor, hint: str,
-                inv_scale: torch.Tensor | None = None) -> Value:
+                inv_scale: torch.Tensor | None = None, output: str | None = None) -> Value:
         """``x`` onto ``scale`` with codes clamped to [low, high] (all broadcast against x). The ratio is
         ``S_x / scale``, or ``S_x · inv_scale`` where the quantizer multiplies by a stored reciprocal (so
         that exact ties of the fake-quantized model stay exact ties here)."""
@@ -99,7 +100,7 @@ class _Builder:
         high = torch.as_tensor(high, dtype=torch.int64)
         bound = int(max(low.abs().max(), high.abs().max()))
         return self.emit("requant", [x], hint, scale.double(), bound,
-                         consts={"multiplier": m, "shift": s, "low": low, "high": high})
+                         consts={"multiplier": m, "shift": s, "low": low, "high": high}, output=output)
 
     def requant_to_point(self, x: Value, point: QuantPoint, shape: Sequence[int] | None, hint: str) -> Value:
         """``x`` onto the codes ``q - z`` of ``point``'s uniform quantizer (params reshaped to ``shape``)."""
@@ -246,8 +247,8 @@ def convert_vit(qmodel: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor
     x = b.linear(x, qmodel.head, "head")
     out_scale = float(x.scale.min())
     limit = 2**40
-    x = b.requant(x, torch.tensor(out_scale, dtype=torch.float64), torch.tensor(-limit), torch.tensor(limit), "logits")
-    b.ops[-1] = Op(b.ops[-1].kind, b.ops[-1].inputs, "logits", b.ops[-1].attrs, b.ops[-1].constants)
+    b.requant(x, torch.tensor(out_scale, dtype=torch.float64), torch.tensor(-limit), torch.tensor(limit), "logits",
+              output="logits")
     return IntegerProgram(
         b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
         info={"model": type(qmodel).__name__, "residual_bits": RESIDUAL_BITS},
@@ -273,16 +274,10 @@ def _layernorm(b: _Builder, x: Value, norm: QuantNonLinear, hint: str) -> Value:
     weight, bias = norm.kernel_args()
     channels = weight.numel()
     in_scale = q.scale.double().reshape(-1) if q.scale.numel() > 1 else q.scale.double().reshape(())
-    _, out_scale = slot.kernel(torch.zeros(1, channels, dtype=torch.float64), in_scale, _float(), weight, bias)
+    _, out_scale = slot.kernel(torch.zeros(1, channels, dtype=torch.float64), in_scale, FLOAT, weight, bias)
     bound = 2**31 + int((bias.abs() / out_scale).max()) + 1
     return b.emit("layernorm", [xin], hint, out_scale.reshape(-1), bound, attrs=attrs,
                   consts={"scale": in_scale, "weight": weight, "bias": bias})
-
-
-def _float():
-    from vitquant.kernels.arith import FLOAT
-
-    return FLOAT
 
 
 def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_scale: float) -> Value:
@@ -313,7 +308,7 @@ def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_sc
     s_v = scales[2].reshape(1, heads, 1, 1)
     logits = b.emit("matmul", [q, k], f"{hint}.attn.qk", s_q * s_k, d * q.bound * k.bound, attrs={"transpose_b": True})
     slot, attrs = b.kernel(attn.softmax, f"{hint}.attn.softmax")
-    _, p_scale = slot.kernel(torch.zeros(1, 4, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64), _float())
+    _, p_scale = slot.kernel(torch.zeros(1, 4, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64), FLOAT)
     probs = b.emit("softmax", [logits], f"{hint}.attn.softmax", p_scale, 2**16, attrs=attrs,
                    consts={"scale": (s_q * s_k).reshape(-1)})
     ctx = _attention_values(b, probs, v, attn, s_v, heads, f"{hint}.attn.av")
@@ -355,7 +350,7 @@ def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_scale: f
     g = b.requant_to_point(h, slot.input_quant, None, f"{hint}.mlp.act.in")
     gq = slot.input_quant.quantizer
     domain = torch.arange(int(gq.code_min), int(gq.code_max) + 1, dtype=torch.float64)
-    table, g_scale = slot.kernel(domain, gq.scale.double(), _float())  # elementwise: its exact output range
+    table, g_scale = slot.kernel(domain, gq.scale.double(), FLOAT)  # elementwise: its exact output range
     g = b.emit("gelu", [g], f"{hint}.mlp.act", g_scale, int(table.abs().max()), attrs=attrs,
                consts={"scale": gq.scale.double().reshape(())})
     g = b.requant_to_point(g, mlp.fc2.input_quant, None, f"{hint}.mlp.fc2.in")

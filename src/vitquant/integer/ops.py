@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vitquant.kernels.arith import BACKENDS, Arith
-from vitquant.kernels.base import make_kernel
+from vitquant.kernels.base import make_kernel, tabulated
 from vitquant.kernels.gemm import int_matmul
 
 OpFn = Callable[[list[torch.Tensor], dict[str, torch.Tensor], dict[str, Any], "Context"], torch.Tensor]
@@ -169,10 +169,7 @@ def gelu(args, consts, attrs, ctx):
     x = args[0]
     if x.numel() == 0:
         return x
-    lo, hi = int(x.min()), int(x.max())
-    domain = torch.arange(lo, hi + 1, dtype=torch.int64).to(x.dtype)
-    table, _ = _kernel(attrs, "gelu")(domain, consts["scale"], ctx.arith)
-    return table[(x - lo).long()]
+    return tabulated(_kernel(attrs, "gelu"), x, consts["scale"], ctx.arith, int(x.min()), int(x.max()))[0]
 
 
 @register_op("softmax", ("scale",))

@@ -147,6 +147,15 @@ class LayerNormKernel(IntKernel):
         with the float affine ``weight``/``bias`` folded into a per-channel output scale."""
 
 
+def tabulated(kernel: IntKernel, x: torch.Tensor, scale: Scale, arith: Arith, lo: int, hi: int) -> tuple[torch.Tensor, Scale]:
+    """An elementwise kernel run once on every integer in ``[lo, hi]`` (a range holding every value of
+    ``x``, e.g. the codes of its input point), then looked up: the same values as running it on ``x``,
+    without its arithmetic per element."""
+    domain = torch.arange(lo, hi + 1, dtype=torch.int64).to(arith.dtype)
+    table, y_scale = kernel(domain, scale, arith)
+    return table[(x - lo).long()], y_scale
+
+
 _KERNELS: dict[tuple[str, str], type[IntKernel]] = {}
 
 

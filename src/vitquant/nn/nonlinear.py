@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitquant.kernels.arith import FLOAT
-from vitquant.kernels.base import IntKernel
+from vitquant.kernels.base import IntKernel, tabulated
 from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.spec import QuantSpec
@@ -125,12 +125,8 @@ class QuantNonLinear:
 
 
 def _tabulated(kernel: IntKernel, ints: torch.Tensor, scale: torch.Tensor, quantizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """An elementwise kernel run once on every integer the input point can emit (at most 2^b),
-    then looked up: the same values as running it on ``ints``, without its arithmetic per element."""
-    lo, hi = int(quantizer.code_min), int(quantizer.code_max)
-    domain = torch.arange(lo, hi + 1, dtype=torch.float64)
-    table, y_scale = kernel(domain, scale, FLOAT)
-    return table[(ints - lo).long()], y_scale
+    """An elementwise kernel tabulated over every integer the input point can emit (at most 2^b)."""
+    return tabulated(kernel, ints, scale, FLOAT, int(quantizer.code_min), int(quantizer.code_max))
 
 
 class QuantSoftmax(QuantNonLinear, nn.Module):
