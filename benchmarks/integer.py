@@ -60,7 +60,7 @@ def measure(args, name, model, calib_images, batches, labels, fp_logits, fp_byte
     log.info("%s: calibrating ...", name)
     result = quantize_model(model, calib_images, qconfig)
     sim_logits, _ = _logits(result.model, batches)
-    program = convert_vit(result.model, calib_images)
+    program = convert_vit(result.model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.vqm"
         program.save(path)

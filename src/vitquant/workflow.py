@@ -130,12 +130,12 @@ def _json_ready(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-def save_integer_program(qmodel: torch.nn.Module, calib_images: torch.Tensor, path: Path, info: dict[str, Any]) -> dict[str, Any]:
+def save_integer_program(qmodel: torch.nn.Module, path: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Convert the calibrated model to an integer program (:mod:`vitquant.integer`) and write it to
     ``path``; returns what the report records (path, bytes, ops)."""
     from vitquant.integer.convert import convert_vit
 
-    program = convert_vit(qmodel, calib_images)
+    program = convert_vit(qmodel)
     program.info.update(info)
     program.save(path)
     size = Path(path).stat().st_size
@@ -172,7 +172,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
     saved = None
     if job.save is not None:  # before evaluation: a model without an integer path fails early
-        saved = save_integer_program(result.model, calib_images, job.save, {
+        saved = save_integer_program(result.model, job.save, {
             "timm_model": timm_name, "qconfig": result.qconfig.to_dict(), **source_commit(),
             "calib_dir": str(data.calib_dir.resolve()), "calib_size": job.calib_size, "seed": job.seed,
             "transform": _json_ready(data_config(model, job.crop_pct)),

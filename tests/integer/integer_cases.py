@@ -23,7 +23,7 @@ def qconfig_for(case: str):
     if case == "w4a4-bitlog2":
         return repq_vit_qconfig(4, 4, "bitlog2-half-17").with_nonlinear(NonlinearConfig.everywhere("ivit", 6))
     if case == "w8a8-mixed":
-        nl = NonlinearConfig(ops={"softmax": "fqvit", "layernorm": "fqvit", "gelu": "ibert"}, bits=8)
+        nl = NonlinearConfig(ops={"softmax": "fqvit", "layernorm": "fqvit", "gelu": "ibert", "residual": "integer"}, bits=8)
         return repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(nl)
     raise KeyError(case)
 
@@ -36,4 +36,4 @@ def calibrated(case: str):
     calib = conftest.images(8, 32, seed=1)
     other = conftest.images(8, 32, seed=2)
     qmodel = quantize_model(model, calib, qconfig_for(case)).model
-    return model, qmodel, convert_vit(qmodel, calib), calib, other
+    return model, qmodel, convert_vit(qmodel), calib, other

@@ -15,6 +15,7 @@ from vitquant.errors import ConfigError, ModelFileError, RangeError
 from vitquant.integer.convert import EXACT_BITS, Value, _Builder, convert_vit
 from vitquant.integer.execute import IntegerModel, load
 from vitquant.integer.program import PROGRAM_VERSION, IntegerProgram
+from vitquant.nn.residual import QuantResidualAdd
 from vitquant.nonlinear import NonlinearConfig
 from vitquant.qconfig import repq_vit_qconfig
 from vitquant.recipes import build_qconfig
@@ -43,6 +44,29 @@ def qmodel_in_features(qmodel, op) -> int:
     name = op.output.split(":", 1)[1]
     layer = qmodel.get_submodule(name)
     return int(layer.weight[0].numel())
+
+
+def test_residual_stream_is_the_models_residual_points():
+    _, qmodel, program, _, _ = calibrated("w8a8-uniform")
+    adds = [m for m in qmodel.modules() if isinstance(m, QuantResidualAdd)]
+    assert len(adds) == 2 * len(qmodel.blocks) and program.info["residual_bits"] == 24
+    requants = {op.output.split(":", 1)[-1]: op for op in program.ops if op.kind == "requant"}
+    top = 2**23 - 1
+    for i, block in enumerate(qmodel.blocks):
+        for branch, add in (("attn", block.add_attn), ("mlp", block.add_mlp)):
+            q = add.residual_quant.quantizer
+            for side in ("skip", "out"):  # both operands onto the add's own fixed-point codes
+                op = requants[f"blocks.{i}.{branch}.{side}"]
+                assert int(program.tensors[op.constants["low"]]) == -top == -q.top
+                assert int(program.tensors[op.constants["high"]]) == top
+            # the skip comes from the previous add (or the embedding): its ratio is S_prev / S_r
+            skip = requants[f"blocks.{i}.{branch}.skip"]
+            m = program.tensors[skip.constants["multiplier"]].double()
+            shift = program.tensors[skip.constants["shift"]].double()
+            prev = qmodel.blocks[i].add_attn if branch == "mlp" else (qmodel.blocks[i - 1].add_mlp if i else None)
+            if prev is not None:
+                ratio = float(prev.residual_quant.quantizer.scale.double() * q.inv_scale.double())
+                assert float(m / 2**shift) == pytest.approx(ratio, rel=1e-8)
 
 
 def test_nibble_packing_round_trip():
@@ -117,21 +141,23 @@ def _calibrate(qconfig, kind="vit"):
         (repq_vit_qconfig(8, 8, "sqrt2-17"), "float"),  # float kernels: not integer-only
         (repq_vit_qconfig(8, 8, "sqrt2-17").with_nonlinear(NonlinearConfig.everywhere("ibert")), "no integer attn@v"),
         (build_qconfig("adalog", 4, 4).with_nonlinear(NonlinearConfig.everywhere("ibert", 6)), "input shift|no integer attn@v"),
+        (repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig(ops=dict.fromkeys(("softmax", "gelu", "layernorm"), "ibert"))),
+         "residual add runs in float"),
     ],
-    ids=["float-kernels", "sqrt2-attention", "adalog"],
+    ids=["float-kernels", "sqrt2-attention", "adalog", "float-residual"],
 )
 def test_conversion_refuses_what_has_no_integer_path(qconfig, message):
     qmodel, x = _calibrate(qconfig)
     with pytest.raises(ConfigError, match=message):
-        convert_vit(qmodel, x)
+        convert_vit(qmodel)
 
 
 def test_conversion_refuses_other_models():
     with pytest.raises(ConfigError, match="ViT/DeiT"):
-        convert_vit(torch.nn.Linear(2, 2), torch.zeros(1, 3, 32, 32))
+        convert_vit(torch.nn.Linear(2, 2))
     qmodel, x = _calibrate(repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert")), kind="swin")
     with pytest.raises(ConfigError, match="ViT/DeiT"):
-        convert_vit(qmodel, x)
+        convert_vit(qmodel)
 
 
 def test_bounds_are_checked_at_conversion():

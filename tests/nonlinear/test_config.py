@@ -7,6 +7,8 @@ import copy
 import json
 
 import pytest
+from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.vision_transformer import Block
 
 from vitquant.calibration import prepare
 from vitquant.errors import ConfigError
@@ -40,10 +42,26 @@ def test_is_float_sees_overrides():
 @pytest.mark.parametrize("choice", [*FAMILIES, "mixed"])
 def test_everywhere(choice):
     cfg = NonlinearConfig.everywhere(choice, bits=6, rule="output-sqnr")
-    assert dict(cfg.ops) == {op: choice for op in OPS}
+    assert dict(cfg.ops) == {**{op: choice for op in OPS}, "residual": "integer"}
     assert dict(cfg.overrides) == {} and cfg.bits == 6 and cfg.rule == "output-sqnr"
     assert not cfg.is_float
     assert all(cfg.choice_for("any.layer", op) == choice for op in OPS)
+    assert cfg.integer_residual("blocks.0.add_attn") and cfg.residual_bits == 24
+
+
+def test_residual_adds_are_float_unless_asked_for():
+    assert not NonlinearConfig().integer_residual("blocks.0.add_attn")
+    assert not NonlinearConfig(ops={"gelu": "ivit"}).integer_residual("blocks.0.add_mlp")
+    cfg = NonlinearConfig(ops={"residual": "integer"}, overrides={"blocks.1.*": "float", "blocks.2.*": "ibert"}, residual_bits=16)
+    assert cfg.integer_residual("blocks.0.add_attn") and not cfg.integer_residual("blocks.1.add_mlp")
+    assert cfg.integer_residual("blocks.2.add_mlp")  # any kernel family at a layer: integer adds there
+    assert cfg.to_dict()["residual_bits"] == 16
+    with pytest.raises(ConfigError, match="choose one of float, integer"):
+        NonlinearConfig(ops={"residual": "ivit"})
+    with pytest.raises(ConfigError, match="choose one of float, ivit"):
+        NonlinearConfig(ops={"gelu": "integer"})
+    with pytest.raises(ConfigError, match="residual bits"):
+        NonlinearConfig(ops={"residual": "integer"}, residual_bits=40)
 
 
 def test_choice_for_exact_override_before_pattern():
@@ -140,7 +158,7 @@ def test_to_dict():
                           rule="output-sqnr")
     data = cfg.to_dict()
     assert data == {"ops": {"gelu": "ivit", "layernorm": "mixed"}, "overrides": {"norm": "float"}, "bits": 7,
-                    "rule": "output-sqnr"}
+                    "rule": "output-sqnr", "residual_bits": 24}
     assert type(data["ops"]) is dict and type(data["overrides"]) is dict
     assert json.loads(json.dumps(data)) == data
     assert NonlinearConfig(**data) == cfg
@@ -163,7 +181,7 @@ def test_qconfig_carries_nonlinear():
     qc = repq_vit_qconfig(4, 4)
     assert qc.nonlinear == NonlinearConfig() and qc.nonlinear.is_float
     assert QConfig(specs=qc.specs).nonlinear == NonlinearConfig()
-    assert qc.to_dict()["nonlinear"] == {"ops": {}, "overrides": {}, "bits": 8, "rule": "sqnr-diff"}
+    assert qc.to_dict()["nonlinear"] == {"ops": {}, "overrides": {}, "bits": 8, "rule": "sqnr-diff", "residual_bits": 24}
     mixed = NonlinearConfig.everywhere("mixed", bits=6)
     with_mixed = qc.with_nonlinear(mixed)
     assert with_mixed.nonlinear is mixed and qc.nonlinear.is_float  # a copy
@@ -188,11 +206,15 @@ def test_qconfig_without_nonlinear_prepares_the_same_points(tiny, kind):
     assert not any(".slots." in name for name, _, _ in points)
     modules = [m for m in plain.modules() if isinstance(m, QuantNonLinear)]
     assert modules and all(len(m.slots) == 0 and m.active is None for m in modules)
+    assert not any(role == "residual" for _, role, _ in points)  # float residual adds
     # with kernels, the same points plus one per GELU/LayerNorm kernel slot (softmax kernels take the
-    # integer q@kᵀ product: no point of their own), and nothing else changes
+    # integer q@kᵀ product: no point of their own) and one per residual add, and nothing else changes
     kernels = prepare(copy.deepcopy(model), repq_vit_qconfig(4, 4).with_nonlinear(NonlinearConfig.everywhere("ivit")))
     with_slots = _points(kernels)
-    assert [p for p in with_slots if ".slots." not in p[0]] == points
+    residual = [p for p in with_slots if p[1] == "residual"]
+    blocks = sum(isinstance(m, (Block, SwinTransformerBlock)) for m in model.modules())
+    assert len(residual) == 2 * blocks and all(p[2] == "fixed24" for p in residual)
+    assert [p for p in with_slots if ".slots." not in p[0] and p[1] != "residual"] == points
     extra = [p for p in with_slots if ".slots." in p[0]]
     with_points = [m for m in modules if m.op != "softmax"]
     assert len(with_points) < len(modules)

@@ -11,6 +11,7 @@ from vitquant.quantizers import (
     AdaLogQuantizer,
     BitLog2Quantizer,
     BitLog2Scheme,
+    FixedPointQuantizer,
     LogSqrt2Quantizer,
     Quantizer,
     TwinGeluQuantizer,
@@ -79,6 +80,9 @@ def cases() -> list[tuple[str, Quantizer, torch.Tensor]]:
         ("twin_softmax-head", TwinSoftmaxQuantizer(8, _per_head(0, 5, 100)), heads(p)),
         ("twin_gelu-tensor", TwinGeluQuantizer(4, torch.tensor(0.31)), s),
         ("twin_gelu-channel-last", TwinGeluQuantizer(3, 0.1 * GAIN_C), channels(s)),
+        ("fixed_point-24-tensor", FixedPointQuantizer(24, torch.tensor(4.0 / (2**23 - 1))), s),
+        ("fixed_point-31-channel-last", FixedPointQuantizer(31, 2e-9 * GAIN_C), channels(s)),
+        ("fixed_point-8-tensor", FixedPointQuantizer(8, torch.tensor(0.03)), s),
     ]
 
 

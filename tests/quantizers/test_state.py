@@ -25,7 +25,7 @@ from vitquant.quantizers import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-KINDS = ["adalog", "bitlog2", "log_sqrt2", "twin_gelu", "twin_softmax", "uniform"]
+KINDS = ["adalog", "bitlog2", "fixed_point", "log_sqrt2", "twin_gelu", "twin_softmax", "uniform"]
 
 
 def _same_quantizer(a: Quantizer, b: Quantizer, x: torch.Tensor) -> None:

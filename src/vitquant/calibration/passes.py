@@ -44,8 +44,9 @@ class Consumer:
         return self.module.input_points()  # type: ignore[operator]
 
     @property
-    def operands(self) -> list[int]:
-        """Which operand each input point quantizes (default: point i quantizes operand i)."""
+    def operands(self) -> list[int | tuple[int, ...]]:
+        """Which operand each input point quantizes (default: point i quantizes operand i); a tuple:
+        the point quantizes several operands and is fitted on all of them (a residual add's)."""
         mapping = getattr(self.module, "point_operands", None)
         return mapping() if callable(mapping) else list(range(len(self.points)))
 

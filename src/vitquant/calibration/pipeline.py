@@ -44,8 +44,9 @@ from vitquant.nn.nonlinear import KERNEL_INPUT_ROLES, QuantNonLinear
 from vitquant.nonlinear.config import input_spec
 from vitquant.nonlinear.mixed import NonlinearReport, apply_choices, choose, kernel_layers, measure
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
+from vitquant.nn.residual import RESIDUAL, QuantResidualAdd
 from vitquant.qconfig import POST_SOFTMAX, WEIGHT, QConfig
-from vitquant.quantizers.spec import QuantSpec, param_shape, rows_of
+from vitquant.quantizers.spec import QuantSpec, make_spec, param_shape, rows_of
 from vitquant.quantizers.uniform import UniformQuantizer
 from vitquant.reparam import ReparamSite, reparam_for
 from vitquant.search.context import FitContext
@@ -134,7 +135,8 @@ def check_images(images: torch.Tensor, what: str = "calibration images") -> None
 
 def prepare(model: nn.Module, qconfig: QConfig) -> nn.Module:
     """Make the quantization points of ``model`` explicit (in place) and give each its spec; give the
-    non-linear modules their kernels (one per family the config asks for there, none: float)."""
+    non-linear modules their kernels (one per family the config asks for there, none: float) and
+    the residual adds their fixed-point point where the config makes them integer."""
     adapter_for(model).prepare(model)
     nonlinear = qconfig.nonlinear
     for name, module in list(model.named_modules()):
@@ -142,12 +144,16 @@ def prepare(model: nn.Module, qconfig: QConfig) -> nn.Module:
             module.layer_name = name
             kernels = {f: make_kernel(f, module.op) for f in nonlinear.families_for(name, module.op)}
             module.set_kernels(kernels, {f: input_spec(k.input_format, nonlinear.bits) for f, k in kernels.items()})
+        elif isinstance(module, QuantResidualAdd):
+            module.layer_name = name
+            if nonlinear.integer_residual(name):
+                module.set_spec(make_spec("fixed_point", bits=nonlinear.residual_bits))
         elif isinstance(module, WeightQuantMixin):
             module.layer_name = name
             module.weight_spec = qconfig.spec_for(f"{name}.weight", WEIGHT)
     for name, point in quant_points(model):
         point.point_name = name
-        if point.role not in KERNEL_INPUT_ROLES:  # kernel inputs: spec set with the kernel
+        if point.role not in (*KERNEL_INPUT_ROLES, RESIDUAL):  # spec set with the kernel or the add
             point.spec = qconfig.spec_for(name, point.role)
     return model
 
@@ -236,6 +242,14 @@ def calibration_batches(images: torch.Tensor | Sequence[torch.Tensor], search_im
         rest = merged[search_images:]
         batches = [merged[:search_images], *(rest.split(max(b.shape[0] for b in batches)) if len(rest) else ())]
     return batches
+
+
+def _point_input(observed: list[tuple], index: int | tuple[int, ...]) -> torch.Tensor:
+    """What a point is fitted on: operand ``index`` of every observed batch (several operands: all of
+    them, stacked along the batch axis)."""
+    indices = index if isinstance(index, tuple) else (index,)
+    parts = [ops[i] for i in indices for ops in observed]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _specs(consumer: Consumer) -> list:
@@ -348,7 +362,7 @@ class _Fitter:
         points = consumer.points
         searched = any(s is not None and scores_output(s) for s in specs)
         operands = self._search_subset(observed)
-        inputs = [torch.cat([ops[i] for ops in observed]) if len(observed) > 1 else observed[0][i] for i in consumer.operands]
+        inputs = [_point_input(observed, i) for i in consumer.operands]
         float_output = self._float_output(consumer) if searched and self.qconfig.reference == "float" else None
         rounds = self.qconfig.operand_rounds if searched and len(points) > 1 else 1
         for _ in range(rounds):

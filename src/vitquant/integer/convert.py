@@ -10,9 +10,10 @@ fake-quantized model computes in float:
   accumulator at S_x·S_w;
 - the patch embedding as patches times the flattened kernel; class token and position embedding rounded
   onto the first residual scale;
-- the residual stream is integer (the fake-quantized model keeps it float): each of the 2L+1 residual
-  points gets ``S_r = 2·max|x| / (2^(R-1) - 1)`` from the calibration images (R = ``residual_bits``);
-  adds requantize both sides to the new point's scale;
+- the residual stream is integer, as the calibrated model's integer residual adds
+  (:class:`~vitquant.nn.residual.QuantResidualAdd`) define it: each add requantizes both operands onto
+  its fixed-point step S_r and adds the integers; the patch embedding (with class token and position
+  embedding) starts on the first add's step;
 - LayerNorm, GELU and Softmax run their integer kernels (the calibrated model must have one active at
   every non-linear layer); q@kᵀ is an integer matmul per head; attn@v is an integer matmul (uniform
   attention quantizer) or, for BitLog2, shifted sums of v (:func:`~vitquant.integer.ops.bitlog2_av`);
@@ -41,13 +42,13 @@ from vitquant.kernels.dyadic import dyadic
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.nonlinear import QuantNonLinear
 from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.nn.residual import QuantResidualAdd
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer
+from vitquant.quantizers.fixed_point import FixedPointQuantizer
 from vitquant.quantizers.uniform import UniformQuantizer
 
 EXACT_BITS = 51  # every integer of the program stays below 2^51 (float64 twin exact, int64 far from overflow)
 MULTIPLIER_BITS = 31  # capped per site so that bound · m < 2^51
-RESIDUAL_BITS = 24
-RESIDUAL_MARGIN = 2.0
 
 
 @dataclass
@@ -110,9 +111,11 @@ class _Builder:
             scale, zero, inv = scale.reshape(shape), zero.reshape(shape), inv.reshape(shape)
         return self.requant(x, scale, -zero, q.qmax - zero, hint, inv_scale=inv)
 
-    def residual(self, x: Value, scale: float, hint: str) -> Value:
-        top = 2 ** (RESIDUAL_BITS - 1) - 1
-        return self.requant(x, torch.tensor(scale, dtype=torch.float64), torch.tensor(-top), torch.tensor(top), hint)
+    def residual(self, x: Value, add: nn.Module, hint: str) -> Value:
+        """``x`` onto the fixed-point codes of the residual add ``add`` (its step S_r, ±(2^(b-1) - 1))."""
+        q = _residual_quantizer(add, hint)
+        top = torch.tensor(q.top)
+        return self.requant(x, q.scale.double().reshape(()), -top, top, hint, inv_scale=q.inv_scale.double().reshape(()))
 
     # ------------------------------------------------------------------ layers
     def linear(self, x: Value, layer: nn.Module, hint: str, weight: torch.Tensor | None = None) -> Value:
@@ -178,41 +181,35 @@ def _per_head(point: QuantPoint, heads: int) -> tuple[torch.Tensor, torch.Tensor
     return scale.expand(heads), zero.expand(heads), inv.expand(heads)
 
 
-def residual_ranges(qmodel: nn.Module, images: Sequence[torch.Tensor]) -> list[float]:
-    """max |x| of the residual stream at every LayerNorm input (block norms and the final norm), in
-    network order, over ``images`` run through the quantized model."""
-    norms = [m for m in qmodel.modules() if isinstance(m, QuantNonLinear) and m.op == "layernorm"]
-    ranges = [0.0] * len(norms)
-    hooks = [
-        n.register_forward_pre_hook(lambda mod, args, i=i: ranges.__setitem__(i, max(ranges[i], float(args[0].abs().max()))))
-        for i, n in enumerate(norms)
-    ]
-    try:
-        with torch.no_grad():
-            for batch in images:
-                qmodel(batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ranges
+def _residual_quantizer(add: nn.Module, hint: str) -> FixedPointQuantizer:
+    point = getattr(add, "residual_quant", None)
+    if not isinstance(add, QuantResidualAdd) or point is None or point.mode is not Mode.QUANTIZE:
+        raise ConfigError(
+            f"{hint}: the residual add runs in float; an integer program needs integer residual adds "
+            "(any --nonlinear kernel family makes them integer; op 'residual' of the non-linear config)"
+        )
+    q = point.quantizer
+    if not isinstance(q, FixedPointQuantizer) or q.scale.numel() != 1:
+        raise ConfigError(f"{hint}: the residual point needs a per-tensor fixed-point quantizer, got {q!r}")
+    return q
 
 
-def convert_vit(qmodel: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor) -> IntegerProgram:
-    """The integer program of a calibrated timm ``VisionTransformer`` (``images``: calibration batches
-    for the residual ranges)."""
+def convert_vit(qmodel: nn.Module) -> IntegerProgram:
+    """The integer program of a calibrated timm ``VisionTransformer`` (integer kernels and residual adds)."""
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(qmodel, VisionTransformer):
         raise ConfigError(f"integer conversion supports ViT/DeiT (timm VisionTransformer) models, got {type(qmodel).__name__}")
     if getattr(qmodel, "dist_token", None) is not None or qmodel.global_pool != "token" or getattr(qmodel, "reg_token", None) is not None:
         raise ConfigError("integer conversion supports class-token models without distillation or register tokens")
-    if isinstance(images, torch.Tensor):
-        images = [images]
     qmodel.eval()
-    ranges = residual_ranges(qmodel, images)
-    top = 2 ** (RESIDUAL_BITS - 1) - 1
-    res_scales = [max(r, 1e-6) * RESIDUAL_MARGIN / top for r in ranges]
     b = _Builder()
+    for name, module in qmodel.named_modules():  # every non-linear step integer, kernels named first
+        if isinstance(module, QuantNonLinear):
+            b.kernel(module, name)
+    for name, module in qmodel.named_modules():
+        if isinstance(module, QuantResidualAdd):
+            _residual_quantizer(module, name)
 
     # ---------------------------------------------------------------- patch embedding
     conv = qmodel.patch_embed.proj
@@ -224,7 +221,7 @@ def convert_vit(qmodel: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor
     x = Value("input", point.scale.double().reshape(()), int(max(point.zero_point.abs(), point.qmax - point.zero_point)))
     x = b.emit("patchify", [x], "patch_embed", x.scale, x.bound, attrs={"patch": conv.kernel_size[0]})
     x = b.linear(x, conv, "patch_embed.proj")
-    x = b.residual(x, res_scales[0], "patch_embed.out")
+    x = b.residual(x, qmodel.blocks[0].add_attn, "patch_embed.out")
     s0 = x.scale
     token = torch.round(qmodel.cls_token.detach().double() / s0).to(torch.int64)
     x = b.emit("prepend_token", [x], "cls_token", s0, max(x.bound, int(token.abs().max())), consts={"token": token})
@@ -232,13 +229,10 @@ def convert_vit(qmodel: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor
     x = b.emit("add_const", [x], "pos_embed", s0, x.bound + int(pos.abs().max()), consts={"value": pos})
 
     # ---------------------------------------------------------------- blocks
-    r = 1
     for i, block in enumerate(qmodel.blocks):
         _check_identity(block, i)
-        x = _attention_branch(b, x, block, f"blocks.{i}", res_scales[r])
-        r += 1
-        x = _mlp_branch(b, x, block, f"blocks.{i}", res_scales[r])
-        r += 1
+        x = _attention_branch(b, x, block, f"blocks.{i}")
+        x = _mlp_branch(b, x, block, f"blocks.{i}")
 
     # ---------------------------------------------------------------- head
     x = b.emit("take_token", [x], "token0", x.scale, x.bound, attrs={"index": 0})
@@ -251,7 +245,7 @@ def convert_vit(qmodel: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor
               output="logits")
     return IntegerProgram(
         b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
-        info={"model": type(qmodel).__name__, "residual_bits": RESIDUAL_BITS},
+        info={"model": type(qmodel).__name__, "residual_bits": _residual_quantizer(qmodel.blocks[0].add_attn, "blocks.0").bits},
     )
 
 
@@ -280,7 +274,7 @@ def _layernorm(b: _Builder, x: Value, norm: QuantNonLinear, hint: str) -> Value:
                   consts={"scale": in_scale, "weight": weight, "bias": bias})
 
 
-def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_scale: float) -> Value:
+def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
     attn = block.attn
     heads, d = attn.num_heads, attn.head_dim
     h = _layernorm(b, x, block.norm1, f"{hint}.norm1")
@@ -315,7 +309,7 @@ def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_sc
     ctx = b.requant_to_point(ctx, attn.proj.input_quant, None, f"{hint}.attn.proj.in")
     ctx = b.emit("merge_heads", [ctx], f"{hint}.attn.merge", ctx.scale, ctx.bound)
     y = b.linear(ctx, attn.proj, f"{hint}.attn.proj")
-    return _residual_add(b, x, y, out_scale, hint + ".attn")
+    return _residual_add(b, x, y, block.add_attn, hint + ".attn")
 
 
 def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v: torch.Tensor, heads: int, hint: str) -> Value:
@@ -341,7 +335,7 @@ def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v:
     )
 
 
-def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_scale: float) -> Value:
+def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
     mlp = block.mlp
     h = _layernorm(b, x, block.norm2, f"{hint}.norm2")
     h = b.requant_to_point(h, mlp.fc1.input_quant, None, f"{hint}.mlp.fc1.in")
@@ -355,10 +349,10 @@ def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str, out_scale: f
                consts={"scale": gq.scale.double().reshape(())})
     g = b.requant_to_point(g, mlp.fc2.input_quant, None, f"{hint}.mlp.fc2.in")
     y = b.linear(g, mlp.fc2, f"{hint}.mlp.fc2")
-    return _residual_add(b, x, y, out_scale, hint + ".mlp")
+    return _residual_add(b, x, y, block.add_mlp, hint + ".mlp")
 
 
-def _residual_add(b: _Builder, x: Value, y: Value, scale: float, hint: str) -> Value:
-    xr = b.residual(x, scale, f"{hint}.skip")
-    yr = b.residual(y, scale, f"{hint}.out")
+def _residual_add(b: _Builder, x: Value, y: Value, add: nn.Module, hint: str) -> Value:
+    xr = b.residual(x, add, f"{hint}.skip")
+    yr = b.residual(y, add, f"{hint}.out")
     return b.emit("add", [xr, yr], f"{hint}.add", xr.scale, xr.bound + yr.bound)

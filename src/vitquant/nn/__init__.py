@@ -3,6 +3,7 @@
 from vitquant.nn.attention import QuantViTAttention, QuantWindowAttention
 from vitquant.nn.linear import QuantConv2d, QuantLinear
 from vitquant.nn.matmul import QuantMatMul
+from vitquant.nn.residual import QuantResidualAdd
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "QuantLinear",
     "QuantMatMul",
     "QuantPoint",
+    "QuantResidualAdd",
     "QuantViTAttention",
     "QuantWindowAttention",
     "quant_points",

@@ -19,7 +19,6 @@ fitted step of the q quantizer compared with RepQ-ViT (which scales after the ma
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -28,19 +27,9 @@ from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from vitquant import qconfig
+from vitquant.nn.adopt import adopt
 from vitquant.nn.matmul import QuantMatMul
 from vitquant.nn.nonlinear import QuantSoftmax
-
-
-def _adopt(cls: type[nn.Module], module: nn.Module) -> nn.Module:
-    """A new ``cls`` instance sharing ``module``'s parameters, buffers and submodules."""
-    new = cls.__new__(cls)
-    state = dict(module.__dict__)
-    for key in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
-        if key in state:
-            state[key] = copy.copy(state[key])
-    new.__dict__.update(state)
-    return new
 
 
 class _AttentionPoints:
@@ -91,7 +80,7 @@ class QuantViTAttention(_AttentionPoints, Attention):
 
     @classmethod
     def from_float(cls, attn: Attention) -> QuantViTAttention:
-        new = _adopt(cls, attn)
+        new = adopt(cls, attn)
         new._add_points()
         return new
 
@@ -119,7 +108,7 @@ class QuantWindowAttention(_AttentionPoints, WindowAttention):
 
     @classmethod
     def from_float(cls, attn: WindowAttention) -> QuantWindowAttention:
-        new = _adopt(cls, attn)
+        new = adopt(cls, attn)
         new._add_points()
         return new
 

@@ -8,7 +8,8 @@ by the pipeline:
 - ``Mode.FLOAT``: identity (the full-precision model, and points not yet fitted during calibration);
 - ``Mode.QUANTIZE``: fake-quantize with the fitted quantizer.
 
-With ``track_levels`` on, it also counts which codes were used (for level reports).
+With ``track_levels`` on, it also counts which codes were used (for level reports), for formats of at
+most :data:`LEVEL_COUNT_LIMIT` levels (a 24-bit residual point reports ``levels_used`` None).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from torch import nn
 
 from vitquant.quantizers.base import Quantizer
 from vitquant.quantizers.spec import QuantSpec
+
+
+LEVEL_COUNT_LIMIT = 2**16  # wider formats are not histogrammed
 
 
 class Mode(enum.Enum):
@@ -67,6 +71,8 @@ class QuantPoint(nn.Module):
 
     def _count_levels(self, x: torch.Tensor) -> None:
         assert self.quantizer is not None
+        if self.quantizer.max_levels > LEVEL_COUNT_LIMIT:
+            return
         counts = torch.bincount(self.quantizer.codes(x).reshape(-1), minlength=self.quantizer.max_levels)
         self.level_counts = counts if self.level_counts is None else self.level_counts + counts
 

@@ -10,13 +10,18 @@ before an op was added keeps its meaning.
 ``bits`` is the bit width of each kernel's integer input (the point in front of GELU and LayerNorm;
 softmax kernels take the exact integer product of q@kᵀ instead);
 ``rule`` the mixed selection rule (``sqnr-diff`` as in the paper, or ``output-sqnr``).
+
+The residual adds of the blocks (op ``residual``, :mod:`vitquant.nn.residual`) are ``float`` or
+``integer``: both operands on one ``residual_bits`` fixed-point grid, added as integers.
+:meth:`NonlinearConfig.everywhere` with any kernel family makes them integer too, so that every
+non-linear step of the model runs as an integer-only program would run it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +33,9 @@ from vitquant.quantizers.spec import QuantSpec, make_spec
 FLOAT = "float"
 MIXED = "mixed"
 CHOICES = (FLOAT, *FAMILIES, MIXED)
+RESIDUAL = "residual"  # the residual adds: float or integer
+INTEGER = "integer"
+RESIDUAL_BITS = 24
 RULES = ("sqnr-diff", "output-sqnr")
 MIN_BITS = 6  # default input bits: the activation bits, at least 6
 
@@ -43,15 +51,19 @@ class NonlinearConfig:
     overrides: Mapping[str, str] = field(default_factory=dict)
     bits: int = 8
     rule: str = "sqnr-diff"
+    residual_bits: int = RESIDUAL_BITS
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.ops) - set(OPS))
+        unknown = sorted(set(self.ops) - {*OPS, RESIDUAL})
         if unknown:
-            raise ConfigError(f"unknown non-linear ops {unknown}; ops: {', '.join(OPS)}")
-        for where, choice in [*self.ops.items(), *self.overrides.items()]:
-            if choice not in CHOICES:
-                raise ConfigError(f"non-linear choice {choice!r} for {where}: choose one of {', '.join(CHOICES)}")
+            raise ConfigError(f"unknown non-linear ops {unknown}; ops: {', '.join((*OPS, RESIDUAL))}")
+        checks = [(op, c, (FLOAT, INTEGER) if op == RESIDUAL else CHOICES) for op, c in self.ops.items()]
+        checks += [(layer, c, (*CHOICES, INTEGER)) for layer, c in self.overrides.items()]
+        for where, choice, allowed in checks:
+            if choice not in allowed:
+                raise ConfigError(f"non-linear choice {choice!r} for {where}: choose one of {', '.join(allowed)}")
         check_bits(self.bits, "non-linear input bits")
+        check_bits(self.residual_bits, "residual bits", 8, 31)
         if self.rule not in RULES:
             raise ConfigError(f"unknown mixed rule {self.rule!r}; choose one of {', '.join(RULES)}")
         object.__setattr__(self, "ops", MappingProxyType(dict(self.ops)))
@@ -62,7 +74,9 @@ class NonlinearConfig:
         """The same choice for every op (``--nonlinear``)."""
         if choice not in CHOICES:
             raise ConfigError(f"unknown --nonlinear {choice!r}; choose one of {', '.join(CHOICES)}")
-        return cls(ops={op: choice for op in OPS} if choice != FLOAT else {}, bits=bits, rule=rule)
+        if choice == FLOAT:
+            return cls(bits=bits, rule=rule)
+        return cls(ops={**{op: choice for op in OPS}, RESIDUAL: INTEGER}, bits=bits, rule=rule)
 
     @property
     def is_float(self) -> bool:
@@ -76,6 +90,11 @@ class NonlinearConfig:
             if fnmatch.fnmatchcase(layer, pattern):
                 return choice
         return self.ops.get(op, FLOAT)
+
+    def integer_residual(self, layer: str) -> bool:
+        """Whether the residual add ``layer`` is integer (any choice but float: an override naming a
+        kernel family for ``blocks.3.*`` makes that block's adds integer too)."""
+        return self.choice_for(layer, RESIDUAL) != FLOAT
 
     def families_for(self, layer: str, op: str) -> list[str]:
         """Kernel families prepared at ``layer``: none (float), one, or every candidate (mixed).
@@ -92,10 +111,11 @@ class NonlinearConfig:
 
     def resolved(self, choices: Mapping[str, str]) -> NonlinearConfig:
         """This config with every layer in ``choices`` pinned to its family (mixed -> plain data)."""
-        return NonlinearConfig(ops=self.ops, overrides={**self.overrides, **choices}, bits=self.bits, rule=self.rule)
+        return replace(self, overrides={**self.overrides, **choices})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ops": dict(self.ops), "overrides": dict(self.overrides), "bits": self.bits, "rule": self.rule}
+        return {"ops": dict(self.ops), "overrides": dict(self.overrides), "bits": self.bits, "rule": self.rule,
+                "residual_bits": self.residual_bits}
 
 
 def input_spec(input_format: str, bits: int) -> QuantSpec | None:

@@ -9,6 +9,7 @@ from vitquant.errors import NotIntegerError
 from vitquant.quantizers.adalog import AdaLogQuantizer, AdaLogSpec
 from vitquant.quantizers.base import Quantizer, check_bits
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer, BitLog2Scheme, BitLog2Spec, parse_bitlog2
+from vitquant.quantizers.fixed_point import FixedPointQuantizer, FixedPointSpec
 from vitquant.quantizers.integer_view import IntegerView
 from vitquant.quantizers.log_sqrt2 import LogSqrt2Quantizer, LogSqrt2Spec
 from vitquant.quantizers.ptf import PTFSpec
@@ -21,6 +22,8 @@ __all__ = [
     "AdaLogQuantizer",
     "AdaLogSpec",
     "TwinUniformSpec",
+    "FixedPointQuantizer",
+    "FixedPointSpec",
     "GRANULARITIES",
     "BitLog2Quantizer",
     "BitLog2Scheme",

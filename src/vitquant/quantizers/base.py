@@ -26,12 +26,12 @@ MIN_BITS = 2
 MAX_BITS = 8
 
 
-def check_bits(bits: int, what: str = "bit width") -> int:
-    """Validate a bit width (2..8 inclusive) and return it as ``int``."""
+def check_bits(bits: int, what: str = "bit width", low: int = MIN_BITS, high: int = MAX_BITS) -> int:
+    """Validate a bit width (``low``..``high`` inclusive, default 2..8) and return it as ``int``."""
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise ConfigError(f"{what} must be an integer, got {bits!r}")
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ConfigError(f"{what} must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
+    if not low <= bits <= high:
+        raise ConfigError(f"{what} must be between {low} and {high}, got {bits}")
     return bits
 
 

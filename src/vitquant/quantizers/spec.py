@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from vitquant.errors import ConfigError
-from vitquant.quantizers.base import Quantizer, check_bits
+from vitquant.quantizers.base import MAX_BITS, MIN_BITS, Quantizer, check_bits
 
 GRANULARITIES = ("tensor", "channel", "head")
 #: what a metric search scores a candidate on: the consumer's output (a Linear's, a matmul's), or the
@@ -64,9 +64,10 @@ class QuantSpec(abc.ABC):
     default_search: ClassVar[str] = "percentile"
     nonnegative: ClassVar[bool] = False  # only non-negative inputs (log formats)
     refinable: ClassVar[tuple[str, ...]] = ()  # continuous grid parameters that FPCS refines
+    bit_range: ClassVar[tuple[int, int]] = (MIN_BITS, MAX_BITS)  # the bit widths the format accepts
 
     def __post_init__(self) -> None:
-        check_bits(self.bits, f"{self.kind} bit width")
+        check_bits(self.bits, f"{self.kind} bit width", *self.bit_range)
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         from vitquant.search.registry import check_metric, check_search  # registries import the specs

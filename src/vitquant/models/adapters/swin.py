@@ -1,6 +1,6 @@
 """Adapter for timm ``SwinTransformer``.
 
-As for ViT, plus the patch-merging ``reduction`` Linear whose input follows ``downsample.norm``.
+As for ViT (residual adds as modules: :class:`~vitquant.nn.blocks.QuantSwinBlock`), plus the patch-merging ``reduction`` Linear whose input follows ``downsample.norm``.
 Blocks whose feature map is zero-padded to whole windows (resolutions not divisible by the window)
 keep a per-channel qkv input quantizer: the reparameterization would not be exact for them.
 """
@@ -26,6 +26,7 @@ from vitquant.models.adapters.base import (
     swap_remaining_linears,
 )
 from vitquant.nn.attention import QuantWindowAttention
+from vitquant.nn.blocks import QuantSwinBlock
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class SwinAdapter(ModelAdapter):
             for b, block in enumerate(stage.blocks):
                 if not isinstance(block, SwinTransformerBlock) or type(block.attn) is not WindowAttention:
                     raise ConfigError(f"stage {s} block {b}: unsupported Swin block {type(block).__name__}")
+                block = stage.blocks[b] = QuantSwinBlock.from_float(block)
                 block.attn = QuantWindowAttention.from_float(block.attn)
                 swap_linear(block.attn, "qkv", qconfig.POST_LAYERNORM)
                 swap_linear(block.attn, "proj", qconfig.LINEAR_INPUT)

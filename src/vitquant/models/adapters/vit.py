@@ -1,6 +1,6 @@
 """Adapter for timm ``VisionTransformer`` (ViT, DeiT, DeiT-distilled).
 
-Per block: qkv and fc1 take post-LayerNorm inputs (norm1, norm2), proj a plain linear input, fc2 the
+Per block: the residual adds become modules (:class:`~vitquant.nn.blocks.QuantViTBlock`); qkv and fc1 take post-LayerNorm inputs (norm1, norm2), proj a plain linear input, fc2 the
 post-GELU activation; q, k, v and the softmax output are explicit points in :class:`QuantViTAttention`.
 """
 
@@ -25,6 +25,7 @@ from vitquant.models.adapters.base import (
     swap_remaining_linears,
 )
 from vitquant.nn.attention import QuantViTAttention
+from vitquant.nn.blocks import QuantViTBlock
 
 
 class ViTAdapter(ModelAdapter):
@@ -41,6 +42,7 @@ class ViTAdapter(ModelAdapter):
                     f"block {i} of {type(model).__name__} is {type(block).__name__}; only timm's standard "
                     "Block(Attention, Mlp) is supported"
                 )
+            block = model.blocks[i] = QuantViTBlock.from_float(block)
             block.attn = QuantViTAttention.from_float(block.attn)
             swap_linear(block.attn, "qkv", qconfig.POST_LAYERNORM)
             swap_linear(block.attn, "proj", qconfig.LINEAR_INPUT)
