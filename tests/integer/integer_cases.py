@@ -17,7 +17,8 @@ import conftest
 
 def qconfig_for(case: str):
     """``w8a8-uniform``: 8-bit uniform attention map, I-BERT kernels; ``w4a4-bitlog2``: BitLog2 Half_17,
-    I-ViT kernels at 6 bits; ``w8a8-mixed``: FQ-ViT softmax/LayerNorm (PTF inputs) with I-BERT GELU."""
+    I-ViT kernels at 6 bits; ``w8a8-mixed``: FQ-ViT softmax/LayerNorm (PTF inputs) with I-BERT GELU;
+    ``w8a8-sqrt2|adalog|twin``: 4-bit log√2, AdaLog or twin-uniform attention maps (table attn@v), I-BERT."""
     if case == "w8a8-uniform":
         return build_qconfig("repq-vit", 8, 8, attn_quant="uniform").with_nonlinear(NonlinearConfig.everywhere("ibert", 8))
     if case == "w4a4-bitlog2":
@@ -25,6 +26,10 @@ def qconfig_for(case: str):
     if case == "w8a8-mixed":
         nl = NonlinearConfig(ops={"softmax": "fqvit", "layernorm": "fqvit", "gelu": "ibert", "residual": "integer"}, bits=8)
         return repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(nl)
+    if case in ("w8a8-sqrt2", "w8a8-adalog", "w8a8-twin"):  # attention maps given as tables (4 bits)
+        scheme = {"w8a8-sqrt2": "sqrt2-17", "w8a8-adalog": "adalog", "w8a8-twin": "twin-uniform"}[case]
+        qconfig = build_qconfig("repq-vit", 8, 8, attn_quant=scheme, attn_bits=4)
+        return qconfig.with_nonlinear(NonlinearConfig.everywhere("ibert", 8))
     raise KeyError(case)
 
 

@@ -139,17 +139,26 @@ def _calibrate(qconfig, kind="vit"):
     ("qconfig", "message"),
     [
         (repq_vit_qconfig(8, 8, "sqrt2-17"), "float"),  # float kernels: not integer-only
-        (repq_vit_qconfig(8, 8, "sqrt2-17").with_nonlinear(NonlinearConfig.everywhere("ibert")), "no integer attn@v"),
-        (build_qconfig("adalog", 4, 4).with_nonlinear(NonlinearConfig.everywhere("ibert", 6)), "input shift|no integer attn@v"),
+        (build_qconfig("adalog", 4, 4).with_nonlinear(NonlinearConfig.everywhere("ibert", 6)), "input shift"),
+        (build_qconfig("ptq4vit", 8, 8, attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert")), "uniform"),
         (repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig(ops=dict.fromkeys(("softmax", "gelu", "layernorm"), "ibert"))),
          "residual add runs in float"),
     ],
-    ids=["float-kernels", "sqrt2-attention", "adalog", "float-residual"],
+    ids=["float-kernels", "adalog", "ptq4vit-twin-gelu", "float-residual"],
 )
 def test_conversion_refuses_what_has_no_integer_path(qconfig, message):
     qmodel, x = _calibrate(qconfig)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, RangeError), match=message):
         convert_vit(qmodel)
+
+
+def test_level_tables_beyond_62_bits_are_refused():
+    from vitquant.integer.convert import level_table
+    from vitquant.quantizers import LogSqrt2Quantizer
+
+    # probabilities down to 2^-60 reach 8-bit log√2 levels whose mantissas would need > 62 bits aligned
+    with pytest.raises(RangeError, match="62 bits"):
+        level_table(LogSqrt2Quantizer(8, 17, torch.tensor(1.0)), 1, 2.0**-60, 2**8, "deep")
 
 
 def test_conversion_refuses_other_models():

@@ -9,11 +9,12 @@ import torch
 from vitquant.errors import ConfigError
 from vitquant.integer import ops as integer_ops
 from vitquant.integer.execute import IntegerModel, StrictModeError
+from vitquant.quantizers import AdaLogQuantizer, LogSqrt2Quantizer, TwinSoftmaxQuantizer
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer, parse_bitlog2
 
 from integer_cases import calibrated
 
-CASES = ["w8a8-uniform", "w4a4-bitlog2", "w8a8-mixed"]
+CASES = ["w8a8-uniform", "w4a4-bitlog2", "w8a8-mixed", "w8a8-sqrt2", "w8a8-adalog", "w8a8-twin"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -84,6 +85,38 @@ def test_bitlog2_av_is_the_bitlog2_quantized_product():
             levels = (x_hat * divisor).round()
             assert torch.allclose(levels / divisor, x_hat, rtol=1e-6, atol=0)
             assert torch.equal(out.double(), levels @ v.double()), name
+
+
+@pytest.mark.parametrize("quantizer", [
+    LogSqrt2Quantizer(4, 17, torch.tensor([0.9, 0.31, 1.0]).reshape(3, 1, 1)),
+    LogSqrt2Quantizer(3, 16, torch.tensor(0.5)),
+    AdaLogQuantizer(4, torch.tensor([0.8, 1.0, 0.05]).reshape(3, 1, 1), torch.tensor([37.0, 19.0, 100.0]).reshape(3, 1, 1)),
+    TwinSoftmaxQuantizer(4, torch.tensor([2.0, 0.0, 5.0]).reshape(3, 1, 1)),
+], ids=["sqrt2-17-head", "sqrt2-16-tensor", "adalog-head", "twin-head"])
+def test_table_av_is_the_quantized_product(quantizer):
+    """Thresholds and integer levels reproduce the quantizer on every softmax integer y (scale 2^-12)
+    exactly, and table_av equals Q(y)·Δ⁻¹ @ v in both backends."""
+    from vitquant.integer.convert import level_table
+
+    y_max, f = 2**12, 12
+    thresholds, levels, shift, scale = level_table(quantizer, 3, 2.0**-f, y_max, "test")
+    y = torch.arange(y_max + 1)
+    x = (y.double() * 2.0**-f).float().reshape(1, 1, 1, -1).expand(1, 3, 1, -1)
+    expected = quantizer(x).reshape(3, -1)
+    for h in range(3):
+        code = torch.searchsorted(thresholds[h], y, right=True)
+        rebuilt = (levels[h, code].double() * 2.0**-shift * scale[h]).float()
+        assert torch.equal(rebuilt, expected[h])
+    gen = torch.Generator().manual_seed(0)
+    ys = torch.randint(0, y_max + 1, (2, 3, 5, 7), generator=gen)
+    v = torch.randint(-128, 128, (2, 3, 7, 4), generator=gen)
+    consts = {"thresholds": thresholds, "levels": levels}
+    view = quantizer.to_integer((ys.double() * 2.0**-f).float())
+    shifts = torch.zeros_like(view.mantissa) if view.shift is None else view.shift
+    reference = (view.mantissa << (shift - shifts)).double()  # the exact levels, on one shift
+    for ctx in (integer_ops.Context(integer_ops.BACKENDS["int"]), integer_ops.Context(integer_ops.BACKENDS["float"])):
+        out = integer_ops.OPS["table_av"]([ctx.arith.tensor(ys), ctx.arith.tensor(v)], consts, {}, ctx)
+        assert torch.equal(out.double(), reference @ v.double())
 
 
 def test_requant_rounds_half_up_and_clamps():

@@ -17,12 +17,14 @@ fake-quantized model computes in float:
 - LayerNorm, GELU and Softmax run their integer kernels (the calibrated model must have one active at
   every non-linear layer); q@kᵀ is an integer matmul per head; attn@v is an integer matmul (uniform
   attention quantizer) or, for BitLog2, shifted sums of v (:func:`~vitquant.integer.ops.bitlog2_av`);
+- attn@v for log√2, AdaLog and twin-uniform attention maps: the code of each softmax integer by
+  comparisons with per-head thresholds, its level from a table of integers (the level's mantissa on one
+  common shift), one integer matmul (:func:`level_table`, op ``table_av``);
 - the class token's logits are requantized per class onto one output scale.
 
 Accumulator bounds are derived from the code ranges and the worst case of the weights; anything that
 could reach 2^51 is rejected with :class:`~vitquant.errors.RangeError`. Formats without an integer
-path (log√2 / AdaLog / twin-uniform attention maps, AdaLog post-GELU, float non-linear ops, distilled
-or average-pooled heads) are refused with :class:`~vitquant.errors.ConfigError`.
+path (AdaLog post-GELU, float non-linear ops or residual adds, distilled or average-pooled heads) are refused with :class:`~vitquant.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.nonlinear import QuantNonLinear
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.nn.residual import QuantResidualAdd
+from vitquant.quantizers.base import Quantizer
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer
 from vitquant.quantizers.fixed_point import FixedPointQuantizer
 from vitquant.quantizers.uniform import UniformQuantizer
 
+SHIFT_REFUSAL = "an input shift (AdaLog post-GELU) has no integer path yet; use a uniform post-GELU quantizer"
 EXACT_BITS = 51  # every integer of the program stays below 2^51 (float64 twin exact, int64 far from overflow)
 MULTIPLIER_BITS = 31  # capped per site so that bound · m < 2^51
 
@@ -123,7 +127,7 @@ class _Builder:
         if not isinstance(layer, WeightQuantMixin) or layer.weight_quantizer is None:
             raise ConfigError(f"{hint}: the layer is not calibrated")
         if layer.input_shift:
-            raise ConfigError(f"{hint}: an input shift (AdaLog post-GELU) has no integer path yet; use a uniform post-GELU quantizer")
+            raise ConfigError(f"{hint}: {SHIFT_REFUSAL}")
         if not isinstance(layer.weight_quantizer, UniformQuantizer):
             raise ConfigError(f"{hint}: weights must be uniformly quantized, got {layer.weight_quantizer!r}")
         wq = layer.weight_quantizer
@@ -210,6 +214,8 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     for name, module in qmodel.named_modules():
         if isinstance(module, QuantResidualAdd):
             _residual_quantizer(module, name)
+        if isinstance(module, WeightQuantMixin) and module.input_shift:
+            raise ConfigError(f"{name}: {SHIFT_REFUSAL}")
 
     # ---------------------------------------------------------------- patch embedding
     conv = qmodel.patch_embed.proj
@@ -229,9 +235,10 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     x = b.emit("add_const", [x], "pos_embed", s0, x.bound + int(pos.abs().max()), consts={"value": pos})
 
     # ---------------------------------------------------------------- blocks
+    tokens = int(qmodel.patch_embed.num_patches) + int(qmodel.num_prefix_tokens)
     for i, block in enumerate(qmodel.blocks):
         _check_identity(block, i)
-        x = _attention_branch(b, x, block, f"blocks.{i}")
+        x = _attention_branch(b, x, block, f"blocks.{i}", tokens)
         x = _mlp_branch(b, x, block, f"blocks.{i}")
 
     # ---------------------------------------------------------------- head
@@ -274,7 +281,7 @@ def _layernorm(b: _Builder, x: Value, norm: QuantNonLinear, hint: str) -> Value:
                   consts={"scale": in_scale, "weight": weight, "bias": bias})
 
 
-def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
+def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, tokens: int) -> Value:
     attn = block.attn
     heads, d = attn.num_heads, attn.head_dim
     h = _layernorm(b, x, block.norm1, f"{hint}.norm1")
@@ -305,17 +312,18 @@ def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Val
     _, p_scale = slot.kernel(torch.zeros(1, 4, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64), FLOAT)
     probs = b.emit("softmax", [logits], f"{hint}.attn.softmax", p_scale, 2**16, attrs=attrs,
                    consts={"scale": (s_q * s_k).reshape(-1)})
-    ctx = _attention_values(b, probs, v, attn, s_v, heads, f"{hint}.attn.av")
+    ctx = _attention_values(b, probs, v, attn, s_v, heads, f"{hint}.attn.av", tokens)
     ctx = b.requant_to_point(ctx, attn.proj.input_quant, None, f"{hint}.attn.proj.in")
     ctx = b.emit("merge_heads", [ctx], f"{hint}.attn.merge", ctx.scale, ctx.bound)
     y = b.linear(ctx, attn.proj, f"{hint}.attn.proj")
     return _residual_add(b, x, y, block.add_attn, hint + ".attn")
 
 
-def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v: torch.Tensor, heads: int, hint: str) -> Value:
+def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v: torch.Tensor, heads: int, hint: str,
+                      tokens: int) -> Value:
     point = attn.av.a_quant
     q = point.quantizer
-    tokens_bound = 4096  # sums over at most 4096 tokens (checked at run time by the shapes)
+    tokens_bound = tokens  # sums over the model's tokens (the position embedding fixes their number)
     if isinstance(q, BitLog2Quantizer):
         frac = -math.log2(float(probs.scale))
         if frac != round(frac):
@@ -329,10 +337,47 @@ def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v:
             raise ConfigError(f"{hint}: a uniform attention quantizer must be per tensor for integer conversion")
         p = b.requant_to_point(probs, point, None, f"{hint}.probs")
         return b.emit("matmul", [p, v], hint, p.scale * s_v, tokens_bound * p.bound * v.bound)
+    if q.integer_form:  # log√2, AdaLog, twin-uniform: thresholds and a table of integer levels
+        thresholds, levels, shift, scale = level_table(q, heads, float(probs.scale), probs.bound, hint)
+        bound = tokens_bound * int(levels.abs().max()) * v.bound
+        return b.emit("table_av", [probs, v], hint, scale.reshape(1, heads, 1, 1) * 2.0**-shift * s_v, bound,
+                      consts={"thresholds": thresholds, "levels": levels})
     raise ConfigError(
-        f"{hint}: the attention map quantizer {type(q).__name__} has no integer attn@v path in this version "
-        "(supported: BitLog2 and uniform); choose --attn-quant bitlog2-* or uniform"
+        f"{hint}: the attention map quantizer {type(q).__name__} has no integer form "
+        "(supported: BitLog2, uniform, log√2, AdaLog, twin-uniform)"
     )
+
+
+def level_table(q: Quantizer, heads: int, p_scale: float, y_max: int, hint: str) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """The attention quantizer ``q`` as integer comparisons and a table, exactly as the simulation applies
+    it to the softmax kernel's output ``y · p_scale`` (y = 0..y_max):
+
+    thresholds ``[H, K]`` (the smallest y of each new level, ascending; padded with y_max + 1), levels
+    ``[H, K + 1]`` (int64: each level's mantissa shifted onto one common ``shift``), and the per-head
+    scale Δ_h, so that level = Δ_h · L · 2^-shift. The levels must not decrease with y (every format
+    here is monotone); a table whose aligned levels would not fit 2^62 raises :class:`RangeError`."""
+    y = torch.arange(y_max + 1, dtype=torch.float64)
+    x = (y * p_scale).to(torch.float32).reshape(1, 1, 1, -1).expand(1, heads, 1, -1)  # what the point receives
+    view = q.to_integer(x)
+    mantissa = view.mantissa.reshape(heads, -1)
+    shifts = torch.zeros_like(mantissa) if view.shift is None else view.shift.reshape(heads, -1)
+    shift = int(shifts.max())
+    if int(mantissa.abs().max()).bit_length() + shift - int(shifts.min()) >= 62:
+        raise RangeError(f"{hint}: the attention quantizer's levels span more than 62 bits; no exact integer table")
+    aligned = mantissa << (shift - shifts)
+    if bool((aligned[:, 1:] < aligned[:, :-1]).any()):
+        raise ConfigError(f"{hint}: the attention quantizer's levels do not grow with the probability; no table form")
+    rows = [torch.cat([torch.zeros(1, dtype=torch.int64), (aligned[h, 1:] != aligned[h, :-1]).nonzero().reshape(-1) + 1])
+            for h in range(heads)]
+    width = max(len(r) for r in rows)
+    thresholds = torch.full((heads, width - 1), y_max + 1, dtype=torch.int64)
+    levels = torch.empty((heads, width), dtype=torch.int64)
+    for h, starts in enumerate(rows):
+        thresholds[h, : len(starts) - 1] = starts[1:]
+        levels[h, : len(starts)] = aligned[h, starts]
+        levels[h, len(starts):] = aligned[h, starts[-1]]
+    scale = view.scale.double().reshape(-1).expand(heads).clone()
+    return thresholds, levels, shift, scale
 
 
 def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:

@@ -197,3 +197,18 @@ def bitlog2_av(args, consts, attrs, ctx):
         if bool(bit.any()):
             out = out + a.shift_left(matmul(bit, v, ctx), j)
     return out
+
+
+@register_op("table_av", ("thresholds", "levels"))
+def table_av(args, consts, attrs, ctx):
+    """attn@v for an attention quantizer given as a table (log√2, AdaLog, twin-uniform): the code of each
+    probability integer y is the number of its head's thresholds t_k <= y (comparisons), its level an
+    integer L_c (the level's mantissa aligned onto one shift) looked up in the head's table, then one
+    integer matmul of the levels with v. Output scale: the head's Δ · 2^-shift · S_v."""
+    a = ctx.arith
+    y, v = args
+    thresholds = a.tensor(consts["thresholds"])  # [H, K], ascending per head
+    levels = a.tensor(consts["levels"])  # [H, K + 1]
+    codes = torch.stack([torch.searchsorted(thresholds[h], y[:, h].contiguous(), right=True) for h in range(y.shape[1])], dim=1)
+    picked = torch.gather(levels.unsqueeze(0).expand(y.shape[0], -1, -1), 2, codes.flatten(2)).reshape(y.shape)
+    return matmul(picked, v, ctx)
