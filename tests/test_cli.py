@@ -228,15 +228,10 @@ def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, ca
     """The whole main job with --nonlinear mixed, on a tiny random ViT instead of the real weights."""
     import torch
 
-    from conftest import VIT_IMG, make_vit
+    from conftest import tiny_job_model
     from vitquant import workflow
 
-    def tiny_model(name, weights=None):
-        model = make_vit()
-        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT_IMG, VIT_IMG)}
-        return model, "tiny random ViT"
-
-    monkeypatch.setattr(workflow, "create_model", tiny_model)
+    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
     torch_threads = torch.get_num_threads()
     out = tmp_path / "report.json"
     try:
@@ -273,15 +268,10 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
     the float64 twin bit for bit; a model without an integer path fails before evaluation."""
     import torch
 
-    from conftest import VIT_IMG, make_vit
+    from conftest import tiny_job_model
     from vitquant import workflow
 
-    def tiny_model(name, weights=None):
-        model = make_vit()
-        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT_IMG, VIT_IMG)}
-        return model, "tiny random ViT"
-
-    monkeypatch.setattr(workflow, "create_model", tiny_model)
+    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
     saved = tmp_path / "m.vqm"
     threads = torch.get_num_threads()
     try:

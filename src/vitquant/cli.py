@@ -54,6 +54,20 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mixed-rule", default="sqnr-diff", metavar="RULE", help=f"rule of --nonlinear mixed: {', '.join(RULES)} (default sqnr-diff)")
     g.add_argument("--nonlinear-bits", type=int, metavar="N", help="bits of the GELU/LayerNorm kernels' integer inputs, 2..8 (default: --a-bits, at least 6; softmax kernels take the q@kᵀ integer product)")
+    _add_data_args(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
+    g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
+    g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Images and how they are run: shared by ``quantize`` and ``sweep``."""
+    from vitquant.data import BAD_IMAGE_POLICIES
+    from vitquant.evaluation.distributed import DEVICES
+
     g = p.add_argument_group("data")
     g.add_argument("--calib-data", type=Path, metavar="DIR", help="calibration images (default: the shared ImageNet sample)")
     g.add_argument("--calib-size", type=int, metavar="N", default=32, help="number of calibration images (default 32)")
@@ -61,14 +75,13 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images drawn (seeded) from those left after calibration")
     g.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the calibration draw (default 0)")
     g.add_argument("--crop-pct", type=float, metavar="F", help="override the model's eval crop fraction (timm default)")
+    g.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",
+                   help="an image that cannot be decoded: error (default) or skip it (the report names it)")
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, metavar="N", default=64, help="evaluation batch size (default 64)")
     g.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0: decode in-process)")
-    g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
-    g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
-    g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cpu (default) or cuda; under torchrun each process takes GPU LOCAL_RANK")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +138,9 @@ def _is_seed_form(argv: Sequence[str]) -> bool:
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
+    from vitquant.evaluation.distributed import current_shard
+
+    quiet = quiet or not current_shard().is_main  # under torchrun the other ranks log warnings only
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("vitquant: %(message)s"))
@@ -141,6 +157,14 @@ def _print_levels(report: dict) -> None:
         print(f"  {point['name']:<40} {point['quantizer']:<22} {point['levels_used']!s:>4} / {point['max_levels']}")
 
 
+def _print_skipped(skipped: dict[str, list[str]], shown: int = 10) -> None:
+    """Name the images skipped as undecodable (``--on-bad-image skip``), the first ``shown`` of each set."""
+    for what, paths in skipped.items():
+        if paths:
+            more = f" and {len(paths) - shown} more (all in the JSON report)" if len(paths) > shown else ""
+            print(f"skipped {len(paths)} undecodable {what} images: {', '.join(paths[:shown])}{more}")
+
+
 def _check_output_path(path: Path | None, flag: str = "--json") -> None:
     """Fail before any heavy work if an output file could not be written."""
     if path is None:
@@ -154,6 +178,7 @@ def _check_output_path(path: Path | None, flag: str = "--json") -> None:
 
 def _run_quantize(args: argparse.Namespace) -> int:
     from vitquant.evaluation import format_table, write_json
+    from vitquant.evaluation.distributed import current_shard
     from vitquant.workflow import QuantizeJob, run_quantize
 
     _check_output_path(args.json)
@@ -181,9 +206,13 @@ def _run_quantize(args: argparse.Namespace) -> int:
         workers=args.workers,
         crop_pct=getattr(args, "crop_pct", None),
         save=getattr(args, "save", None),
+        device=getattr(args, "device", "cpu"),
+        on_bad_image=getattr(args, "on_bad_image", "error"),
         progress=not args.quiet,
     )
     report = run_quantize(job)
+    if not current_shard().is_main:  # under torchrun only rank 0 prints and writes
+        return 0
     cfg = report["config"]
     roles = cfg["qconfig"]["roles"]
     print(
@@ -194,6 +223,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         f"evaluation: {report['fp']['images']} other images from {cfg['eval_dir']}\n"
     )
     print(format_table(report))
+    _print_skipped(report["skipped_images"])
     levels = report["attention_levels"]
     print(
         f"attention map ({', '.join(levels['quantizer'])}): at most {levels['max_levels']} levels, "

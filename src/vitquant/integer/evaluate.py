@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vitquant.data.datasets import list_images, make_loader
+from vitquant.data.batches import make_loader
+from vitquant.data.datasets import list_images
 from vitquant.data.preprocess import transform_from_config
 from vitquant.data.splits import split_calibration_eval
 from vitquant.errors import ConfigError, DataError
@@ -71,7 +72,7 @@ def run_program(job: RunJob) -> dict[str, Any]:
     records, eval_dir = _records(job, program.info)
     loader = make_loader(records, transform_from_config(program.info["transform"]), job.batch_size, job.workers)
     meter, seconds, identical = ClassificationMeter(), 0.0, 0
-    for images, labels in tqdm(loader, desc="integer model", unit="batch", disable=not job.progress):
+    for images, labels, _ in tqdm(loader, desc="integer model", unit="batch", disable=not job.progress):
         t = time.perf_counter()
         ints = model.run(images)
         seconds += time.perf_counter() - t
