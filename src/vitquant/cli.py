@@ -107,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    w = sub.add_parser("sweep", help="models x recipes x bits as independent jobs, one results file each")
+    w.add_argument("--models", default="deit_tiny", metavar="A,B", help="comma-separated model names (default deit_tiny)")
+    w.add_argument("--recipes", required=True, metavar="A,B", help="comma-separated recipes ('vitquant recipes' lists them)")
+    w.add_argument("--bits", default="4/4", metavar="W/A,...", help="comma-separated weight/activation bits (default 4/4)")
+    w.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the results files")
+    w.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs run at the same time (default 1)")
+    _add_data_args(w)
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    w.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    m = sub.add_parser("merge", help="one markdown table of a sweep's results files (failed jobs listed)")
+    m.add_argument("folder", type=Path, metavar="DIR")
+    m.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table to this file")
     sub.add_parser("models", help="list the short model names")
     sub.add_parser("schemes", help="list the attention quantization schemes and their levels")
     sub.add_parser("recipes", help="list the quantization recipes")
@@ -264,6 +276,43 @@ def _run_program(args: argparse.Namespace) -> int:
     return 0
 
 
+_FORWARDED = ("calib_data", "calib_size", "eval_data", "eval_size", "seed", "crop_pct", "on_bad_image",
+              "batch_size", "workers", "device")  # the sweep's options that every job gets
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from vitquant.evaluation.distributed import current_shard
+    from vitquant.sweep import parse_bits, parse_names, plan_sweep, run_sweep
+
+    if current_shard().sharded:
+        raise ConfigError("vitquant sweep runs its jobs as processes of its own: start it without torchrun")
+    jobs = plan_sweep(parse_names(args.models, "--models"), parse_names(args.recipes, "--recipes"), parse_bits(args.bits))
+    options = [item for dest in _FORWARDED if getattr(args, dest) is not None
+               for item in (f"--{dest.replace('_', '-')}", str(getattr(args, dest)))]
+    outcomes = run_sweep(jobs, args.out, options, args.jobs)
+    failed = [o for o in outcomes if o["status"] != "ok"]
+    for outcome in failed:
+        print(f"failed: {Path(outcome['file']).name}: {outcome['error']}")
+    print(f"{len(outcomes)} results files in {args.out} ({len(outcomes) - len(failed)} ok, {len(failed)} failed); "
+          f"table: vitquant merge {args.out}")
+    return 1 if failed else 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from vitquant.sweep import markdown_table, read_results
+
+    _check_output_path(args.markdown, "--markdown")
+    table = markdown_table(read_results(args.folder))
+    print(table, end="")
+    if args.markdown:
+        try:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(table, encoding="utf-8")
+        except OSError as exc:
+            raise VitQuantError(f"cannot write {args.markdown}: {exc}") from exc
+    return 0
+
+
 def _list_models() -> int:
     from vitquant.models import SHORT_NAMES
 
@@ -311,9 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_schemes()
         if args.command == "recipes":
             return _list_recipes()
+        if args.command == "merge":
+            return _run_merge(args)
         _setup_logging(args.quiet, args.verbose)
         if args.command == "run":
             return _run_program(args)
+        if args.command == "sweep":
+            return _run_sweep(args)
         return _run_quantize(args)
     except VitQuantError as exc:
         print(f"vitquant: error: {_error_text(exc)}", file=sys.stderr)

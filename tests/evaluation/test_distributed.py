@@ -16,7 +16,7 @@ from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation import run_pair
 from vitquant.evaluation.distributed import Shard, current_shard, exchange, gather_pair, resolve_device
 
-JOB = Path(__file__).with_name("sharded_job.py")
+JOB = Path(__file__).resolve().parents[1] / "tiny_cli.py"
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
