@@ -299,3 +299,33 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         torch.set_num_threads(threads)
     rc, _, err = _run(["run", str(tmp_path / "missing.vqm")], capsys)
     assert rc == 2 and "not found" in err
+
+
+def test_skipped_images_are_printed(tmp_path, capsys, monkeypatch):
+    from conftest import noise_folder, tiny_job_model
+    from vitquant import workflow
+
+    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+    folder = noise_folder(tmp_path / "images", 8, bad=(3,))  # the seed-0 draw of 2 leaves img03 to evaluation
+    argv = ["quantize", "--recipe", "repq-vit", "--calib-data", str(folder), "--calib-size", "2", "--batch-size", "4", "-q"]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and "cannot decode image" in err and "img03.JPEG" in err
+    rc, stdout, _ = _run(argv + ["--on-bad-image", "skip"], capsys)
+    assert rc == 0
+    assert f"skipped 1 undecodable evaluation images: {folder / 'img03.JPEG'}" in stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_device_cuda_without_a_gpu_fails_before_loading(tiny_folder, capsys):
+    rc, _, err = _run(["quantize", "--device", "cuda", "--calib-data", str(tiny_folder), "--calib-size", "1",
+                       "--weights", "/nonexistent/w.pth", "-q"], capsys)
+    assert rc == 2 and "--device cuda: no CUDA device is available" in err
+
+
+def test_sweep_refuses_bad_bits_and_torchrun(tmp_path, capsys, monkeypatch):
+    rc, _, err = _run(["sweep", "--recipes", "repq-vit", "--bits", "4", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "'4' is not W/A" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    rc, _, err = _run(["sweep", "--recipes", "repq-vit", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "start it without torchrun" in err

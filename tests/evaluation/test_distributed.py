@@ -59,6 +59,17 @@ def test_two_processes_give_the_single_process_report(tmp_path):
     assert printed.count("top-1 agreement") == 1  # rank 0 alone prints
 
 
+def test_an_error_in_one_process_stops_all_with_its_message(tmp_path):
+    """img04 is undecodable: its process fails, the other does not wait for it forever, rank 0 names it."""
+    folder = noise_folder(tmp_path / "images", 9, bad=(4,))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(JOB), "quantize", "--recipe", "repq-vit", "--calib-data", str(folder), "--calib-size", "2",
+                          "--batch-size", "2", "-q"], env=_environment(), capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("vitquant: error:")]
+    assert errors and all("cannot decode image" in line and "img04.JPEG" in line for line in errors)
+
+
 # ------------------------------------------------------------------------ one process, in-process
 def test_shard_from_torchrun_environment(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -101,3 +112,27 @@ def test_gather_pair_of_one_process_is_its_own_evaluation():
     batches = [(torch.randn(2, 4), torch.tensor([0, 2]))]
     local = run_pair(model, model, batches, progress=False)
     assert gather_pair(local, Shard()) is local
+
+
+def test_model_fingerprint_sees_every_tensor_and_the_config():
+    from vitquant.evaluation.distributed import model_fingerprint
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    base = model_fingerprint(model, {"bits": 4})
+    assert model_fingerprint(model, {"bits": 4}) == base
+    assert model_fingerprint(model, {"bits": 3}) != base
+    with torch.no_grad():
+        model[1].running_mean[0] += 1e-7  # a buffer, not a parameter
+    assert model_fingerprint(model, {"bits": 4}) != base
+
+
+def test_processes_with_different_calibrations_are_stopped(monkeypatch):
+    from vitquant.errors import NumericalError
+    from vitquant.evaluation import distributed
+
+    shard = Shard(0, 3, 0)
+    monkeypatch.setattr(distributed, "exchange", lambda value, shard: [value, value, "other"])
+    with pytest.raises(NumericalError, match=r"the calibrated model differs between processes \(ranks \[2\]"):
+        distributed.check_same_everywhere("abc", shard, "the calibrated model")
+    monkeypatch.setattr(distributed, "exchange", lambda value, shard: [value] * 3)
+    distributed.check_same_everywhere("abc", shard, "the calibrated model")
