@@ -291,6 +291,17 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         assert report["simulation"]["bit_identical_images"] == report["images"]
         assert 0.0 <= report["integer"]["top1"] <= 100.0 and report["integer"]["images_per_second"] > 0
         assert "integer model: top-1" in stdout
+        # an undecodable image among the evaluated ones: an error, or skipped and named with --on-bad-image skip
+        (tiny_folder / "a_junk.JPEG").write_bytes(b"not an image" * 20)  # first by name: the seeded split evaluates it
+        (tiny_folder / "labels.csv").write_text((tiny_folder / "labels.csv").read_text() + "a_junk.JPEG,1\n")
+        run_argv = ["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2", "-q"]
+        rc, _, err = _run(run_argv, capsys)
+        assert rc == 2 and "cannot decode image" in err and "a_junk.JPEG" in err
+        rc, stdout, _ = _run(run_argv + ["--on-bad-image", "skip", "--json", str(tmp_path / "s.json")], capsys)
+        assert rc == 0 and f"skipped 1 undecodable evaluation images: {tiny_folder / 'a_junk.JPEG'}" in stdout
+        skipped_report = json.loads((tmp_path / "s.json").read_text())
+        assert skipped_report["skipped_images"] == [str(tiny_folder / "a_junk.JPEG")]
+        assert skipped_report["images"] == 1  # of a_junk, img0..img2, two were drawn for calibration
         # no integer kernels: refused with a clear message, before the evaluation
         rc, _, err = _run(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(tiny_folder),
                            "--calib-size", "2", "--save", str(tmp_path / "x.vqm"), "-q"], capsys)

@@ -63,9 +63,15 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _add_bad_image_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from vitquant.data import BAD_IMAGE_POLICIES
+
+    p.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",
+                   help="an image that cannot be decoded: error (default) or skip it (the report names it)")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     """Images and how they are run: shared by ``quantize`` and ``sweep``."""
-    from vitquant.data import BAD_IMAGE_POLICIES
     from vitquant.evaluation.distributed import DEVICES
 
     g = p.add_argument_group("data")
@@ -75,8 +81,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images drawn (seeded) from those left after calibration")
     g.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the calibration draw (default 0)")
     g.add_argument("--crop-pct", type=float, metavar="F", help="override the model's eval crop fraction (timm default)")
-    g.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",
-                   help="an image that cannot be decoded: error (default) or skip it (the report names it)")
+    _add_bad_image_arg(g)
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, metavar="N", default=64, help="evaluation batch size (default 64)")
     g.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0: decode in-process)")
@@ -104,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gemm", choices=("int", "float"), default="int",
                    help="matmuls: int (pure int64, default) or float (exact float GEMM of the integers, faster)")
     r.add_argument("--check-simulation", action="store_true", help="also run the float64 twin and count bit-identical images")
+    _add_bad_image_arg(r)
     r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -262,11 +268,13 @@ def _run_program(args: argparse.Namespace) -> int:
     _check_output_path(args.json)
     report = run_program(RunJob(
         model_file=args.model_file, eval_data=args.eval_data, eval_size=args.eval_size, batch_size=args.batch_size,
-        workers=args.workers, gemm=args.gemm, check_simulation=args.check_simulation, progress=not args.quiet,
+        workers=args.workers, gemm=args.gemm, check_simulation=args.check_simulation, on_bad_image=args.on_bad_image,
+        progress=not args.quiet,
     ))
     r = report["integer"]
     print(f"{args.model_file}: {report['program']['ops']} integer ops; {report['images']} images from {report['eval_dir']}")
     print(f"integer model: top-1 {r['top1']:.2f} %  top-5 {r['top5']:.2f} %  {r['images_per_second']:.1f} images/s (gemm {r['gemm']})")
+    _print_skipped({"evaluation": report["skipped_images"]})
     if "simulation" in report:
         s = report["simulation"]
         print(f"float64 twin: {s['bit_identical_images']} / {s['images']} images with bit-identical logits")
