@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from vitquant.evaluation.distributed import (
     Shard,
     check_same_everywhere,
     current_shard,
+    exchange,
     gather_pair,
     model_fingerprint,
     resolve_device,
@@ -163,6 +165,17 @@ def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
     return {role: result.role_summary(role) for role in ROLES if any(p.role == role for p in result.points)}
 
 
+def _save_on_main(shard: Shard, save: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``save()`` on rank 0 alone; its result, or its error, on every rank."""
+    outcome: dict[str, Any] | VitQuantError | None = None
+    if shard.is_main:
+        try:
+            outcome = save()
+        except VitQuantError as exc:
+            outcome = exc
+    return exchange(outcome, shard)[0]
+
+
 def _evaluate_share(
     model: torch.nn.Module, qmodel: torch.nn.Module, data: JobData, transform: Any, job: QuantizeJob, shard: Shard
 ) -> PairEvaluation | VitQuantError:
@@ -213,12 +226,12 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
             fingerprint = model_fingerprint(result.model, result.qconfig.to_dict())
             check_same_everywhere(fingerprint, shard, "the calibrated model")
         saved = None
-        if job.save is not None and shard.is_main:  # before evaluation: a model without an integer path fails early
-            saved = save_integer_program(result.model, calib_images, job.save, {
+        if job.save is not None:  # before evaluation: a model without an integer path fails early
+            saved = _save_on_main(shard, lambda: save_integer_program(result.model, calib_images, job.save, {
                 "timm_model": timm_name, "qconfig": result.qconfig.to_dict(), **source_commit(),
                 "calib_dir": str(data.calib_dir.resolve()), "calib_size": job.calib_size, "seed": job.seed,
                 "transform": _json_ready(data_config(model, job.crop_pct)),
-            })
+            }))
         evaluation = gather_pair(_evaluate_share(model, result.model, data, transform, job, shard), shard)
     log_pair(evaluation)
 
