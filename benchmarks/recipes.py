@@ -72,7 +72,7 @@ def load_eval(args: argparse.Namespace):
     data = resolve_data(job)
     calib_images = load_batch(data.calibration, transform)
     batches, labels = [], []
-    for images, target in make_loader(data.evaluation, transform, args.batch_size):
+    for images, target, _ in make_loader(data.evaluation, transform, args.batch_size):
         batches.append(images)
         labels.append(target)
     label_tensor = torch.cat(labels)

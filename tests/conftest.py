@@ -10,6 +10,7 @@ classifier weights x20 (logits O(10), so top-1 comparisons are not decided by no
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import timm
@@ -88,6 +89,33 @@ MODEL_FACTORIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     "deit_distilled": (make_deit_distilled, VIT_IMG),
     "swin": (make_swin, SWIN_IMG),
 }
+
+
+def tiny_job_model(name: str, weights: object = None) -> tuple[nn.Module, str]:
+    """Stand-in for ``vitquant.workflow.create_model``: the tiny ViT, with a 32-pixel data config."""
+    model = make_vit()
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT_IMG, VIT_IMG)}
+    return model, "tiny random ViT"
+
+
+def noise_folder(folder: Path, n: int, bad: tuple[int, ...] = ()) -> Path:
+    """A labels.csv folder of ``n`` random-noise 40x40 images labelled ``i % 10`` (so the tiny ViT's predictions
+    vary); the ``bad`` ones are junk bytes under a .JPEG name."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(n):
+        name = f"img{i:02d}.JPEG" if i in bad else f"img{i:02d}.png"
+        if i in bad:
+            (folder / name).write_bytes(bytes(torch.randint(0, 256, (300,), generator=gen, dtype=torch.uint8).tolist()))
+        else:
+            pixels = torch.randint(0, 256, (40, 40, 3), generator=gen, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / name)
+        rows.append(f"{name},{i % 10}\n")
+    (folder / "labels.csv").write_text("file,label\n" + "".join(rows))
+    return folder
 
 
 class TinyModels:

@@ -228,15 +228,10 @@ def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, ca
     """The whole main job with --nonlinear mixed, on a tiny random ViT instead of the real weights."""
     import torch
 
-    from conftest import VIT_IMG, make_vit
+    from conftest import tiny_job_model
     from vitquant import workflow
 
-    def tiny_model(name, weights=None):
-        model = make_vit()
-        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT_IMG, VIT_IMG)}
-        return model, "tiny random ViT"
-
-    monkeypatch.setattr(workflow, "create_model", tiny_model)
+    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
     torch_threads = torch.get_num_threads()
     out = tmp_path / "report.json"
     try:
@@ -273,15 +268,10 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
     the float64 twin bit for bit; a model without an integer path fails before evaluation."""
     import torch
 
-    from conftest import VIT_IMG, make_vit
+    from conftest import tiny_job_model
     from vitquant import workflow
 
-    def tiny_model(name, weights=None):
-        model = make_vit()
-        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT_IMG, VIT_IMG)}
-        return model, "tiny random ViT"
-
-    monkeypatch.setattr(workflow, "create_model", tiny_model)
+    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
     saved = tmp_path / "m.vqm"
     threads = torch.get_num_threads()
     try:
@@ -301,6 +291,17 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         assert report["simulation"]["bit_identical_images"] == report["images"]
         assert 0.0 <= report["integer"]["top1"] <= 100.0 and report["integer"]["images_per_second"] > 0
         assert "integer model: top-1" in stdout
+        # an undecodable image among the evaluated ones: an error, or skipped and named with --on-bad-image skip
+        (tiny_folder / "a_junk.JPEG").write_bytes(b"not an image" * 20)  # first by name: the seeded split evaluates it
+        (tiny_folder / "labels.csv").write_text((tiny_folder / "labels.csv").read_text() + "a_junk.JPEG,1\n")
+        run_argv = ["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2", "-q"]
+        rc, _, err = _run(run_argv, capsys)
+        assert rc == 2 and "cannot decode image" in err and "a_junk.JPEG" in err
+        rc, stdout, _ = _run(run_argv + ["--on-bad-image", "skip", "--json", str(tmp_path / "s.json")], capsys)
+        assert rc == 0 and f"skipped 1 undecodable evaluation images: {tiny_folder / 'a_junk.JPEG'}" in stdout
+        skipped_report = json.loads((tmp_path / "s.json").read_text())
+        assert skipped_report["skipped_images"] == [str(tiny_folder / "a_junk.JPEG")]
+        assert skipped_report["images"] == 1  # of a_junk, img0..img2, two were drawn for calibration
         # no integer kernels: refused with a clear message, before the evaluation
         rc, _, err = _run(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(tiny_folder),
                            "--calib-size", "2", "--save", str(tmp_path / "x.vqm"), "-q"], capsys)
@@ -309,3 +310,33 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         torch.set_num_threads(threads)
     rc, _, err = _run(["run", str(tmp_path / "missing.vqm")], capsys)
     assert rc == 2 and "not found" in err
+
+
+def test_skipped_images_are_printed(tmp_path, capsys, monkeypatch):
+    from conftest import noise_folder, tiny_job_model
+    from vitquant import workflow
+
+    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+    folder = noise_folder(tmp_path / "images", 8, bad=(3,))  # the seed-0 draw of 2 leaves img03 to evaluation
+    argv = ["quantize", "--recipe", "repq-vit", "--calib-data", str(folder), "--calib-size", "2", "--batch-size", "4", "-q"]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and "cannot decode image" in err and "img03.JPEG" in err
+    rc, stdout, _ = _run(argv + ["--on-bad-image", "skip"], capsys)
+    assert rc == 0
+    assert f"skipped 1 undecodable evaluation images: {folder / 'img03.JPEG'}" in stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_device_cuda_without_a_gpu_fails_before_loading(tiny_folder, capsys):
+    rc, _, err = _run(["quantize", "--device", "cuda", "--calib-data", str(tiny_folder), "--calib-size", "1",
+                       "--weights", "/nonexistent/w.pth", "-q"], capsys)
+    assert rc == 2 and "--device cuda: no CUDA device is available" in err
+
+
+def test_sweep_refuses_bad_bits_and_torchrun(tmp_path, capsys, monkeypatch):
+    rc, _, err = _run(["sweep", "--recipes", "repq-vit", "--bits", "4", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "'4' is not W/A" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    rc, _, err = _run(["sweep", "--recipes", "repq-vit", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "start it without torchrun" in err

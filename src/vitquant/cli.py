@@ -54,6 +54,26 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mixed-rule", default="sqnr-diff", metavar="RULE", help=f"rule of --nonlinear mixed: {', '.join(RULES)} (default sqnr-diff)")
     g.add_argument("--nonlinear-bits", type=int, metavar="N", help="bits of the GELU/LayerNorm kernels' integer inputs, 2..8 (default: --a-bits, at least 6; softmax kernels take the q@kᵀ integer product)")
+    _add_data_args(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
+    g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
+    g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_bad_image_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from vitquant.data import BAD_IMAGE_POLICIES
+
+    p.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",
+                   help="an image that cannot be decoded: error (default) or skip it (the report names it)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Images and how they are run: shared by ``quantize`` and ``sweep``."""
+    from vitquant.evaluation.distributed import DEVICES
+
     g = p.add_argument_group("data")
     g.add_argument("--calib-data", type=Path, metavar="DIR", help="calibration images (default: the shared ImageNet sample)")
     g.add_argument("--calib-size", type=int, metavar="N", default=32, help="number of calibration images (default 32)")
@@ -61,14 +81,12 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images drawn (seeded) from those left after calibration")
     g.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the calibration draw (default 0)")
     g.add_argument("--crop-pct", type=float, metavar="F", help="override the model's eval crop fraction (timm default)")
+    _add_bad_image_arg(g)
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, metavar="N", default=64, help="evaluation batch size (default 64)")
     g.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0: decode in-process)")
-    g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
-    g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
-    g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cpu (default) or cuda; under torchrun each process takes GPU LOCAL_RANK")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,9 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gemm", choices=("int", "float"), default="int",
                    help="matmuls: int (pure int64, default) or float (exact float GEMM of the integers, faster)")
     r.add_argument("--check-simulation", action="store_true", help="also run the float64 twin and count bit-identical images")
+    _add_bad_image_arg(r)
     r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    w = sub.add_parser("sweep", help="models x recipes x bits as independent jobs, one results file each")
+    w.add_argument("--models", default="deit_tiny", metavar="A,B", help="comma-separated model names (default deit_tiny)")
+    w.add_argument("--recipes", required=True, metavar="A,B", help="comma-separated recipes ('vitquant recipes' lists them)")
+    w.add_argument("--bits", default="4/4", metavar="W/A,...", help="comma-separated weight/activation bits (default 4/4)")
+    w.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the results files")
+    w.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs run at the same time (default 1)")
+    _add_data_args(w)
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    w.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    m = sub.add_parser("merge", help="one markdown table of a sweep's results files (failed jobs listed)")
+    m.add_argument("folder", type=Path, metavar="DIR")
+    m.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table to this file")
     sub.add_parser("models", help="list the short model names")
     sub.add_parser("schemes", help="list the attention quantization schemes and their levels")
     sub.add_parser("recipes", help="list the quantization recipes")
@@ -125,6 +156,9 @@ def _is_seed_form(argv: Sequence[str]) -> bool:
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
+    from vitquant.evaluation.distributed import current_shard
+
+    quiet = quiet or not current_shard().is_main  # under torchrun the other ranks log warnings only
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("vitquant: %(message)s"))
@@ -141,6 +175,14 @@ def _print_levels(report: dict) -> None:
         print(f"  {point['name']:<40} {point['quantizer']:<22} {point['levels_used']!s:>4} / {point['max_levels']}")
 
 
+def _print_skipped(skipped: dict[str, list[str]], shown: int = 10) -> None:
+    """Name the images skipped as undecodable (``--on-bad-image skip``), the first ``shown`` of each set."""
+    for what, paths in skipped.items():
+        if paths:
+            more = f" and {len(paths) - shown} more (all in the JSON report)" if len(paths) > shown else ""
+            print(f"skipped {len(paths)} undecodable {what} images: {', '.join(paths[:shown])}{more}")
+
+
 def _check_output_path(path: Path | None, flag: str = "--json") -> None:
     """Fail before any heavy work if an output file could not be written."""
     if path is None:
@@ -154,6 +196,7 @@ def _check_output_path(path: Path | None, flag: str = "--json") -> None:
 
 def _run_quantize(args: argparse.Namespace) -> int:
     from vitquant.evaluation import format_table, write_json
+    from vitquant.evaluation.distributed import current_shard
     from vitquant.workflow import QuantizeJob, run_quantize
 
     _check_output_path(args.json)
@@ -181,9 +224,13 @@ def _run_quantize(args: argparse.Namespace) -> int:
         workers=args.workers,
         crop_pct=getattr(args, "crop_pct", None),
         save=getattr(args, "save", None),
+        device=getattr(args, "device", "cpu"),
+        on_bad_image=getattr(args, "on_bad_image", "error"),
         progress=not args.quiet,
     )
     report = run_quantize(job)
+    if not current_shard().is_main:  # under torchrun only rank 0 prints and writes
+        return 0
     cfg = report["config"]
     roles = cfg["qconfig"]["roles"]
     print(
@@ -194,6 +241,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         f"evaluation: {report['fp']['images']} other images from {cfg['eval_dir']}\n"
     )
     print(format_table(report))
+    _print_skipped(report["skipped_images"])
     levels = report["attention_levels"]
     print(
         f"attention map ({', '.join(levels['quantizer'])}): at most {levels['max_levels']} levels, "
@@ -220,17 +268,56 @@ def _run_program(args: argparse.Namespace) -> int:
     _check_output_path(args.json)
     report = run_program(RunJob(
         model_file=args.model_file, eval_data=args.eval_data, eval_size=args.eval_size, batch_size=args.batch_size,
-        workers=args.workers, gemm=args.gemm, check_simulation=args.check_simulation, progress=not args.quiet,
+        workers=args.workers, gemm=args.gemm, check_simulation=args.check_simulation, on_bad_image=args.on_bad_image,
+        progress=not args.quiet,
     ))
     r = report["integer"]
     print(f"{args.model_file}: {report['program']['ops']} integer ops; {report['images']} images from {report['eval_dir']}")
     print(f"integer model: top-1 {r['top1']:.2f} %  top-5 {r['top5']:.2f} %  {r['images_per_second']:.1f} images/s (gemm {r['gemm']})")
+    _print_skipped({"evaluation": report["skipped_images"]})
     if "simulation" in report:
         s = report["simulation"]
         print(f"float64 twin: {s['bit_identical_images']} / {s['images']} images with bit-identical logits")
     if args.json:
         write_json(report, args.json)
         print(f"report written to {args.json}")
+    return 0
+
+
+_FORWARDED = ("calib_data", "calib_size", "eval_data", "eval_size", "seed", "crop_pct", "on_bad_image",
+              "batch_size", "workers", "device")  # the sweep's options that every job gets
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from vitquant.evaluation.distributed import current_shard
+    from vitquant.sweep import parse_bits, parse_names, plan_sweep, run_sweep
+
+    if current_shard().sharded:
+        raise ConfigError("vitquant sweep runs its jobs as processes of its own: start it without torchrun")
+    jobs = plan_sweep(parse_names(args.models, "--models"), parse_names(args.recipes, "--recipes"), parse_bits(args.bits))
+    options = [item for dest in _FORWARDED if getattr(args, dest) is not None
+               for item in (f"--{dest.replace('_', '-')}", str(getattr(args, dest)))]
+    outcomes = run_sweep(jobs, args.out, options, args.jobs)
+    failed = [o for o in outcomes if o["status"] != "ok"]
+    for outcome in failed:
+        print(f"failed: {Path(outcome['file']).name}: {outcome['error']}")
+    print(f"{len(outcomes)} results files in {args.out} ({len(outcomes) - len(failed)} ok, {len(failed)} failed); "
+          f"table: vitquant merge {args.out}")
+    return 1 if failed else 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from vitquant.sweep import markdown_table, read_results
+
+    _check_output_path(args.markdown, "--markdown")
+    table = markdown_table(read_results(args.folder))
+    print(table, end="")
+    if args.markdown:
+        try:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(table, encoding="utf-8")
+        except OSError as exc:
+            raise VitQuantError(f"cannot write {args.markdown}: {exc}") from exc
     return 0
 
 
@@ -281,9 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_schemes()
         if args.command == "recipes":
             return _list_recipes()
+        if args.command == "merge":
+            return _run_merge(args)
         _setup_logging(args.quiet, args.verbose)
         if args.command == "run":
             return _run_program(args)
+        if args.command == "sweep":
+            return _run_sweep(args)
         return _run_quantize(args)
     except VitQuantError as exc:
         print(f"vitquant: error: {_error_text(exc)}", file=sys.stderr)

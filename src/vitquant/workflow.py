@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,28 @@ from vitquant import __version__
 from vitquant.calibration import CalibrationResult, quantize_model
 from vitquant.data import (
     ImageRecord,
+    check_bad_image_policy,
     data_config,
     eval_transform,
     list_images,
-    load_batch,
+    load_images,
     make_loader,
     split_calibration_eval,
 )
 from vitquant.data.transforms import check_crop_pct
-from vitquant.errors import ConfigError, DataError
-from vitquant.evaluation import build_report, evaluate_pair
+from vitquant.errors import ConfigError, DataError, VitQuantError
+from vitquant.evaluation import PairEvaluation, build_report, log_pair, run_pair
+from vitquant.evaluation.distributed import (
+    DEVICES,
+    Shard,
+    check_same_everywhere,
+    current_shard,
+    exchange,
+    gather_pair,
+    model_fingerprint,
+    resolve_device,
+    sharded_session,
+)
 from vitquant.models import create_model, resolve_model_name
 from vitquant.nonlinear import NonlinearConfig, default_bits
 from vitquant.paths import default_sample_images, source_commit
@@ -64,6 +77,8 @@ class QuantizeJob:
     workers: int = 0
     crop_pct: float | None = None
     save: Path | None = None  # write the integer program (.vqm) of the calibrated model
+    device: str = "cpu"  # cpu | cuda (under torchrun: this process's GPU, cuda:LOCAL_RANK)
+    on_bad_image: str = "error"  # error | skip: what an undecodable image does
     progress: bool = True
 
     def validate(self) -> None:
@@ -82,6 +97,9 @@ class QuantizeJob:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.crop_pct is not None:
             check_crop_pct(self.crop_pct)
+        check_bad_image_policy(self.on_bad_image)
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
 
     def qconfig(self) -> QConfig:
         qconfig = build_qconfig(
@@ -147,39 +165,75 @@ def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
     return {role: result.role_summary(role) for role in ROLES if any(p.role == role for p in result.points)}
 
 
+def _save_on_main(shard: Shard, save: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``save()`` on rank 0 alone; its result, or its error, on every rank."""
+    outcome: dict[str, Any] | VitQuantError | None = None
+    if shard.is_main:
+        try:
+            outcome = save()
+        except VitQuantError as exc:
+            outcome = exc
+    return exchange(outcome, shard)[0]
+
+
+def _evaluate_share(
+    model: torch.nn.Module, qmodel: torch.nn.Module, data: JobData, transform: Any, job: QuantizeJob, shard: Shard
+) -> PairEvaluation | VitQuantError:
+    """This process's share of the evaluation; a user error is handed back for :func:`gather_pair` to raise
+    on every process."""
+    try:
+        loader = make_loader(data.evaluation, transform, job.batch_size, job.workers, job.on_bad_image,
+                             rank=shard.rank, world_size=shard.world_size)
+        return run_pair(model, qmodel, loader, progress=job.progress and shard.is_main)
+    except VitQuantError as exc:
+        return exc
+
+
 def run_quantize(job: QuantizeJob) -> dict[str, Any]:
-    """Run the main job and return the report dict (see :func:`vitquant.evaluation.build_report`)."""
+    """Run the main job and return the report dict (see :func:`vitquant.evaluation.build_report`).
+
+    Under ``torchrun`` every process calibrates (the same images, the same seed: the engine is
+    deterministic, and the processes check that their calibrated models are identical), evaluates its share
+    of the images, and gets the merged report; only rank 0 writes ``job.save``.
+    """
     job.validate()
     qconfig = job.qconfig()  # fail on impossible bit widths before any heavy work
     timm_name = resolve_model_name(job.model)
+    shard = current_shard()
+    device = resolve_device(job.device, shard)
     torch.manual_seed(job.seed)
 
     data = resolve_data(job)  # cheap checks of the images before loading (or downloading) weights
     model, weights_source = create_model(job.model, job.weights)
     check_labels(data, model)
+    model = model.to(device)
     transform = eval_transform(model, job.crop_pct)
     log.info(
         "calibration: %d images from %s; evaluation: %d images from %s",
         len(data.calibration), data.calib_dir, len(data.evaluation), data.eval_dir,
     )
 
-    t = time.perf_counter()
-    calib_images = load_batch(data.calibration, transform)
-    decode_seconds = time.perf_counter() - t
-    attention = qconfig.specs[POST_SOFTMAX].name
-    log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
-    result = quantize_model(model, calib_images, qconfig, progress=job.progress)
-    log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
-    saved = None
-    if job.save is not None:  # before evaluation: a model without an integer path fails early
-        saved = save_integer_program(result.model, job.save, {
-            "timm_model": timm_name, "qconfig": result.qconfig.to_dict(), **source_commit(),
-            "calib_dir": str(data.calib_dir.resolve()), "calib_size": job.calib_size, "seed": job.seed,
-            "transform": _json_ready(data_config(model, job.crop_pct)),
-        })
-
-    loader = make_loader(data.evaluation, transform, job.batch_size, job.workers)
-    fp_run, q_run, fidelity = evaluate_pair(model, result.model, loader, progress=job.progress)
+    with sharded_session(shard, device):
+        t = time.perf_counter()
+        calib = load_images(data.calibration, transform, job.on_bad_image)
+        calib_images = calib.images.to(device)
+        decode_seconds = time.perf_counter() - t
+        attention = qconfig.specs[POST_SOFTMAX].name
+        log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
+        result = quantize_model(model, calib_images, qconfig, progress=job.progress and shard.is_main)
+        log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
+        if shard.sharded:
+            fingerprint = model_fingerprint(result.model, result.qconfig.to_dict())
+            check_same_everywhere(fingerprint, shard, "the calibrated model")
+        saved = None
+        if job.save is not None:  # before evaluation: a model without an integer path fails early
+            saved = _save_on_main(shard, lambda: save_integer_program(result.model, job.save, {
+                "timm_model": timm_name, "qconfig": result.qconfig.to_dict(), **source_commit(),
+                "calib_dir": str(data.calib_dir.resolve()), "calib_size": job.calib_size, "seed": job.seed,
+                "transform": _json_ready(data_config(model, job.crop_pct)),
+            }))
+        evaluation = gather_pair(_evaluate_share(model, result.model, data, transform, job, shard), shard)
+    log_pair(evaluation)
 
     config = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items() if k != "progress"},
@@ -193,6 +247,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         **source_commit(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "processes": shard.world_size,
     }
     extra = {
         "attention_levels": result.role_summary(POST_SOFTMAX),
@@ -201,12 +256,13 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "calibration_decode_seconds": decode_seconds,
         "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
         "saved": saved,
+        "skipped_images": {"calibration": list(calib.skipped), "evaluation": evaluation.skipped},
     }
     return build_report(
         config=config,
-        fp=fp_run,
-        quantized=q_run,
-        fidelity=fidelity,
+        fp=evaluation.fp,
+        quantized=evaluation.quantized,
+        fidelity=evaluation.fidelity,
         calibration_seconds=result.seconds,
         extra=extra,
     )

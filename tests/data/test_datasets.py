@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from vitquant.data import ImageDataset, ImageRecord, list_images, load_batch, make_loader
-from vitquant.errors import ConfigError, DataError
+from vitquant.data import ImageDataset, ImageRecord, list_images
+from vitquant.errors import DataError
 from vitquant.paths import default_sample_images
 
 TINY = T.Compose([T.Resize((8, 8)), T.ToTensor()])
@@ -223,35 +223,6 @@ def test_corrupt_image_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"cannot decode image .*bad\.JPEG") as info:
         dataset[bad_index]
     assert info.value.__cause__ is not None
-
-
-def test_load_batch(tmp_path):
-    records = [ImageRecord(write_image(tmp_path / f"{i}.png", color=(i * 40, 0, 0)), i) for i in range(3)]
-    batch = load_batch(records, TINY)
-    assert batch.shape == (3, 3, 8, 8)
-    assert torch.allclose(batch[:, 0, 0, 0], torch.tensor([0.0, 40, 80]) / 255)
-
-
-def test_load_batch_empty():
-    with pytest.raises(DataError, match="empty"):
-        load_batch([], TINY)
-
-
-def test_make_loader_keeps_order(tmp_path):
-    labels = [4, 1, 3, 0, 2]
-    records = [ImageRecord(write_image(tmp_path / f"{i}.png"), lab) for i, lab in enumerate(labels)]
-    loader = make_loader(records, TINY, batch_size=2)
-    batches = list(loader)
-    assert [len(labels) for _, labels in batches] == [2, 2, 1]
-    assert torch.cat([labels for _, labels in batches]).tolist() == [4, 1, 3, 0, 2]
-    assert batches[0][0].shape == (2, 3, 8, 8)
-
-
-@pytest.mark.parametrize("batch_size, num_workers", [(0, 0), (2, -1), (1.5, 0)])
-def test_make_loader_bad_options(tmp_path, batch_size, num_workers):
-    records = [ImageRecord(write_image(tmp_path / "a.png"), 0)]
-    with pytest.raises(ConfigError):
-        make_loader(records, TINY, batch_size=batch_size, num_workers=num_workers)
 
 
 # ------------------------------------------------------------------------- real sample

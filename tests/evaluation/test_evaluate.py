@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vitquant.errors import ConfigError, DataError, NumericalError
-from vitquant.evaluation import ModelRun, compare_throughput, evaluate_pair, measure_throughput
+from vitquant.evaluation import ModelRun, compare_throughput, evaluate_pair, log_pair, measure_throughput, run_pair
 
 N_IMAGES, N_CLASSES = 10, 5
 
@@ -197,3 +197,36 @@ def test_compare_throughput_times_models_in_turns():
     assert fast_ips > 2 * slow_ips
     with pytest.raises(ConfigError):
         compare_throughput([], torch.randn(4, 3, 2, 2))
+
+
+def test_skipped_images_are_collected_and_empty_batches_not_run():
+    from vitquant.data import LoadedBatch
+
+    images, labels = _data()
+    counter = _CallCounter(_model(0))
+    batches = [
+        LoadedBatch(images[:4], labels[:4], ("a.JPEG",)),
+        LoadedBatch(torch.empty(0), torch.empty(0, dtype=torch.int64), ("b.JPEG", "c.JPEG")),
+        LoadedBatch(images[4:], labels[4:], ()),
+    ]
+    result = run_pair(counter, _model(1), batches, progress=False)
+    assert result.skipped == ["a.JPEG", "b.JPEG", "c.JPEG"]
+    assert counter.calls == 2 and result.fp.images == result.quantized.images == N_IMAGES
+
+
+def test_pair_evaluations_merge_to_the_whole():
+    fp_model, q_model = _model(0), _model(1)
+    images, labels = _data()
+    whole = run_pair(fp_model, q_model, [(images[:3], labels[:3]), (images[3:], labels[3:])], progress=False)
+    first = run_pair(fp_model, q_model, [(images[:3], labels[:3])], progress=False)
+    first.merge(run_pair(fp_model, q_model, [(images[3:], labels[3:])], progress=False))
+    assert first.fp.meter.to_dict() == whole.fp.meter.to_dict()
+    assert first.quantized.meter.to_dict() == whole.quantized.meter.to_dict()
+    assert first.fidelity.to_dict() == whole.fidelity.to_dict()
+
+
+def test_empty_share_is_no_error_until_reported():
+    result = run_pair(_model(0), None, [], progress=False)
+    assert result.fp.images == 0
+    with pytest.raises(DataError, match="no images"):
+        log_pair(result)

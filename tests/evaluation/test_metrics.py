@@ -151,3 +151,44 @@ def test_fidelity_nan_and_shape_errors():
         FidelityMeter().update(bad, LOGITS)
     with pytest.raises(ValueError, match="differ in shape"):
         FidelityMeter().update(LOGITS, LOGITS[:3])
+
+
+# ------------------------------------------------------------------------------ exact merging
+def _pairs(n: int = 600, classes: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    fp = torch.randn(n, classes, generator=gen) * 4
+    return fp, fp + torch.randn(n, classes, generator=gen)
+
+
+def _fidelity(fp: torch.Tensor, q: torch.Tensor, batch: int) -> FidelityMeter:
+    meter = FidelityMeter()
+    for start in range(0, fp.shape[0], batch):
+        meter.update(fp[start : start + batch], q[start : start + batch])
+    return meter
+
+
+def test_mean_kl_does_not_depend_on_batching_or_merge_order():
+    fp, q = _pairs()
+    per_image = _fidelity(fp, q, 1)
+    whole = _fidelity(fp, q, fp.shape[0])
+    halves = [_fidelity(fp[:300], q[:300], 7), _fidelity(fp[300:], q[300:], 11)]
+    merged_backwards = _fidelity(fp[300:], q[300:], 5)
+    merged_backwards.merge(halves[0])
+    halves[0].merge(halves[1])
+    values = [m.mean_kl for m in (per_image, whole, halves[0], merged_backwards)]
+    assert values == [values[0]] * 4  # exactly, not approximately
+    assert halves[0].top1_agreement == whole.top1_agreement and halves[0].images == 600
+    # a plain float running sum would differ with the batching: the test can tell
+    kl = (torch.log_softmax(fp.double(), 1).exp() * (torch.log_softmax(fp.double(), 1) - torch.log_softmax(q.double(), 1))).sum(1)
+    naive = {sum(float(kl[s : s + b].sum()) for s in range(0, 600, b)) for b in (1, 7, 600)}
+    assert len(naive) > 1
+    assert values[0] == math.fsum(kl.tolist()) / 600
+
+
+def test_classification_meters_merge_counts():
+    a, b, both = ClassificationMeter(), ClassificationMeter(), ClassificationMeter()
+    a.update(LOGITS[:3], LABELS[:3])
+    b.update(LOGITS[3:], LABELS[3:])
+    both.update(LOGITS, LABELS)
+    a.merge(b)
+    assert a.to_dict() == both.to_dict()

@@ -1,24 +1,31 @@
 """Images in: folder layouts, the model's eval transform, and the calibration/evaluation split."""
 
-from vitquant.data.datasets import (
-    IMAGE_EXTENSIONS,
-    ImageDataset,
-    ImageRecord,
-    list_images,
+from vitquant.data.batches import (
+    BAD_IMAGE_POLICIES,
+    LoadedBatch,
+    check_bad_image_policy,
     load_batch,
+    load_images,
     make_loader,
+    shard_batches,
 )
+from vitquant.data.datasets import IMAGE_EXTENSIONS, ImageDataset, ImageRecord, list_images
 from vitquant.data.splits import split_calibration_eval
 
 __all__ = [
+    "BAD_IMAGE_POLICIES",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ImageRecord",
+    "LoadedBatch",
+    "check_bad_image_policy",
     "data_config",
     "eval_transform",
     "list_images",
     "load_batch",
+    "load_images",
     "make_loader",
+    "shard_batches",
     "split_calibration_eval",
 ]
 

@@ -1,4 +1,4 @@
-"""Image folders -> labelled records -> tensors.
+"""Image folders -> labelled records -> decoded images (batches and the bad-image policy: :mod:`vitquant.data.batches`).
 
 Three folder layouts are understood, detected in this order by :func:`list_images`:
 
@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from vitquant.errors import ConfigError, DataError
+from vitquant.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -237,36 +236,3 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         record = self.records[index]
         return self.transform(_load_rgb(record.path)), record.label
-
-
-def _require_records(records: Sequence[ImageRecord]) -> None:
-    if len(records) == 0:
-        raise DataError("no images to load: the record list is empty")
-
-
-def load_batch(records: Sequence[ImageRecord], transform: Transform) -> torch.Tensor:
-    """Decode and transform every record and stack them into one ``(N, C, H, W)`` tensor."""
-    _require_records(records)
-    dataset = ImageDataset(records, transform)
-    images = [dataset[i][0] for i in range(len(dataset))]
-    try:
-        return torch.stack(images)
-    except (TypeError, RuntimeError) as exc:
-        raise DataError(f"transformed images cannot be stacked into one batch: {exc}") from exc
-
-
-def make_loader(
-    records: Sequence[ImageRecord], transform: Transform, batch_size: int, num_workers: int = 0
-) -> DataLoader:
-    """A non-shuffling :class:`DataLoader` of ``(images, labels)`` batches in record order."""
-    _require_records(records)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigError(f"num_workers must be a non-negative integer, got {num_workers!r}")
-    return DataLoader(
-        ImageDataset(records, transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-    )

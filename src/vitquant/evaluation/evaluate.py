@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from tqdm import tqdm
 from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation.metrics import ClassificationMeter, FidelityMeter
 
-__all__ = ["ModelRun", "compare_throughput", "evaluate_pair", "measure_throughput"]
+__all__ = ["ModelRun", "PairEvaluation", "compare_throughput", "evaluate_pair", "log_pair", "measure_throughput", "run_pair"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,32 @@ class ModelRun:
         if self.forward_seconds <= 0.0:
             return float("inf")
         return self.images / self.forward_seconds
+
+    def merge(self, other: ModelRun) -> None:
+        """Add ``other``'s images, run in parallel with this one: the forward time is the slower of the two."""
+        self.meter.merge(other.meter)
+        self.images += other.images
+        self.forward_seconds = max(self.forward_seconds, other.forward_seconds)
+
+
+@dataclass
+class PairEvaluation:
+    """What one pass over a loader gives: both models' runs, their fidelity, and the images the data layer
+    skipped as undecodable (``on_bad_image="skip"``; seen by neither model)."""
+
+    fp: ModelRun
+    quantized: ModelRun | None
+    fidelity: FidelityMeter | None
+    skipped: list[str] = field(default_factory=list)
+
+    def merge(self, other: PairEvaluation) -> None:
+        """Add another process's share of the images (exact: see :mod:`vitquant.evaluation.metrics`)."""
+        self.fp.merge(other.fp)
+        if self.quantized is not None and other.quantized is not None:
+            self.quantized.merge(other.quantized)
+        if self.fidelity is not None and other.fidelity is not None:
+            self.fidelity.merge(other.fidelity)
+        self.skipped = sorted(self.skipped + other.skipped)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -66,7 +92,7 @@ def _timed_forward(model: nn.Module, images: torch.Tensor, device: torch.device)
 
 
 def _split_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(images, labels)`` from a ``(images, labels, ...)`` batch."""
+    """Return ``(images, labels)`` from a ``(images, labels, ...)`` batch (e.g. a ``LoadedBatch``)."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise DataError(f"loader must yield (images, labels) pairs, got {type(batch).__name__}")
     images, labels = batch[0], batch[1]
@@ -98,6 +124,51 @@ class _Runner:
         return ModelRun(meter=self.meter, forward_seconds=self.seconds, images=self.meter.images)
 
 
+def run_pair(
+    fp_model: nn.Module,
+    q_model: nn.Module | None,
+    loader: Iterable,
+    progress: bool = True,
+    desc: str = "evaluating",
+) -> PairEvaluation:
+    """Evaluate ``fp_model`` and (optionally) ``q_model`` in one pass over ``loader``.
+
+    Each batch is decoded once and fed to the fp model, then the quantized model. A batch's third field,
+    when it is a ``LoadedBatch``, names images the data layer skipped; a batch left empty by skipping is
+    not run. No image at all is not an error here (a process's share can be empty): see
+    :func:`evaluate_pair`.
+    """
+    fp = _Runner(fp_model)
+    q = _Runner(q_model) if q_model is not None else None
+    fidelity = FidelityMeter() if q_model is not None else None
+    skipped: list[str] = []
+    bar = tqdm(loader, desc=desc, unit="batch", file=sys.stderr, disable=not progress)
+    for batch in bar:
+        images, labels = _split_batch(batch)
+        skipped.extend(getattr(batch, "skipped", ()))
+        if labels.numel() == 0:
+            continue
+        fp_logits = fp.step(images, labels)
+        if q is not None and fidelity is not None:
+            q_logits = q.step(images, labels)
+            fidelity.update(fp_logits, q_logits)
+    return PairEvaluation(fp.result(), q.result() if q is not None else None, fidelity, skipped)
+
+
+def log_pair(result: PairEvaluation, desc: str = "evaluating") -> None:
+    """Log the headline numbers of ``result``; :class:`DataError` if it holds no image."""
+    if result.fp.images == 0:
+        raise DataError("evaluation loader yielded no images")
+    log.info("%s: fp top-1 %.2f%% on %d images", desc, result.fp.meter.top1, result.fp.images)
+    if result.skipped:
+        log.warning("%s: %d undecodable images skipped", desc, len(result.skipped))
+    if result.quantized is not None and result.fidelity is not None:
+        log.info(
+            "%s: quantized top-1 %.2f%%, agreement %.2f%%, mean KL %.6f",
+            desc, result.quantized.meter.top1, result.fidelity.top1_agreement, result.fidelity.mean_kl,
+        )
+
+
 def evaluate_pair(
     fp_model: nn.Module,
     q_model: nn.Module | None,
@@ -105,33 +176,13 @@ def evaluate_pair(
     progress: bool = True,
     desc: str = "evaluating",
 ) -> tuple[ModelRun, ModelRun | None, FidelityMeter | None]:
-    """Evaluate ``fp_model`` and (optionally) ``q_model`` in one pass over ``loader``.
+    """:func:`run_pair` as ``(fp_run, q_run, fidelity)``; the last two are ``None`` without ``q_model``.
 
-    Each batch is decoded once and fed to the fp model, then the quantized model.
-    Returns ``(fp_run, q_run, fidelity)``; the last two are ``None`` without ``q_model``.
     Raises :class:`DataError` if the loader yields no images.
     """
-    fp = _Runner(fp_model)
-    q = _Runner(q_model) if q_model is not None else None
-    fidelity = FidelityMeter() if q_model is not None else None
-    bar = tqdm(loader, desc=desc, unit="batch", file=sys.stderr, disable=not progress)
-    for batch in bar:
-        images, labels = _split_batch(batch)
-        fp_logits = fp.step(images, labels)
-        if q is not None and fidelity is not None:
-            q_logits = q.step(images, labels)
-            fidelity.update(fp_logits, q_logits)
-    if fp.meter.images == 0:
-        raise DataError("evaluation loader yielded no images")
-    fp_run = fp.result()
-    log.info("%s: fp top-1 %.2f%% on %d images", desc, fp_run.meter.top1, fp_run.images)
-    q_run = q.result() if q is not None else None
-    if q_run is not None and fidelity is not None:
-        log.info(
-            "%s: quantized top-1 %.2f%%, agreement %.2f%%, mean KL %.6f",
-            desc, q_run.meter.top1, fidelity.top1_agreement, fidelity.mean_kl,
-        )
-    return fp_run, q_run, fidelity
+    result = run_pair(fp_model, q_model, loader, progress, desc)
+    log_pair(result, desc)
+    return result.fp, result.quantized, result.fidelity
 
 
 def measure_throughput(model: nn.Module, batch: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:

@@ -1,6 +1,13 @@
-"""Accuracy and fp-vs-quantized fidelity meters, accumulated batch by batch (vectorized)."""
+"""Accuracy and fp-vs-quantized fidelity meters, accumulated batch by batch (vectorized).
+
+Both merge exactly (:meth:`merge`): counts are integers, and the mean KL is the correctly rounded sum
+(``math.fsum``) of the per-image float64 values, so it depends neither on how the images were batched
+nor on how they were split over processes.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -64,6 +71,12 @@ class ClassificationMeter:
         self._top5_correct += int(hits.any(dim=1).sum())
         self._images += int(labels.shape[0])
 
+    def merge(self, other: ClassificationMeter) -> None:
+        """Add the counts of ``other`` (e.g. another process's share of the images)."""
+        self._images += other._images
+        self._top1_correct += other._top1_correct
+        self._top5_correct += other._top5_correct
+
     @property
     def images(self) -> int:
         """Number of images accumulated so far."""
@@ -90,7 +103,7 @@ class FidelityMeter:
     def __init__(self) -> None:
         self._images = 0
         self._agree = 0
-        self._kl_sum = 0.0
+        self._kl: list[torch.Tensor] = []  # per-image float64 values, on the CPU
 
     def update(self, fp_logits: torch.Tensor, q_logits: torch.Tensor) -> None:
         """Add one batch of paired ``[B, C]`` logits from the fp and the quantized model."""
@@ -102,8 +115,14 @@ class FidelityMeter:
             )
         q_logits = q_logits.to(fp_logits.device)
         self._agree += int((fp_logits.argmax(dim=1) == q_logits.argmax(dim=1)).sum())
-        self._kl_sum += float(_kl_per_row(fp_logits, q_logits).sum())
+        self._kl.append(_kl_per_row(fp_logits, q_logits).cpu())
         self._images += int(fp_logits.shape[0])
+
+    def merge(self, other: FidelityMeter) -> None:
+        """Add the image pairs of ``other`` (e.g. another process's share of the images)."""
+        self._images += other._images
+        self._agree += other._agree
+        self._kl.extend(other._kl)
 
     @property
     def images(self) -> int:
@@ -117,10 +136,11 @@ class FidelityMeter:
 
     @property
     def mean_kl(self) -> float:
-        """Mean over images of KL(softmax(fp) || softmax(q)) in nats."""
+        """Mean over images of KL(softmax(fp) || softmax(q)) in nats: the correctly rounded sum of the
+        per-image values divided by the number of images (independent of batching and merge order)."""
         if self._images == 0:
             raise ValueError("no images accumulated yet: call update() first")
-        return self._kl_sum / self._images
+        return math.fsum(torch.cat(self._kl).tolist()) / self._images
 
     def to_dict(self) -> dict:
         """``{"images", "top1_agreement", "mean_kl"}`` as plain Python numbers."""

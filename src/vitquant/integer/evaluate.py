@@ -2,7 +2,7 @@
 
 The images are the ones ``vitquant quantize`` evaluated when the folder is the one it calibrated on
 (the same seeded split removes the same calibration images), otherwise the folder's images (a seeded
-sample of ``eval_size``). Reports top-1/5 and images/s of the integer executor; with
+sample of ``eval_size``; ``on_bad_image="skip"`` leaves out, and names, the undecodable ones). Reports top-1/5 and images/s of the integer executor; with
 ``check_simulation`` it also runs the program's float64 twin on the same images and counts the images
 whose logits are bit-identical.
 """
@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vitquant.data.datasets import list_images, make_loader
+from vitquant.data.batches import make_loader
+from vitquant.data.datasets import list_images
 from vitquant.data.preprocess import transform_from_config
 from vitquant.data.splits import split_calibration_eval
 from vitquant.errors import ConfigError, DataError
@@ -40,6 +41,7 @@ class RunJob:
     workers: int = 0
     gemm: str = "int"  # "int": pure integer matmuls (strict); "float": exact float GEMM, faster
     check_simulation: bool = False
+    on_bad_image: str = "error"  # error | skip: what an undecodable image does
     progress: bool = True
 
 
@@ -69,19 +71,26 @@ def run_program(job: RunJob) -> dict[str, Any]:
     if "transform" not in program.info:
         raise ConfigError(f"{job.model_file}: the program records no data config (transform); re-save it")
     records, eval_dir = _records(job, program.info)
-    loader = make_loader(records, transform_from_config(program.info["transform"]), job.batch_size, job.workers)
-    meter, seconds, identical = ClassificationMeter(), 0.0, 0
-    for images, labels in tqdm(loader, desc="integer model", unit="batch", disable=not job.progress):
+    loader = make_loader(records, transform_from_config(program.info["transform"]), job.batch_size, job.workers,
+                         job.on_bad_image)
+    meter, seconds, identical, skipped = ClassificationMeter(), 0.0, 0, []
+    for images, labels, bad in tqdm(loader, desc="integer model", unit="batch", disable=not job.progress):
+        skipped.extend(bad)
+        if labels.numel() == 0:
+            continue
         t = time.perf_counter()
         ints = model.run(images)
         seconds += time.perf_counter() - t
         meter.update(ints.to(torch.float64) * program.output_scale, labels)
         if twin is not None:
             identical += int((twin.run(images) == ints.to(torch.float64)).all(dim=-1).sum())
+    if meter.images == 0:
+        raise DataError(f"none of the {len(records)} evaluation images could be decoded")
     report: dict[str, Any] = {
         "model_file": str(job.model_file),
         "eval_dir": str(eval_dir.resolve()),
         "images": meter.images,
+        "skipped_images": skipped,
         "integer": {**meter.to_dict(), "images_per_second": meter.images / seconds if seconds else None, "gemm": job.gemm},
         "program": {"ops": len(program.ops), "info": program.info},
     }
