@@ -26,6 +26,8 @@ def qconfig_for(case: str):
     if case == "w8a8-mixed":
         nl = NonlinearConfig(ops={"softmax": "fqvit", "layernorm": "fqvit", "gelu": "ibert", "residual": "integer"}, bits=8)
         return repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(nl)
+    if case == "w8a8-distilled":  # DeiT-distilled: two tokens, two heads averaged
+        return build_qconfig("repq-vit", 8, 8, attn_quant="uniform").with_nonlinear(NonlinearConfig.everywhere("ivit", 8))
     if case in ("w8a8-sqrt2", "w8a8-adalog", "w8a8-twin"):  # attention maps given as tables (4 bits)
         scheme = {"w8a8-sqrt2": "sqrt2-17", "w8a8-adalog": "adalog", "w8a8-twin": "twin-uniform"}[case]
         qconfig = build_qconfig("repq-vit", 8, 8, attn_quant=scheme, attn_bits=4)
@@ -37,7 +39,7 @@ def qconfig_for(case: str):
 def calibrated(case: str):
     """(float model, calibrated model, program, calibration images, other images)."""
     torch.manual_seed(0)
-    model = conftest.make_vit()
+    model = conftest.make_deit_distilled() if case == "w8a8-distilled" else conftest.make_vit()
     calib = conftest.images(8, 32, seed=1)
     other = conftest.images(8, 32, seed=2)
     qmodel = quantize_model(model, calib, qconfig_for(case)).model

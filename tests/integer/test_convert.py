@@ -167,6 +167,11 @@ def test_conversion_refuses_other_models():
     qmodel, x = _calibrate(repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert")), kind="swin")
     with pytest.raises(ConfigError, match="ViT/DeiT"):
         convert_vit(qmodel)
+    _, vit, *_ = calibrated("w8a8-uniform")
+    deit3 = copy.deepcopy(vit)
+    deit3.no_embed_class = True  # position embedding added before the class token is prepended
+    with pytest.raises(ConfigError, match="position embedding covers the class token"):
+        convert_vit(deit3)
 
 
 def test_bounds_are_checked_at_conversion():

@@ -14,7 +14,7 @@ from vitquant.quantizers.bitlog2 import BitLog2Quantizer, parse_bitlog2
 
 from integer_cases import calibrated
 
-CASES = ["w8a8-uniform", "w4a4-bitlog2", "w8a8-mixed", "w8a8-sqrt2", "w8a8-adalog", "w8a8-twin"]
+CASES = ["w8a8-uniform", "w4a4-bitlog2", "w8a8-mixed", "w8a8-sqrt2", "w8a8-adalog", "w8a8-twin", "w8a8-distilled"]
 
 
 @pytest.mark.parametrize("case", CASES)

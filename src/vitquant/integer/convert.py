@@ -20,11 +20,12 @@ fake-quantized model computes in float:
 - attn@v for log√2, AdaLog and twin-uniform attention maps: the code of each softmax integer by
   comparisons with per-head thresholds, its level from a table of integers (the level's mantissa on one
   common shift), one integer matmul (:func:`level_table`, op ``table_av``);
-- the class token's logits are requantized per class onto one output scale.
+- the class token's logits are requantized per class onto one output scale (DeiT-distilled: the class
+  and distillation tokens' logits on one scale, added, the average's halving folded into that scale).
 
 Accumulator bounds are derived from the code ranges and the worst case of the weights; anything that
 could reach 2^51 is rejected with :class:`~vitquant.errors.RangeError`. Formats without an integer
-path (AdaLog post-GELU, float non-linear ops or residual adds, distilled or average-pooled heads) are refused with :class:`~vitquant.errors.ConfigError`.
+path (AdaLog post-GELU, float non-linear ops or residual adds, average-pooled heads, register tokens) are refused with :class:`~vitquant.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -204,8 +205,10 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
 
     if not isinstance(qmodel, VisionTransformer):
         raise ConfigError(f"integer conversion supports ViT/DeiT (timm VisionTransformer) models, got {type(qmodel).__name__}")
-    if getattr(qmodel, "dist_token", None) is not None or qmodel.global_pool != "token" or getattr(qmodel, "reg_token", None) is not None:
-        raise ConfigError("integer conversion supports class-token models without distillation or register tokens")
+    if qmodel.global_pool != "token" or getattr(qmodel, "reg_token", None) is not None or getattr(qmodel, "no_embed_class", False):
+        raise ConfigError("integer conversion supports class-token models (with a distillation token or not) whose "
+                          "position embedding covers the class token, without register tokens")
+    distilled = getattr(qmodel, "dist_token", None) is not None
     qmodel.eval()
     b = _Builder()
     for name, module in qmodel.named_modules():  # every non-linear step integer, kernels named first
@@ -229,7 +232,8 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     x = b.linear(x, conv, "patch_embed.proj")
     x = b.residual(x, qmodel.blocks[0].add_attn, "patch_embed.out")
     s0 = x.scale
-    token = torch.round(qmodel.cls_token.detach().double() / s0).to(torch.int64)
+    prefix = torch.cat([qmodel.cls_token, qmodel.dist_token], dim=1) if distilled else qmodel.cls_token
+    token = torch.round(prefix.detach().double() / s0).to(torch.int64)
     x = b.emit("prepend_token", [x], "cls_token", s0, max(x.bound, int(token.abs().max())), consts={"token": token})
     pos = torch.round(qmodel.pos_embed.detach().double() / s0).to(torch.int64)
     x = b.emit("add_const", [x], "pos_embed", s0, x.bound + int(pos.abs().max()), consts={"value": pos})
@@ -242,14 +246,22 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
         x = _mlp_branch(b, x, block, f"blocks.{i}")
 
     # ---------------------------------------------------------------- head
-    x = b.emit("take_token", [x], "token0", x.scale, x.bound, attrs={"index": 0})
-    x = _layernorm(b, x, qmodel.norm, "norm")
-    x = b.requant_to_point(x, qmodel.head.input_quant, None, "head.in")
-    x = b.linear(x, qmodel.head, "head")
-    out_scale = float(x.scale.min())
-    limit = 2**40
-    b.requant(x, torch.tensor(out_scale, dtype=torch.float64), torch.tensor(-limit), torch.tensor(limit), "logits",
-              output="logits")
+    heads = [(qmodel.head, "head")] + ([(qmodel.head_dist, "head_dist")] if distilled else [])
+    accs = []
+    for index, (head, name) in enumerate(heads):  # LayerNorm is per token: the taken tokens only
+        t = b.emit("take_token", [x], f"token{index}", x.scale, x.bound, attrs={"index": index})
+        t = _layernorm(b, t, qmodel.norm, "norm" if index == 0 else f"norm.token{index}")
+        t = b.requant_to_point(t, head.input_quant, None, f"{name}.in")
+        accs.append(b.linear(t, head, name))
+    out_scale = float(min(float(a.scale.min()) for a in accs))
+    limit = torch.tensor(2**40)
+    scale = torch.tensor(out_scale, dtype=torch.float64)
+    if distilled:  # (head + head_dist) / 2: both on one scale, added, the halving in the output scale
+        logits = [b.requant(a, scale, -limit, limit, f"{name}.logits") for a, (_, name) in zip(accs, heads)]
+        b.emit("add", logits, "logits", scale, 2 * int(limit), output="logits")
+        out_scale /= 2
+    else:
+        b.requant(accs[0], scale, -limit, limit, "logits", output="logits")
     return IntegerProgram(
         b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
         info={"model": type(qmodel).__name__, "residual_bits": _residual_quantizer(qmodel.blocks[0].add_attn, "blocks.0").bits},
