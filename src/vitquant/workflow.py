@@ -1,7 +1,8 @@
 """The main job, as a library function: quantize a timm model and measure what it cost.
 
-model + calibration images -> quantized model -> report (FP and quantized accuracy on the same
-images, fidelity, timings, levels used). The CLI and the benchmarks call :func:`run_quantize`.
+model + calibration images -> quantized model [-> block reconstruction on the calibration images]
+-> report (FP and quantized accuracy on the same images, fidelity, timings, levels used). The CLI
+and the benchmarks call :func:`run_quantize`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from vitquant.paths import default_sample_images, source_commit
 from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
 from vitquant.recipes import build_qconfig, normalize_recipe_name
+from vitquant.reconstruction import ReconstructionConfig, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,13 @@ class QuantizeJob:
     workers: int = 0
     crop_pct: float | None = None
     save: Path | None = None  # write the integer program (.vqm) of the calibrated model
+    reconstruct: bool = False  # block reconstruction after calibration, on the calibration images
+    recon_images: int | None = None  # None: every calibration image, up to 1024
+    recon_iters: int = ReconstructionConfig.iters
+    recon_batch_size: int = ReconstructionConfig.batch_size
+    recon_lr: float = ReconstructionConfig.weight_lr  # rounding variables (AdaRound)
+    recon_act_lr: float = ReconstructionConfig.act_lr  # activation steps (LSQ)
+    qdrop: float = 0.0  # QDrop's probability of leaving an activation unquantized while reconstructing
     progress: bool = True
 
     def validate(self) -> None:
@@ -82,6 +91,15 @@ class QuantizeJob:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.crop_pct is not None:
             check_crop_pct(self.crop_pct)
+        if self.reconstruct:
+            self.reconstruction().image_count(self.calib_size)
+
+    def reconstruction(self) -> ReconstructionConfig:
+        """The reconstruction settings (validated; seeded with the job's seed)."""
+        return ReconstructionConfig(
+            images=self.recon_images, iters=self.recon_iters, batch_size=self.recon_batch_size,
+            weight_lr=self.recon_lr, act_lr=self.recon_act_lr, drop_prob=self.qdrop, seed=self.seed,
+        )
 
     def qconfig(self) -> QConfig:
         qconfig = build_qconfig(
@@ -170,6 +188,12 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
     result = quantize_model(model, calib_images, qconfig, progress=job.progress)
     log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
+    recon = None
+    if job.reconstruct:
+        settings = job.reconstruction()
+        log.info("reconstructing every block on %d calibration images ...", settings.image_count(len(calib_images)))
+        recon = reconstruct(model, result, calib_images, settings, progress=job.progress)
+        result = recon.calibration
     saved = None
     if job.save is not None:  # before evaluation: a model without an integer path fails early
         saved = save_integer_program(result.model, calib_images, job.save, {
@@ -201,6 +225,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "calibration_decode_seconds": decode_seconds,
         "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
         "saved": saved,
+        "reconstruction": None if recon is None else recon.to_dict(),
     }
     return build_report(
         config=config,
