@@ -71,6 +71,11 @@ def tiny_folder(tmp_path: Path) -> Path:
         (["quantize", "--calib-data", "/nonexistent/images"], "does not exist"),
         (["quantize", "--calib-size", "0"], "empty calibration set"),
         (["--model", "deit_tiny", "--w_bit", "12"], "between 2 and 8"),
+        (["quantize", "--reconstruct", "--recon-iters", "0"], "--recon-iters must be a positive integer, got 0"),
+        (["quantize", "--reconstruct", "--recon-batch-size", "0"], "--recon-batch-size must be a positive integer"),
+        (["quantize", "--reconstruct", "--recon-images", "5"], "--recon-images 5: only 1 calibration images"),
+        (["quantize", "--reconstruct", "--qdrop", "1"], "--qdrop must be in [0, 1)"),
+        (["quantize", "--recon-iters", "5", "--qdrop"], "--recon-iters, --qdrop only apply with --reconstruct"),
     ],
 )
 def test_bad_input_exits_2_with_message(argv, message, tiny_folder, capsys):
@@ -340,3 +345,47 @@ def test_sweep_refuses_bad_bits_and_torchrun(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     rc, _, err = _run(["sweep", "--recipes", "repq-vit", "--out", str(tmp_path)], capsys)
     assert rc == 2 and "start it without torchrun" in err
+
+
+def test_reconstruction_options_in_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["quantize", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--reconstruct", "--recon-images N", "--recon-iters K", "--recon-batch-size B", "--recon-lr LR",
+                 "--recon-act-lr LR", "--qdrop [P]"):
+        assert flag in out
+
+
+def test_quantize_reconstruct_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """--reconstruct after calibration: the report records the settings, per-block errors and time; the
+    reconstructed model still converts (--save) and runs bit for bit like its float64 twin."""
+    import torch
+
+    from conftest import tiny_job_model
+    from vitquant import workflow
+
+    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+    saved = tmp_path / "m.vqm"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rc, stdout, _ = _run(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(tiny_folder),
+                              "--calib-size", "2", "--batch-size", "2", "--nonlinear", "ivit", "--reconstruct",
+                              "--recon-iters", "3", "--recon-batch-size", "2", "--qdrop", "--save", str(saved),
+                              "--json", str(tmp_path / "q.json"), "-q"], capsys)
+        assert rc == 0 and saved.is_file()
+        report = json.loads((tmp_path / "q.json").read_text())
+        recon = report["reconstruction"]
+        assert recon["images"] == 2 and recon["seconds"] > 0 and len(recon["blocks"]) == 2
+        assert recon["settings"]["iters"] == 3 and recon["settings"]["batch_size"] == 2
+        assert recon["settings"]["drop_prob"] == 0.5 and recon["settings"]["seed"] == 0
+        assert report["config"]["reconstruct"] is True and report["config"]["recon_iters"] == 3
+        assert all(p["levels_used"] is not None for p in report["calibration"]["points"] if p["role"] != "residual")
+        assert "reconstruction: 2 blocks on 2 calibration images, 3 steps each" in stdout
+        rc, _, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2",
+                         "--check-simulation", "--json", str(tmp_path / "r.json"), "-q"], capsys)
+        assert rc == 0
+        run = json.loads((tmp_path / "r.json").read_text())
+        assert run["simulation"]["bit_identical_images"] == run["images"] == report["quantized"]["images"]
+    finally:
+        torch.set_num_threads(threads)

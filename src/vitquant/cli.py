@@ -55,12 +55,29 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixed-rule", default="sqnr-diff", metavar="RULE", help=f"rule of --nonlinear mixed: {', '.join(RULES)} (default sqnr-diff)")
     g.add_argument("--nonlinear-bits", type=int, metavar="N", help="bits of the GELU/LayerNorm kernels' integer inputs, 2..8 (default: --a-bits, at least 6; softmax kernels take the q@kᵀ integer product)")
     _add_data_args(p)
+    _add_reconstruction_args(p)
     g = p.add_argument_group("output")
     g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
     g.add_argument("--levels", action="store_true", help="print every quantization point with its levels")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
+    from vitquant.reconstruction import ReconstructionConfig
+
+    g = p.add_argument_group("reconstruction (after calibration, on the calibration images)")
+    g.add_argument("--reconstruct", action="store_true",
+                   help="block reconstruction (BRECQ/QDrop): per block, learn the weights' rounding (AdaRound) and the "
+                   "uniform activation steps (LSQ) against the FP block's output")
+    g.add_argument("--recon-images", type=int, metavar="N", help="images to reconstruct on (default: every calibration image, up to 1024; at most --calib-size)")
+    g.add_argument("--recon-iters", type=int, metavar="K", help=f"steps per block (default {ReconstructionConfig.iters})")
+    g.add_argument("--recon-batch-size", type=int, metavar="B", help=f"images per step (default {ReconstructionConfig.batch_size})")
+    g.add_argument("--recon-lr", type=float, metavar="LR", help=f"learning rate of the rounding variables (default {ReconstructionConfig.weight_lr:g})")
+    g.add_argument("--recon-act-lr", type=float, metavar="LR", help=f"learning rate of the activation steps (default {ReconstructionConfig.act_lr:g})")
+    g.add_argument("--qdrop", type=float, nargs="?", const=0.5, metavar="P",
+                   help="QDrop: leave each activation unquantized with probability P while reconstructing (P default 0.5)")
 
 
 def _add_bad_image_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -194,6 +211,20 @@ def _check_output_path(path: Path | None, flag: str = "--json") -> None:
         raise ConfigError(f"{flag} {path}: {existing} is not a directory")
 
 
+_RECON_FLAGS = {"recon_images": "images", "recon_iters": "iters", "recon_batch_size": "batch_size",
+                "recon_lr": "weight_lr", "recon_act_lr": "act_lr", "qdrop": "drop_prob"}
+
+
+def _reconstruction_args(args: argparse.Namespace) -> dict:
+    """The QuantizeJob fields of the reconstruction flags given; a flag without --reconstruct is an error."""
+    given = {k: getattr(args, k) for k in _RECON_FLAGS if getattr(args, k, None) is not None}
+    reconstruct = getattr(args, "reconstruct", False)
+    if given and not reconstruct:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags} only apply with --reconstruct")
+    return {"reconstruct": reconstruct, **given}
+
+
 def _run_quantize(args: argparse.Namespace) -> int:
     from vitquant.evaluation import format_table, write_json
     from vitquant.evaluation.distributed import current_shard
@@ -201,6 +232,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     _check_output_path(args.json)
     _check_output_path(getattr(args, "save", None), "--save")
+    recon = _reconstruction_args(args)
     job = QuantizeJob(
         model=args.model,
         weights=args.weights,
@@ -226,6 +258,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         save=getattr(args, "save", None),
         device=getattr(args, "device", "cpu"),
         on_bad_image=getattr(args, "on_bad_image", "error"),
+        **recon,
         progress=not args.quiet,
     )
     report = run_quantize(job)
@@ -251,6 +284,12 @@ def _run_quantize(args: argparse.Namespace) -> int:
     if nonlinear:
         counts = "; ".join(f"{op}: " + ", ".join(f"{f} x{n}" for f, n in fam.items()) for op, fam in nonlinear["counts"].items())
         print(f"non-linear kernels ({cfg['nonlinear']}, rule {nonlinear['rule']}): {counts}")
+    if report.get("reconstruction"):
+        r = report["reconstruction"]
+        before = sum(b["loss_before"] for b in r["blocks"])
+        after = sum(b["loss_after"] for b in r["blocks"])
+        print(f"reconstruction: {len(r['blocks'])} blocks on {r['images']} calibration images, "
+              f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; block output error {before:.4g} -> {after:.4g} (sum)")
     if report.get("saved"):
         print(f"integer program ({report['saved']['ops']} ops, {report['saved']['bytes'] / 1e6:.2f} MB) written to {report['saved']['path']}")
     if getattr(args, "levels", False):

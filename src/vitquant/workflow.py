@@ -1,7 +1,8 @@
 """The main job, as a library function: quantize a timm model and measure what it cost.
 
-model + calibration images -> quantized model -> report (FP and quantized accuracy on the same
-images, fidelity, timings, levels used). The CLI and the benchmarks call :func:`run_quantize`.
+model + calibration images -> quantized model [-> block reconstruction on the calibration images]
+-> report (FP and quantized accuracy on the same images, fidelity, timings, levels used). The CLI
+and the benchmarks call :func:`run_quantize`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from vitquant.paths import default_sample_images, source_commit
 from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
 from vitquant.recipes import build_qconfig, normalize_recipe_name
+from vitquant.reconstruction import ReconstructionConfig, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,13 @@ class QuantizeJob:
     save: Path | None = None  # write the integer program (.vqm) of the calibrated model
     device: str = "cpu"  # cpu | cuda (under torchrun: this process's GPU, cuda:LOCAL_RANK)
     on_bad_image: str = "error"  # error | skip: what an undecodable image does
+    reconstruct: bool = False  # block reconstruction after calibration, on the calibration images
+    recon_images: int | None = None  # None: every calibration image, up to 1024
+    recon_iters: int = ReconstructionConfig.iters
+    recon_batch_size: int = ReconstructionConfig.batch_size
+    recon_lr: float = ReconstructionConfig.weight_lr  # rounding variables (AdaRound)
+    recon_act_lr: float = ReconstructionConfig.act_lr  # activation steps (LSQ)
+    qdrop: float = 0.0  # QDrop's probability of leaving an activation unquantized while reconstructing
     progress: bool = True
 
     def validate(self) -> None:
@@ -100,6 +109,15 @@ class QuantizeJob:
         check_bad_image_policy(self.on_bad_image)
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.reconstruct:
+            self.reconstruction().image_count(self.calib_size)
+
+    def reconstruction(self) -> ReconstructionConfig:
+        """The reconstruction settings (validated; seeded with the job's seed)."""
+        return ReconstructionConfig(
+            images=self.recon_images, iters=self.recon_iters, batch_size=self.recon_batch_size,
+            weight_lr=self.recon_lr, act_lr=self.recon_act_lr, drop_prob=self.qdrop, seed=self.seed,
+        )
 
     def qconfig(self) -> QConfig:
         qconfig = build_qconfig(
@@ -222,6 +240,12 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
         result = quantize_model(model, calib_images, qconfig, progress=job.progress and shard.is_main)
         log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
+        recon = None
+        if job.reconstruct:
+            settings = job.reconstruction()
+            log.info("reconstructing every block on %d calibration images ...", settings.image_count(len(calib_images)))
+            recon = reconstruct(model, result, calib_images, settings, progress=job.progress and shard.is_main)
+            result = recon.calibration
         if shard.sharded:
             fingerprint = model_fingerprint(result.model, result.qconfig.to_dict())
             check_same_everywhere(fingerprint, shard, "the calibrated model")
@@ -257,6 +281,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
         "saved": saved,
         "skipped_images": {"calibration": list(calib.skipped), "evaluation": evaluation.skipped},
+        "reconstruction": None if recon is None else recon.to_dict(),
     }
     return build_report(
         config=config,

@@ -3,10 +3,23 @@
 from vitquant.calibration.pipeline import (
     CalibrationResult,
     PointReport,
+    calibration_batches,
     check_images,
+    count_levels,
     fingerprint_points,
+    point_reports,
     prepare,
     quantize_model,
 )
 
-__all__ = ["CalibrationResult", "PointReport", "check_images", "fingerprint_points", "prepare", "quantize_model"]
+__all__ = [
+    "CalibrationResult",
+    "PointReport",
+    "calibration_batches",
+    "check_images",
+    "count_levels",
+    "fingerprint_points",
+    "point_reports",
+    "prepare",
+    "quantize_model",
+]

@@ -211,6 +211,25 @@ def _point_reports(model: nn.Module, evaluations: dict[str, tuple[int, float]]) 
     return reports
 
 
+def point_reports(model: nn.Module, evaluations: dict[str, tuple[int, float]]) -> list[PointReport]:
+    """Every quantized weight, then every fitted activation point, with ``evaluations``
+    (name -> (candidates scored, search seconds)) and the levels last counted (:func:`count_levels`)."""
+    return _weight_reports(model, evaluations) + _point_reports(model, evaluations)
+
+
+def count_levels(qmodel: nn.Module, batches: Sequence[torch.Tensor], what: str = "calibration images") -> None:
+    """Count the codes every point uses on ``batches`` (``QuantPoint.levels_used``); NaN/inf logits raise."""
+    set_level_tracking(qmodel, True)
+    try:
+        with torch.no_grad():
+            for images in batches:
+                logits = qmodel(images)
+                if not torch.isfinite(logits).all():
+                    raise NumericalError(f"the quantized model produced NaN/inf logits on the {what}")
+    finally:
+        set_level_tracking(qmodel, False)
+
+
 def fingerprint_points(model: nn.Module) -> list[tuple[str, Any, list[int] | None]]:
     """(name, fitted quantizer, histogram of codes used) for every weight and activation point."""
     rows: list[tuple[str, Any, list[int] | None]] = []
@@ -539,16 +558,10 @@ def quantize_model(
     seconds = time.perf_counter() - start
 
     t = time.perf_counter()
-    set_level_tracking(qmodel, True)
-    with torch.no_grad():
-        for images in batches:
-            logits = qmodel(images)
-            if not torch.isfinite(logits).all():
-                raise NumericalError("the quantized model produced NaN/inf logits on the calibration images")
-    set_level_tracking(qmodel, False)
+    count_levels(qmodel, batches)
     stages["level_count"] = time.perf_counter() - t
 
-    points = _weight_reports(qmodel, fitter.evaluations) + _point_reports(qmodel, fitter.evaluations)
+    points = point_reports(qmodel, fitter.evaluations)
     images_total = sum(int(b.shape[0]) for b in batches)
     log.info("calibrated %d points on %d images in %.2f s (%d passes)", len(points), images_total, seconds, fitter.passes)
     return CalibrationResult(

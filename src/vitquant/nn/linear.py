@@ -1,7 +1,9 @@
 """Linear and Conv2d layers with a quantized input point and per-output-channel quantized weights.
 
 The weight is fake-quantized once (:meth:`quantize_weight`) and the result cached, not at every forward.
-The float weight is kept: reparameterization edits it and quantizes again.
+The float weight is kept: reparameterization edits it and quantizes again. Block reconstruction
+(:mod:`vitquant.reconstruction`) swaps the cached weight for a trainable source
+(:meth:`set_weight_rounding`, learned rounding) while it trains, then installs the hardened result.
 
 A Linear may receive its input shifted by a constant, ``x + c`` (AdaLog's post-GELU shift, set by
 :mod:`vitquant.reparam.activation_shift`). The layer keeps ``c`` as ``input_shift`` and computes the
@@ -33,6 +35,7 @@ class WeightQuantMixin:
         self.weight_spec = None
         self.weight_quantizer = None
         self.register_buffer("weight_fq", None)  # type: ignore[attr-defined]
+        self.weight_rounding: nn.Module | None = None  # a trainable weight source (reconstruction only)
         self.mode = Mode.FLOAT
         self.layer_name = ""
         self.input_shift = 0.0  # the input arrives as x + input_shift (see the module docstring)
@@ -48,6 +51,11 @@ class WeightQuantMixin:
         with torch.no_grad():
             self.weight_quantizer = quantizer
             self.weight_fq = quantizer(self.weight.detach())
+
+    def set_weight_rounding(self, rounding: nn.Module | None) -> None:
+        """Take the quantized weight from ``rounding()`` (a trainable module, e.g.
+        :class:`~vitquant.quantizers.trainable.AdaRoundWeight`) instead of the cache; None: the cache."""
+        self.weight_rounding = rounding
 
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The layer's operation on input ``x`` with ``weight`` (its own, or a weight-search candidate)."""
@@ -74,6 +82,8 @@ class WeightQuantMixin:
     def effective_weight(self) -> torch.Tensor:
         if self.mode is Mode.FLOAT:
             return self.weight
+        if self.weight_rounding is not None:
+            return self.weight_rounding()
         if self.weight_fq is None:
             raise RuntimeError(f"weights of layer {self.layer_name} are not quantized")
         return self.weight_fq

@@ -46,6 +46,9 @@ class Quantizer(nn.Module, abc.ABC):
     bits: int
     kind: ClassVar[str] = ""  # registry name of its state (see :func:`register_quantizer`)
     integer_form: ClassVar[bool] = True  # whether :meth:`to_integer` exists (else it raises NotIntegerError)
+    #: whether block reconstruction trains it (:mod:`vitquant.quantizers.trainable`); False: it stays frozen
+    #: and passes gradients straight through
+    trainable: ClassVar[bool] = False
     meta_types: ClassVar[dict[str, type]] = {"bits": int}  # plain options in the state, by exact type
     tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {}  # fitted buffers in the state, by dtype
 

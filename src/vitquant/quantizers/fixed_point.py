@@ -13,7 +13,8 @@ Integer form: mantissa q, no shift, scale S. ``|q| < 2^31``, so the float64 prod
 rounds once to float32, as ``forward``'s product does.
 
 The data-only fit (:class:`FixedPointSpec`) is ``S = margin · max|x| / T`` with ``margin`` 2 by
-default: room for inputs twice as large as any seen in calibration before the clamp acts.
+default: room for inputs twice as large as any seen in calibration before the clamp acts. It does not
+train in block reconstruction (``trainable`` False: 24 bits leave nothing for a learned step to gain).
 """
 
 from __future__ import annotations

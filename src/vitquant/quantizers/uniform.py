@@ -36,6 +36,7 @@ class UniformQuantizer(Quantizer):
     """
 
     kind: ClassVar[str] = "uniform"
+    trainable: ClassVar[bool] = True  # LSQ step (activations), AdaRound rounding (weights)
     tensor_dtypes: ClassVar[dict[str, torch.dtype]] = {"scale": torch.float32, "zero_point": torch.int64}
 
     def __init__(self, bits: int, scale: torch.Tensor, zero_point: torch.Tensor) -> None:

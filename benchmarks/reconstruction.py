@@ -1,0 +1,116 @@
+"""Benchmark: calibration alone against calibration + block reconstruction, on the real DeiT-Tiny.
+
+Every row calibrates on the same calibration images (seed 0); reconstruction trains on those same
+calibration images (never on an evaluated one); all rows and FP are evaluated on the same other
+images. Writes ``results/reconstruction_<model>.{md,json}`` with top-1/top-5, agreement with FP, mean
+KL, the seconds of each stage (calibration, reconstruction; image decoding excluded), the per-block
+errors before/after and the reconstruction settings, plus the commit.
+
+    python benchmarks/reconstruction.py                                  # the README table
+    python benchmarks/reconstruction.py --bits 4 --recon-iters 100 --eval-size 300
+
+A row is a recipe name, optionally with options as in ``benchmarks/recipes.py``:
+``bitlog2-half-17+post_gelu=adalog``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from attention_schemes import _accuracy, _logits, add_data_args, environment, run_and_write
+from recipes import load_eval, measure_row, parse_row
+from vitquant.evaluation import FidelityMeter
+from vitquant.models import resolve_model_name
+from vitquant.recipes import build_qconfig
+from vitquant.reconstruction import ReconstructionConfig, reconstruct
+
+log = logging.getLogger("vitquant.benchmark")
+DEFAULT_ROWS = ["bitlog2-half-17+post_gelu=adalog"]
+
+
+def reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, name, bits) -> dict:
+    """Reconstruct a calibrated model and evaluate it: the row."""
+    log.info("W%dA%d %s + reconstruction ...", bits, bits, name)
+    result = reconstruct(model, calibrated, calib_images, settings, progress=True)
+    q_logits, _ = _logits(result.model, batches)
+    meter = _accuracy(q_logits, labels)
+    fidelity = FidelityMeter()
+    fidelity.update(fp_logits, q_logits)
+    log.info("W%dA%d %s + reconstruction: top-1 %.2f %%, %.1f s", bits, bits, name, meter.top1, result.seconds)
+    return {
+        "row": f"{name} + reconstruction", "bits": bits, "top1": meter.top1, "top5": meter.top5,
+        "agreement": fidelity.top1_agreement, "mean_kl": fidelity.mean_kl,
+        "calibration_seconds": calibrated.seconds, "reconstruction_seconds": result.seconds,
+        "reconstruction": result.to_dict(), "qconfig": calibrated.qconfig.to_dict(),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    model, weights_source, data, calib_images, batches, labels, fp_logits = load_eval(args)
+    fp = _accuracy(fp_logits, labels)
+    settings = ReconstructionConfig(images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
+                                    drop_prob=args.qdrop, seed=args.seed)
+    rows = [{"row": "FP32", "bits": None, "top1": fp.top1, "top5": fp.top5, "agreement": 100.0, "mean_kl": 0.0,
+             "calibration_seconds": None, "reconstruction_seconds": None, "qconfig": None}]
+    for bits in args.bits:
+        for spec in args.rows:
+            recipe, options = parse_row(spec)
+            qconfig = build_qconfig(recipe, bits, bits, **options)
+            row, calibrated = measure_row(model, calib_images, batches, labels, fp_logits, qconfig, spec, bits)
+            rows.append({**row, "reconstruction_seconds": None})
+            rows.append(reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, spec, bits))
+    return {
+        "command": "python benchmarks/reconstruction.py " + " ".join(sys.argv[1:]),
+        "model": resolve_model_name(args.model), "weights": weights_source,
+        "calibration_images": len(calib_images), "reconstruction_images": settings.image_count(len(calib_images)),
+        "reconstruction_images_are": "the calibration images (none of them is evaluated)",
+        "evaluation_images": len(labels), "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed,
+        "settings": settings.to_dict(), **environment(), "rows": rows,
+    }
+
+
+def to_markdown(res: dict) -> str:
+    s = res["settings"]
+    lines = [
+        f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), reconstructed on "
+        f"{res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, batch "
+        f"{s['batch_size']}, QDrop {s['drop_prob']}), evaluated on {res['evaluation_images']} other images of "
+        f"`{Path(res['eval_dir']).name}`; {res['threads']} CPU threads, torch {res['torch']}; "
+        f"commit {str(res.get('commit'))[:10]}{' (uncommitted changes)' if res.get('dirty') else ''}.",
+        "",
+        "| W/A | recipe | top-1 % | top-5 % | agreement % | mean KL | calib s | recon s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        bits = "FP32" if r["bits"] is None else f"W{r['bits']}A{r['bits']}"
+        name = "-" if r["bits"] is None else r["row"]
+        calib = "-" if r["calibration_seconds"] is None else f"{r['calibration_seconds']:.1f}"
+        recon = "-" if r["reconstruction_seconds"] is None else f"{r['reconstruction_seconds']:.1f}"
+        lines.append(f"| {bits} | {name} | {r['top1']:.2f} | {r['top5']:.2f} | {r['agreement']:.2f} | "
+                     f"{r['mean_kl']:.4f} | {calib} | {recon} |")
+    lines += ["", f"Command: `{res['command'].strip()}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.set_defaults(calib_size=128)
+    p.add_argument("--bits", type=int, nargs="+", default=[4, 3], help="W/A bit widths (default 4 3)")
+    p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
+    p.add_argument("--recon-images", type=int, help="default: every calibration image")
+    p.add_argument("--recon-iters", type=int, default=ReconstructionConfig.iters)
+    p.add_argument("--recon-batch-size", type=int, default=ReconstructionConfig.batch_size)
+    p.add_argument("--qdrop", type=float, default=0.0)
+    args = p.parse_args(argv)
+    return run_and_write(args, run, to_markdown, f"reconstruction_{args.model}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""One block's reconstruction: train its quantizers so its output matches the full-precision block.
+
+    min  ‖ f̂(x̂; V, Δ) - f(x) ‖²  +  λ Σ_layers Σ 1 - |2h(V) - 1|^β          (BRECQ, Li et al., ICLR 2021)
+
+``x̂`` is the block's input in the quantized model (the blocks before it already reconstructed),
+``f(x)`` the full-precision block's output on the full-precision input; the squared error is summed
+over channels and averaged over tokens and images (BRECQ's). V are the weights' rounding variables
+(:class:`~vitquant.quantizers.trainable.AdaRoundWeight`), Δ the steps of the trainable activation
+quantizers (:class:`~vitquant.quantizers.trainable.LSQActivation`); the rest stay frozen.
+
+:class:`TrainableBlock` is the explicit swap: ``install`` replaces the block's fitted quantizers with
+trainable stand-ins (and runs its integer non-linear kernels as their float ops, which have a
+gradient), ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vitquant.nn.linear import WeightQuantMixin
+from vitquant.nn.nonlinear import QuantNonLinear
+from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.quantizers.trainable import AdaRoundWeight, LSQActivation, trainable_activation
+from vitquant.quantizers.uniform import UniformQuantizer
+from vitquant.reconstruction.config import ReconstructionConfig
+
+CHUNK = 64  # images per forward when measuring a block's error over all images
+
+
+def trainable_layers(block: nn.Module) -> list[WeightQuantMixin]:
+    """The block's quantized layers whose weights can learn their rounding (uniform weight quantizers)."""
+    return [
+        m for m in block.modules()
+        if isinstance(m, WeightQuantMixin) and m.mode is Mode.QUANTIZE
+        and isinstance(m.weight_quantizer, UniformQuantizer) and m.weight_quantizer.trainable
+    ]
+
+
+def _activation_points(block: nn.Module) -> list[QuantPoint]:
+    """Fitted points that quantize in the block's forward (kernel input points excluded: the kernels
+    run as float ops while the block trains)."""
+    kernel_points = {id(m) for k in block.modules() if isinstance(k, QuantNonLinear) for m in k.slots.modules()}
+    return [
+        m for m in block.modules()
+        if isinstance(m, QuantPoint) and id(m) not in kernel_points and m.quantizer is not None and m.mode is Mode.QUANTIZE
+    ]
+
+
+class TrainableBlock:
+    """The swap of one block's quantizers for trainable ones (see the module docstring)."""
+
+    def __init__(self, block: nn.Module, drop_prob: float = 0.0, generator: torch.Generator | None = None) -> None:
+        self.block = block
+        self.layers = trainable_layers(block)
+        self.points = _activation_points(block)
+        self.kernels = [m for m in block.modules() if isinstance(m, QuantNonLinear) and m.active is not None]
+        self.saved_points = [p.quantizer for p in self.points]
+        self.saved_kernels = [m.active for m in self.kernels]
+        self.roundings = [AdaRoundWeight(layer.weight_quantizer, layer.weight) for layer in self.layers]  # type: ignore[arg-type]
+        self.activations = [trainable_activation(p.quantizer, drop_prob, generator) for p in self.points]  # type: ignore[arg-type]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [r.alpha for r in self.roundings]
+
+    def step_parameters(self) -> list[nn.Parameter]:
+        return [a.scale for a in self.activations if isinstance(a, LSQActivation)]
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        return torch.stack([r.regularizer(beta) for r in self.roundings]).sum() if self.roundings else torch.zeros(())
+
+    def install(self) -> None:
+        for layer, rounding in zip(self.layers, self.roundings):
+            layer.set_weight_rounding(rounding)
+        for point, activation in zip(self.points, self.activations):
+            point.quantizer = activation  # type: ignore[assignment]
+        for kernel in self.kernels:
+            kernel.activate(None)
+
+    def harden(self) -> None:
+        """Fitted quantizers with the learned values: each weight on its learned grid point, each
+        trained step in a UniformQuantizer."""
+        for layer, rounding in zip(self.layers, self.roundings):
+            weight, quantizer = rounding.harden()
+            with torch.no_grad():
+                layer.weight.copy_(weight.to(layer.weight.dtype))
+            layer.set_weight_rounding(None)
+            layer.set_weight_quantizer(quantizer)
+        for point, activation in zip(self.points, self.activations):
+            point.set_quantizer(activation.harden())
+        self._restore_kernels()
+
+    def restore(self) -> None:
+        """Back to the quantizers the block had before :meth:`install` (nothing learned is kept)."""
+        for layer in self.layers:
+            layer.set_weight_rounding(None)
+        for point, quantizer in zip(self.points, self.saved_points):
+            point.quantizer = quantizer
+        self._restore_kernels()
+
+    def _restore_kernels(self) -> None:
+        for kernel, family in zip(self.kernels, self.saved_kernels):
+            kernel.activate(family)
+
+
+@dataclass(frozen=True)
+class BlockReport:
+    """One block: its output error before and after (on every reconstruction image), what trained, time."""
+
+    name: str
+    loss_before: float
+    loss_after: float
+    layers: int  # weights with learned rounding
+    steps: int  # activation steps trained (LSQ)
+    frozen: int  # activation quantizers kept as calibrated
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def block_error(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The reconstruction error: squared error summed over channels, mean over tokens and images."""
+    total = 0.0
+    with torch.no_grad():
+        for x, y in zip(inputs.split(CHUNK), targets.split(CHUNK)):
+            total += float(((block(x) - y) ** 2).sum(-1).mean()) * x.shape[0]
+    return total / inputs.shape[0]
+
+
+def reconstruct_block(
+    block: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    config: ReconstructionConfig,
+    seed: int,
+    name: str = "block",
+    progress: bool = False,
+) -> BlockReport:
+    """Train ``block``'s trainable quantizers on (``inputs``, ``targets``) and harden them (in place)."""
+    start = time.perf_counter()
+    before = block_error(block, inputs, targets)
+    generator = torch.Generator().manual_seed(seed)
+    swap = TrainableBlock(block, config.drop_prob, generator)
+    swap.install()
+    try:
+        _train(swap, inputs, targets, config, generator, name, progress)
+    except BaseException:
+        swap.restore()
+        raise
+    swap.harden()
+    after = block_error(block, inputs, targets)
+    frozen = len(swap.activations) - len(swap.step_parameters())
+    return BlockReport(name, before, after, len(swap.layers), len(swap.step_parameters()), frozen, time.perf_counter() - start)
+
+
+def _train(
+    swap: TrainableBlock, inputs: torch.Tensor, targets: torch.Tensor, config: ReconstructionConfig,
+    generator: torch.Generator, name: str, progress: bool,
+) -> None:
+    """Adam on V (constant rate) and Δ (cosine to 0), ``config.iters`` steps of random batches."""
+    optimizers = []
+    if swap.weight_parameters():
+        optimizers.append(torch.optim.Adam(swap.weight_parameters(), lr=config.weight_lr))
+    steps = swap.step_parameters()
+    schedule = None
+    if steps:
+        act_opt = torch.optim.Adam(steps, lr=config.act_lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(act_opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
+        optimizers.append(act_opt)
+    modules = [*swap.roundings, *swap.activations]
+    for m in modules:
+        m.train()
+    n, batch = inputs.shape[0], min(config.batch_size, inputs.shape[0])
+    bar = tqdm(range(config.iters), desc=f"reconstructing {name}", unit="step", disable=not progress, leave=False)
+    with torch.enable_grad():
+        for step in bar:
+            index = torch.randperm(n, generator=generator)[:batch]
+            rec = ((swap.block(inputs[index]) - targets[index]) ** 2).sum(-1).mean()
+            beta = config.beta_at(step)
+            loss = rec if beta is None or config.reg_weight == 0 else rec + config.reg_weight * swap.regularizer(beta)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            if schedule is not None:
+                schedule.step()
+            if progress and (step % 10 == 0 or step == config.iters - 1):
+                bar.set_postfix(rec=f"{float(rec):.4g}", loss=f"{float(loss):.4g}")
+    for m in modules:
+        m.eval()

@@ -1,0 +1,110 @@
+"""Block reconstruction as a pipeline stage after calibration: calibrated model -> reconstructed model.
+
+The model adapter names the units (the transformer blocks, Swin's patch merging); they are
+reconstructed one by one, in order (:func:`~vitquant.reconstruction.block.reconstruct_block`):
+
+1. the first unit's input on the reconstruction images, in the quantized model (everything before it
+   quantized) and in the full-precision model;
+2. per unit: the full-precision unit's output is the target; the quantized unit is trained on its
+   quantized input, hardened, and its output becomes the next unit's quantized input (so each block
+   sees the errors of the blocks before it, already reconstructed);
+3. the levels every point uses are counted again on the reconstruction images.
+
+Layers outside the units (patch embedding, classifier head) keep their calibrated quantizers. The
+calibrated model passed in is left untouched: the result holds a reconstructed copy, still a
+"calibrated model" (ordinary fitted quantizers, level reports, integer conversion).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitquant.calibration.passes import UnitCache
+from vitquant.calibration.pipeline import CalibrationResult, check_images, count_levels, point_reports
+from vitquant.errors import ConfigError
+from vitquant.models.adapters import adapter_for
+from vitquant.reconstruction.block import CHUNK, BlockReport, reconstruct_block, trainable_layers
+from vitquant.reconstruction.config import ReconstructionConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconstructionResult:
+    """The reconstructed model, its calibration result brought up to date (levels), and per block the
+    error before and after."""
+
+    model: nn.Module
+    calibration: CalibrationResult  # of the reconstructed model: same config, points re-counted
+    config: ReconstructionConfig
+    images: int
+    seconds: float
+    blocks: list[BlockReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.config.to_dict(),
+            "images": self.images,
+            "seconds": self.seconds,
+            "blocks": [b.to_dict() for b in self.blocks],
+        }
+
+
+def _unit_inputs(model: nn.Module, units: list[tuple[str, nn.Module]], images: torch.Tensor) -> torch.Tensor:
+    """The first unit's input for every image (forwards stopped there)."""
+    recorded = UnitCache(units).run(model, list(images.split(CHUNK)), units[0][1], "input")
+    return torch.cat([args[0] for args in recorded])
+
+
+def _forward(unit: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([unit(x) for x in inputs.split(CHUNK)])
+
+
+def reconstruct(
+    float_model: nn.Module,
+    calibrated: CalibrationResult,
+    images: torch.Tensor,
+    config: ReconstructionConfig | None = None,
+    progress: bool = False,
+) -> ReconstructionResult:
+    """Reconstruct every unit of a copy of ``calibrated.model`` against ``float_model`` on ``images``
+    (the first ``config.image_count`` of them; use calibration images, never evaluation ones)."""
+    config = config or ReconstructionConfig()
+    check_images(images, "reconstruction images")
+    images = images[: config.image_count(images.shape[0])]
+    start = time.perf_counter()
+    qmodel = copy.deepcopy(calibrated.model).eval()
+    qmodel.requires_grad_(False)
+    float_model = float_model.eval()
+    q_units = adapter_for(qmodel).units(qmodel)
+    f_units = adapter_for(float_model).units(float_model)
+    if not any(trainable_layers(unit) for _, unit in q_units):
+        raise ConfigError("reconstruction needs uniformly quantized weights in the model's blocks; this model has none")
+    if [n for n, _ in q_units] != [n for n, _ in f_units]:
+        raise ConfigError("the float model's blocks do not match the calibrated model's")
+
+    x_q = _unit_inputs(qmodel, q_units, images)
+    x_f = _unit_inputs(float_model, f_units, images)
+    blocks = []
+    for i, ((name, q_unit), (_, f_unit)) in enumerate(zip(q_units, f_units)):
+        target = _forward(f_unit, x_f)
+        report = reconstruct_block(q_unit, x_q, target, config, config.seed + i, name, progress)
+        log.info("%s: error %.4g -> %.4g (%.1f s)", name, report.loss_before, report.loss_after, report.seconds)
+        blocks.append(report)
+        x_q, x_f = _forward(q_unit, x_q), target
+    del x_q, x_f
+
+    count_levels(qmodel, list(images.split(CHUNK)), "reconstruction images")
+    evaluations = {p.name: (p.evaluations, p.search_seconds) for p in calibrated.points}
+    seconds = time.perf_counter() - start
+    log.info("reconstructed %d blocks on %d images in %.1f s", len(blocks), images.shape[0], seconds)
+    refreshed = replace(calibrated, model=qmodel, points=point_reports(qmodel, evaluations))
+    return ReconstructionResult(qmodel, refreshed, config, int(images.shape[0]), seconds, blocks)

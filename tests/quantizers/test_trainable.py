@@ -1,0 +1,190 @@
+"""Trainable quantizers: which kinds train, STE and LSQ gradients against their formulas, AdaRound's
+soft weight against finite differences, hardening (at most one step from nearest rounding), QDrop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitquant.errors import ConfigError
+from vitquant.quantizers import (
+    AdaLogQuantizer,
+    BitLog2Quantizer,
+    FixedPointQuantizer,
+    LogSqrt2Quantizer,
+    TwinGeluQuantizer,
+    TwinSoftmaxQuantizer,
+    UniformQuantizer,
+    quantizer_from_state,
+    quantizer_kinds,
+)
+from vitquant.quantizers.trainable import (
+    AdaRoundWeight,
+    FrozenActivation,
+    LSQActivation,
+    round_ste,
+    trainable_activation,
+)
+
+
+def test_every_kind_declares_whether_it_trains():
+    declared = {cls.kind: cls.trainable for cls in (
+        UniformQuantizer, BitLog2Quantizer, LogSqrt2Quantizer, AdaLogQuantizer, TwinSoftmaxQuantizer, TwinGeluQuantizer,
+        FixedPointQuantizer)}
+    assert set(declared) == set(quantizer_kinds())  # a new kind must be added here
+    assert declared == {"uniform": True, "bitlog2": False, "log_sqrt2": False, "adalog": False,
+                        "twin_softmax": False, "twin_gelu": False, "fixed_point": False}
+
+
+def test_trainable_activation_picks_lsq_for_uniform_and_frozen_otherwise():
+    assert isinstance(trainable_activation(UniformQuantizer(4, torch.tensor(0.1), torch.tensor(3.0))), LSQActivation)
+    log_q = LogSqrt2Quantizer(4, 17, torch.tensor(1.0))
+    assert isinstance(trainable_activation(log_q), FrozenActivation)
+
+
+def test_round_ste_rounds_forward_and_passes_gradient():
+    x = torch.tensor([-1.7, -0.2, 0.4, 2.6], requires_grad=True)
+    y = round_ste(x)
+    assert torch.equal(y, torch.round(x.detach()))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(4))
+
+
+def _uniform(scale=0.25, zero=3.0, bits=3) -> UniformQuantizer:
+    return UniformQuantizer(bits, torch.tensor(scale), torch.tensor(zero))
+
+
+def test_lsq_starts_as_the_fitted_quantizer():
+    q = _uniform()
+    x = torch.linspace(-2, 2, 1001) + 0.0123  # no ties
+    assert torch.allclose(LSQActivation(q)(x), q(x), atol=1e-6)
+
+
+def test_lsq_step_gradient_is_the_lsq_formula():
+    """∂x̂/∂Δ = round(x/Δ) - x/Δ for x/Δ inside [-z, qmax - z], the bound outside; ∂x̂/∂x = 1 inside, 0 outside."""
+    q = _uniform(scale=0.25, zero=3.0, bits=3)  # codes -3..4: range [-0.75, 1.0]
+    x = torch.tensor([-3.0, -0.61, -0.1, 0.05, 0.33, 0.9, 1.07, 2.0], requires_grad=True)
+    lsq = LSQActivation(q)
+    for i in range(len(x)):
+        lsq.zero_grad()
+        x.grad = None
+        lsq(x)[i].backward()
+        v = float(x[i].detach()) / 0.25
+        inside = -3 <= v <= 4
+        expected = (round(v) - v) if inside else (-3.0 if v < 0 else 4.0)
+        assert float(lsq.scale.grad) == pytest.approx(expected, abs=1e-5)
+        assert float(x.grad[i]) == (1.0 if inside else 0.0)
+
+
+def test_lsq_hardens_to_a_uniform_quantizer_with_the_learned_step():
+    lsq = LSQActivation(_uniform())
+    with torch.no_grad():
+        lsq.scale.mul_(1.5)
+    hard = lsq.harden()
+    assert isinstance(hard, UniformQuantizer) and float(hard.scale) == pytest.approx(0.375)
+    x = torch.linspace(-2, 2, 999) + 0.001
+    assert torch.allclose(hard(x), lsq(x), atol=1e-6)
+    again = quantizer_from_state(hard.state())
+    assert torch.equal(again(x), hard(x)) and again.max_levels == 8
+
+
+def test_frozen_activation_quantizes_and_passes_the_gradient_straight_through():
+    q = LogSqrt2Quantizer(4, 17, torch.tensor(1.0))
+    x = torch.rand(200, requires_grad=True)
+    frozen = FrozenActivation(q)
+    y = frozen(x)
+    assert torch.equal(y.detach(), q(x.detach()))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(200))
+    assert frozen.harden() is q and not list(frozen.parameters())
+
+
+def _weight_case(seed: int = 0) -> tuple[torch.Tensor, UniformQuantizer]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 20, generator=g)
+    scale = (w.abs().amax(dim=1, keepdim=True) / 6).clamp(min=1e-3)
+    return w, UniformQuantizer(4, scale, torch.full((6, 1), 7.0))
+
+
+def test_adaround_starts_at_the_float_weight_inside_the_range():
+    w, q = _weight_case()
+    rounding = AdaRoundWeight(q, w)
+    inside = ((w * q.inv_scale).floor() >= q.code_min) & ((w * q.inv_scale).floor() + 1 <= q.code_max)
+    assert torch.allclose(rounding()[inside], w[inside], atol=1e-5)
+
+
+def test_adaround_initial_hard_rounding_is_round_to_nearest():
+    w, q = _weight_case()
+    rounding = AdaRoundWeight(q, w)
+    assert torch.equal(rounding.hard_codes(), q._signed_codes(w.clone()))
+
+
+def test_adaround_soft_weight_gradient_matches_finite_differences():
+    """Ŵ(V) is smooth where h is not clamped: autograd equals central differences (float64)."""
+    w, q = _weight_case(1)
+    rounding = AdaRoundWeight(q, w).double()
+    with torch.no_grad():
+        rounding.alpha.copy_(torch.randn(rounding.alpha.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    weights = torch.randn(w.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (rounding() * weights).sum().backward()
+    grad = rounding.alpha.grad.clone()
+    eps = 1e-6
+    alpha = rounding.alpha.detach().clone()
+    for index in [(0, 0), (1, 5), (2, 7), (3, 19), (5, 11)]:
+        with torch.no_grad():
+            rounding.alpha[index] = alpha[index] + eps
+            up = float((rounding() * weights).sum())
+            rounding.alpha[index] = alpha[index] - eps
+            down = float((rounding() * weights).sum())
+            rounding.alpha[index] = alpha[index]
+        assert grad[index].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def test_adaround_regularizer_gradient_matches_finite_differences_and_vanishes_at_0_and_1():
+    w, q = _weight_case()
+    rounding = AdaRoundWeight(q, w).double()
+    beta = 4.0
+    rounding.regularizer(beta).backward()
+    grad = rounding.alpha.grad.clone()
+    eps = 1e-6
+    index = (2, 3)
+    with torch.no_grad():
+        a = float(rounding.alpha[index])
+        rounding.alpha[index] = a + eps
+        up = float(rounding.regularizer(beta))
+        rounding.alpha[index] = a - eps
+        down = float(rounding.regularizer(beta))
+        rounding.alpha[index] = a
+    assert grad[index].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5)
+    with torch.no_grad():
+        rounding.alpha.copy_(torch.where(rounding.alpha >= 0, 10.0, -10.0))  # h clamped to exactly 0 / 1
+    assert float(rounding.regularizer(beta).detach()) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hardened_codes_are_within_one_step_of_nearest_and_reproduced_by_the_quantizer(seed):
+    w, q = _weight_case(seed)
+    rounding = AdaRoundWeight(q, w)
+    with torch.no_grad():  # any learned state
+        rounding.alpha.copy_(torch.randn(rounding.alpha.shape, generator=torch.Generator().manual_seed(seed + 10)) * 3)
+    hard_weight, quantizer = rounding.harden()
+    codes = rounding.hard_codes()
+    nearest = q._signed_codes(w.clone())
+    assert (codes - nearest).abs().max() <= 1
+    assert (codes != nearest).any()  # the test does exercise rounding the other way
+    # the fitted quantizer gives back exactly the learned codes from the hardened weight
+    assert torch.equal(quantizer.to_integer(hard_weight).mantissa, codes.to(torch.int64))
+    assert torch.equal(quantizer(hard_weight), hard_weight)
+
+
+def test_qdrop_keeps_a_fraction_of_elements_at_full_precision_while_training():
+    q = _uniform(scale=0.3)
+    x = torch.linspace(-0.7, 0.95, 20_000) + 0.0017
+    lsq = LSQActivation(q, drop_prob=0.5, generator=torch.Generator().manual_seed(0))
+    y = lsq(x).detach()
+    kept = (y == x) & (q(x) != x)
+    assert 0.45 < kept.float().mean() / (q(x) != x).float().mean() < 0.55
+    lsq.eval()
+    assert torch.allclose(lsq(x), q(x), atol=1e-6)  # no dropping outside training
+    with pytest.raises(ConfigError, match="QDrop"):
+        LSQActivation(q, drop_prob=1.0)
