@@ -66,9 +66,18 @@ def round_shift(x: torch.Tensor, shift: torch.Tensor, arith: Arith) -> torch.Ten
 @register_op("requant", ("multiplier", "shift", "low", "high"))
 def requant(args, consts, attrs, ctx):
     """``clamp(round(x · m / 2^s), lo, hi)`` (ties to even): a new scale, and the code range of the next
-    quantizer."""
+    quantizer.
+
+    With the exact float GEMM (``ctx.gemm`` "float") the rounding runs in float64 instead:
+    ``round(x · (m·2^-s))`` is exact, because m·2^-s is m scaled by a power of two and |x·m| < 2^51
+    (checked at conversion), and ``torch.round`` rounds ties to even; the same integers, 2-3x faster
+    than the shifts (tested equal)."""
     a = ctx.arith
-    y = round_shift(args[0] * a.tensor(consts["multiplier"]), a.tensor(consts["shift"]), a)
+    if a.is_integer and ctx.gemm == "float":
+        ratio = consts["multiplier"].to(torch.float64) * torch.exp2(-consts["shift"].to(torch.float64))
+        y = torch.round(args[0].to(torch.float64) * ratio).to(torch.int64)
+    else:
+        y = round_shift(args[0] * a.tensor(consts["multiplier"]), a.tensor(consts["shift"]), a)
     return torch.clamp(y, min=a.tensor(consts["low"]), max=a.tensor(consts["high"]))
 
 
