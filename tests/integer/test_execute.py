@@ -9,7 +9,7 @@ import torch
 from vitquant.errors import ConfigError
 from vitquant.integer import ops as integer_ops
 from vitquant.integer.execute import IntegerModel, StrictModeError
-from vitquant.quantizers import AdaLogQuantizer, LogSqrt2Quantizer, TwinSoftmaxQuantizer
+from vitquant.quantizers import AdaLogQuantizer, LogSqrt2Quantizer, TwinSoftmaxQuantizer, UniformQuantizer
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer, parse_bitlog2
 
 from integer_cases import calibrated
@@ -92,7 +92,8 @@ def test_bitlog2_av_is_the_bitlog2_quantized_product():
     LogSqrt2Quantizer(3, 16, torch.tensor(0.5)),
     AdaLogQuantizer(4, torch.tensor([0.8, 1.0, 0.05]).reshape(3, 1, 1), torch.tensor([37.0, 19.0, 100.0]).reshape(3, 1, 1)),
     TwinSoftmaxQuantizer(4, torch.tensor([2.0, 0.0, 5.0]).reshape(3, 1, 1)),
-], ids=["sqrt2-17-head", "sqrt2-16-tensor", "adalog-head", "twin-head"])
+    UniformQuantizer(4, torch.tensor([0.07, 0.01, 0.2]).reshape(3, 1, 1), torch.tensor([0.0, 2.0, -1.0]).reshape(3, 1, 1)),
+], ids=["sqrt2-17-head", "sqrt2-16-tensor", "adalog-head", "twin-head", "uniform-head"])
 def test_table_av_is_the_quantized_product(quantizer):
     """Thresholds and integer levels reproduce the quantizer on every softmax integer y (scale 2^-12)
     exactly, and table_av equals Q(y)·Δ⁻¹ @ v in both backends."""

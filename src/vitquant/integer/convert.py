@@ -17,7 +17,7 @@ fake-quantized model computes in float:
 - LayerNorm, GELU and Softmax run their integer kernels (the calibrated model must have one active at
   every non-linear layer); q@kᵀ is an integer matmul per head; attn@v is an integer matmul (uniform
   attention quantizer) or, for BitLog2, shifted sums of v (:func:`~vitquant.integer.ops.bitlog2_av`);
-- attn@v for log√2, AdaLog and twin-uniform attention maps: the code of each softmax integer by
+- attn@v for log√2, AdaLog, twin-uniform and per-head uniform attention maps: the code of each softmax integer by
   comparisons with per-head thresholds, its level from a table of integers (the level's mantissa on one
   common shift), one integer matmul (:func:`level_table`, op ``table_av``);
 - the class token's logits are requantized per class onto one output scale (DeiT-distilled: the class
@@ -25,7 +25,8 @@ fake-quantized model computes in float:
 
 Accumulator bounds are derived from the code ranges and the worst case of the weights; anything that
 could reach 2^51 is rejected with :class:`~vitquant.errors.RangeError`. Formats without an integer
-path (AdaLog post-GELU, float non-linear ops or residual adds, average-pooled heads, register tokens) are refused with :class:`~vitquant.errors.ConfigError`.
+path (AdaLog post-GELU, float non-linear ops or residual adds, average-pooled heads, register tokens)
+are refused with :class:`~vitquant.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -335,23 +336,21 @@ def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v:
                       tokens: int) -> Value:
     point = attn.av.a_quant
     q = point.quantizer
-    tokens_bound = tokens  # sums over the model's tokens (the position embedding fixes their number)
+    # sums over the model's tokens (the position embedding fixes their number)
     if isinstance(q, BitLog2Quantizer):
         frac = -math.log2(float(probs.scale))
         if frac != round(frac):
             raise ConfigError(f"{hint}: BitLog2 needs a softmax output scale of 2^-f, got {float(probs.scale)}")
         divisor = q.divisor.double().reshape(-1).expand(heads).reshape(1, heads, 1, 1)
         int_max = q.scheme.int_max
-        return b.emit("bitlog2_av", [probs, v], hint, s_v / divisor, tokens_bound * int_max * v.bound,
+        return b.emit("bitlog2_av", [probs, v], hint, s_v / divisor, tokens * int_max * v.bound,
                       attrs={"int_max": int_max, "half": q.scheme.half, "frac_bits": int(frac)})
-    if isinstance(q, UniformQuantizer):
-        if q.scale.numel() != 1:
-            raise ConfigError(f"{hint}: a uniform attention quantizer must be per tensor for integer conversion")
+    if isinstance(q, UniformQuantizer) and q.scale.numel() == 1:
         p = b.requant_to_point(probs, point, None, f"{hint}.probs")
-        return b.emit("matmul", [p, v], hint, p.scale * s_v, tokens_bound * p.bound * v.bound)
-    if q.integer_form:  # log√2, AdaLog, twin-uniform: thresholds and a table of integer levels
+        return b.emit("matmul", [p, v], hint, p.scale * s_v, tokens * p.bound * v.bound)
+    if q.integer_form:  # log√2, AdaLog, twin-uniform, per-head uniform: thresholds and a table of levels
         thresholds, levels, shift, scale = level_table(q, heads, float(probs.scale), probs.bound, hint)
-        bound = tokens_bound * int(levels.abs().max()) * v.bound
+        bound = tokens * int(levels.abs().max()) * v.bound
         return b.emit("table_av", [probs, v], hint, scale.reshape(1, heads, 1, 1) * 2.0**-shift * s_v, bound,
                       consts={"thresholds": thresholds, "levels": levels})
     raise ConfigError(
