@@ -229,14 +229,19 @@ def test_nonlinear_options_in_help(capsys):
     assert "float, ivit, ibert, fqvit, mixed" in out
 
 
-def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
-    """The whole main job with --nonlinear mixed, on a tiny random ViT instead of the real weights."""
-    import torch
-
+def _use_tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main job builds the tiny random ViT of ``conftest.tiny_job_model`` instead of loading weights."""
     from conftest import tiny_job_model
     from vitquant import workflow
 
     monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+
+
+def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """The whole main job with --nonlinear mixed, on a tiny random ViT instead of the real weights."""
+    import torch
+
+    _use_tiny_model(monkeypatch)
     torch_threads = torch.get_num_threads()
     out = tmp_path / "report.json"
     try:
@@ -273,10 +278,7 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
     the float64 twin bit for bit; a model without an integer path fails before evaluation."""
     import torch
 
-    from conftest import tiny_job_model
-    from vitquant import workflow
-
-    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+    _use_tiny_model(monkeypatch)
     saved = tmp_path / "m.vqm"
     threads = torch.get_num_threads()
     try:
@@ -318,10 +320,9 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
 
 
 def test_skipped_images_are_printed(tmp_path, capsys, monkeypatch):
-    from conftest import noise_folder, tiny_job_model
-    from vitquant import workflow
+    from conftest import noise_folder
 
-    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+    _use_tiny_model(monkeypatch)
     folder = noise_folder(tmp_path / "images", 8, bad=(3,))  # the seed-0 draw of 2 leaves img03 to evaluation
     argv = ["quantize", "--recipe", "repq-vit", "--calib-data", str(folder), "--calib-size", "2", "--batch-size", "4", "-q"]
     rc, _, err = _run(argv, capsys)
@@ -361,10 +362,7 @@ def test_quantize_reconstruct_save_then_run_on_a_tiny_model(tiny_folder, tmp_pat
     reconstructed model still converts (--save) and runs bit for bit like its float64 twin."""
     import torch
 
-    from conftest import tiny_job_model
-    from vitquant import workflow
-
-    monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+    _use_tiny_model(monkeypatch)
     saved = tmp_path / "m.vqm"
     threads = torch.get_num_threads()
     try:
