@@ -212,13 +212,14 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     distilled = getattr(qmodel, "dist_token", None) is not None
     qmodel.eval()
     b = _Builder()
-    for name, module in qmodel.named_modules():  # every non-linear step integer, kernels named first
+    modules = list(qmodel.named_modules())  # every non-linear step integer, kernels named first
+    for name, module in modules:
         if isinstance(module, QuantNonLinear):
             b.kernel(module, name)
-    for name, module in qmodel.named_modules():
+    for name, module in modules:
         if isinstance(module, QuantResidualAdd):
             _residual_quantizer(module, name)
-        if isinstance(module, WeightQuantMixin) and module.input_shift:
+        elif isinstance(module, WeightQuantMixin) and module.input_shift:
             raise ConfigError(f"{name}: {SHIFT_REFUSAL}")
 
     # ---------------------------------------------------------------- patch embedding

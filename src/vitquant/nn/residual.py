@@ -28,8 +28,6 @@ RESIDUAL = "residual"  # role of the residual point
 class QuantResidualAdd(nn.Module):
     """``x + y``, or ``Q_r(x) + Q_r(y)`` once given a residual spec (:meth:`set_spec`)."""
 
-    op = RESIDUAL
-
     def __init__(self) -> None:
         super().__init__()
         self.layer_name = ""
