@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(w)
     w.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     w.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    c = sub.add_parser("compare", help="several recipes on one model and one set of images: markdown + HTML report with figures")
+    c.add_argument("--model", default="deit_tiny", metavar="NAME", help="short name or timm name (default deit_tiny)")
+    c.add_argument("--weights", type=Path, metavar="PATH", help="state dict; default: shared copy, else timm download")
+    c.add_argument("--recipes", required=True, metavar="A,B",
+                   help="comma-separated variants: a recipe, optionally with options, e.g. "
+                   "bitlog2-half-17,repq-vit+attn_quant=twin-uniform,adalog+nonlinear=ibert")
+    c.add_argument("--bits", default="4/4", metavar="W/A,...", help="comma-separated weight/activation bits (default 4/4)")
+    c.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the report (report.md, report.html, results.json, figures)")
+    c.add_argument("--attention-layer", metavar="POINT", help="post-softmax point of the attention figure (default: the middle block's)")
+    c.add_argument("--figure-images", type=int, default=8, metavar="N", help="evaluation images the SQNR and histograms are measured on (default 8)")
+    c.add_argument("--timing-batch", type=int, default=32, metavar="N", help="images of the throughput comparison (default 32)")
+    _add_data_args(c)
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    c.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     m = sub.add_parser("merge", help="one markdown table of a sweep's results files (failed jobs listed)")
     m.add_argument("folder", type=Path, metavar="DIR")
     m.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table to this file")
@@ -345,6 +360,30 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _run_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from vitquant.compare import CompareJob, plan_variants, run_compare, write_report
+    from vitquant.compare.render import COLUMNS, table_rows
+    from vitquant.sweep import parse_bits, parse_names
+
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is not a directory")
+    variants = plan_variants(parse_names(args.recipes, "--recipes"), parse_bits(args.bits))
+    job = CompareJob(
+        model=args.model, weights=args.weights, **{k: getattr(args, k) for k in _FORWARDED},
+        attention_layer=args.attention_layer, figure_images=args.figure_images, timing_batch=args.timing_batch,
+        progress=not args.quiet,
+    )
+    results = run_compare(job, variants)
+    results["command"] = shlex.join(["vitquant", *argv])
+    paths = write_report(results, args.out)
+    widths = [max(len(r[i]) for r in [list(COLUMNS), *table_rows(results)]) for i in range(len(COLUMNS))]
+    for cells in [list(COLUMNS), *table_rows(results)]:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    failed = [r for r in results["rows"] if r["status"] != "ok"]
+    print(f"report: {paths['markdown']} and {paths['html']} ({len(paths) - 3} figures); data: {paths['json']}")
+    return 1 if failed else 0
+
+
 def _run_merge(args: argparse.Namespace) -> int:
     from vitquant.sweep import markdown_table, read_results
 
@@ -414,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_program(args)
         if args.command == "sweep":
             return _run_sweep(args)
+        if args.command == "compare":
+            return _run_compare(args, argv)
         return _run_quantize(args)
     except VitQuantError as exc:
         print(f"vitquant: error: {_error_text(exc)}", file=sys.stderr)
