@@ -156,3 +156,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_job_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``vitquant quantize --json --save`` once on the tiny ViT (:func:`tiny_job_model`; bitlog2-half-17,
+    I-BERT kernels, 2 calibration images): (the JSON report, the .vqm integer program)."""
+    from vitquant import cli, workflow
+
+    folder = tmp_path_factory.mktemp("tiny_job")
+    images = noise_folder(folder / "images", 4)
+    report, program = folder / "report.json", folder / "model.vqm"
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workflow, "create_model", tiny_job_model)
+        torch.set_num_threads(1)
+        try:
+            rc = cli.main(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(images), "--calib-size", "2",
+                           "--batch-size", "2", "--nonlinear", "ibert", "--json", str(report), "--save", str(program), "-q"])
+        finally:
+            torch.set_num_threads(threads)
+    assert rc == 0 and report.is_file() and program.is_file()
+    return report, program

@@ -387,3 +387,43 @@ def test_quantize_reconstruct_save_then_run_on_a_tiny_model(tiny_folder, tmp_pat
         assert run["simulation"]["bit_identical_images"] == run["images"] == report["quantized"]["images"]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_inspect_report_and_program(tiny_job_files, tmp_path, capsys):
+    report, program = tiny_job_files
+    rc, stdout, _ = _run(["inspect", str(report), "--role", "post_softmax", "--json", str(tmp_path / "rows.json")], capsys)
+    assert rc == 0
+    assert stdout.splitlines()[0].endswith("quantization points, 2 of role post_softmax")
+    assert "divisor" in next(line for line in stdout.splitlines() if line.startswith("blocks.0.attn.av.a_quant "))
+    dumped = json.loads((tmp_path / "rows.json").read_text())
+    assert dumped["source"] == "report" and [r["params"]["kind"] for r in dumped["rows"]] == ["bitlog2", "bitlog2"]
+    rc, stdout, _ = _run(["inspect", str(program), "--op", "requant", "--markdown"], capsys)
+    assert rc == 0 and "| op | kind | output | inputs | constants |" in stdout and "multiplier int64" in stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "file not found"),
+        (b"\x00\x01garbage bytes", "is neither a JSON report nor a .vqm integer program"),
+        (b'{"fp": {}}', "has no calibration.points"),
+        (b'{"status": "failed", "error": "boom"}', "failed, so it has no calibrated points (its error: boom)"),
+    ],
+)
+def test_inspect_bad_input_exits_2(content, message, tmp_path, capsys):
+    path = tmp_path / "input.json"
+    if content is not None:
+        path.write_bytes(content)
+    rc, stdout, err = _run(["inspect", str(path)], capsys)
+    assert rc == 2 and stdout == ""
+    assert err.startswith("vitquant: error: ") and message in err
+
+
+def test_inspect_corrupted_program_exits_2(tiny_job_files, tmp_path, capsys):
+    data = bytearray(tiny_job_files[1].read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "bad.vqm").write_bytes(bytes(data))
+    rc, _, err = _run(["inspect", str(tmp_path / "bad.vqm")], capsys)
+    assert rc == 2 and err.startswith("vitquant: error: model file ") and "is corrupted" in err
+    rc, _, err = _run(["inspect", str(tiny_job_files[0]), "--op", "add"], capsys)
+    assert rc == 2 and "--op filters an integer program's ops" in err

@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="one markdown table of a sweep's results files (failed jobs listed)")
     m.add_argument("folder", type=Path, metavar="DIR")
     m.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table to this file")
+    i = sub.add_parser("inspect", help="per-layer table of a report's calibrated parameters or of a .vqm program's ops")
+    i.add_argument("file", type=Path, metavar="FILE", help="a 'quantize --json' report, a sweep results file or a .vqm program")
+    i.add_argument("--role", metavar="ROLE", help="report: only the points of this role (weight, post_softmax, ...)")
+    i.add_argument("--op", metavar="KIND", help="program: only the ops of this kind (linear, requant, ...)")
+    i.add_argument("--markdown", action="store_true", help="a markdown table instead of fixed-width text")
+    i.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON to this file")
     sub.add_parser("models", help="list the short model names")
     sub.add_parser("schemes", help="list the attention quantization schemes and their levels")
     sub.add_parser("recipes", help="list the quantization recipes")
@@ -399,6 +405,18 @@ def _run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_inspect(args: argparse.Namespace) -> int:
+    from vitquant.evaluation import write_json
+    from vitquant.inspection import inspect_file
+
+    _check_output_path(args.json)
+    inspection = inspect_file(args.file, role=args.role, op=args.op)
+    print(inspection.format(markdown=args.markdown), end="")
+    if args.json:
+        write_json(inspection.to_dict(), args.json)
+    return 0
+
+
 def _list_models() -> int:
     from vitquant.models import SHORT_NAMES
 
@@ -448,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_recipes()
         if args.command == "merge":
             return _run_merge(args)
+        if args.command == "inspect":
+            return _run_inspect(args)
         _setup_logging(args.quiet, args.verbose)
         if args.command == "run":
             return _run_program(args)

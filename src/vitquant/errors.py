@@ -25,6 +25,10 @@ class ModelFileError(VitQuantError):
     """A quantized model file (.vqm) that cannot be written, or is missing, truncated, corrupted or foreign."""
 
 
+class ReportError(VitQuantError):
+    """A report or results file (JSON) that is missing, unreadable, or not the report asked for."""
+
+
 class DtypeError(VitQuantError, TypeError):
     """A tensor of the wrong kind, e.g. floats given to a kernel that takes integers."""
 

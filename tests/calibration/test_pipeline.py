@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
 from vitquant import qconfig
-from vitquant.calibration import check_images, prepare, quantize_model
+from vitquant.calibration import check_images, fingerprint_points, prepare, quantize_model
 from vitquant.errors import DataError, NumericalError
 from vitquant.nn import Mode, QuantPoint, quant_points, set_mode
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.qconfig import ATTENTION_SCHEMES, repq_vit_qconfig
+from vitquant.quantizers import summarize_state
 
 KINDS = ("vit", "swin")
 
@@ -188,3 +190,16 @@ def test_nan_in_calibration_forward_names_a_point(tiny):
         model.pos_embed[0, 2, 5] = float("nan")
     with pytest.raises(NumericalError, match=r"blocks\.0\.attn\.qkv\.input_quant"):
         quantize_model(model, tiny.images(4, "vit"), repq_vit_qconfig(4, 4))
+
+
+def test_point_reports_carry_the_fitted_parameters(tiny):
+    """Every point's ``params`` summarises the quantizer it was fitted with (valid JSON, no NaN)."""
+    result = quantize_model(tiny.model("vit"), tiny.images(8, "vit"), repq_vit_qconfig(4, 4, "sqrt2-17"))
+    quantizers = {name: quantizer for name, quantizer, _ in fingerprint_points(result.model)}
+    assert [p.name for p in result.points] == list(quantizers)
+    for report in result.points:
+        assert report.params == summarize_state(quantizers[report.name].state()), report.name
+    kinds = {p.role: p.params["kind"] for p in result.points}
+    assert kinds[qconfig.WEIGHT] == "uniform" and kinds[qconfig.POST_SOFTMAX] == "log_sqrt2"
+    points = json.loads(json.dumps(result.to_dict()["points"], allow_nan=False))
+    assert [p["params"] for p in points] == [p.params for p in result.points]

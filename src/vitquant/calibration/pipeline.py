@@ -47,6 +47,7 @@ from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tr
 from vitquant.nn.residual import RESIDUAL, QuantResidualAdd
 from vitquant.qconfig import POST_SOFTMAX, WEIGHT, QConfig
 from vitquant.quantizers.spec import QuantSpec, make_spec, param_shape, rows_of
+from vitquant.quantizers.summary import summarize_state
 from vitquant.quantizers.uniform import UniformQuantizer
 from vitquant.reparam import ReparamSite, reparam_for
 from vitquant.search.context import FitContext
@@ -57,7 +58,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PointReport:
-    """What one quantization point does: its spec, its level bound and the levels it used."""
+    """What one quantization point does: its spec, its level bound, the levels it used and its fitted
+    parameters (``params``: :func:`~vitquant.quantizers.summary.summarize_state` of its quantizer)."""
 
     name: str
     role: str
@@ -69,9 +71,10 @@ class PointReport:
     metric: str | None = None
     evaluations: int = 0
     search_seconds: float = 0.0
+    params: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return copy.deepcopy(self.__dict__)
 
 
 @dataclass
@@ -175,6 +178,7 @@ def _weight_reports(model: nn.Module, evaluations: dict[str, tuple[int, float]])
                     metric=module.weight_spec.metric if module.weight_spec and needs_consumer(module.weight_spec) else None,
                     evaluations=evaluations.get(f"{name}.weight", (0, 0.0))[0],
                     search_seconds=evaluations.get(f"{name}.weight", (0, 0.0))[1],
+                    params=summarize_state(quantizer.state()),
                 )
             )
     return reports
@@ -206,6 +210,7 @@ def _point_reports(model: nn.Module, evaluations: dict[str, tuple[int, float]]) 
                 metric=spec.metric if needs_consumer(spec) else None,
                 evaluations=evaluations.get(name, (0, 0.0))[0],
                 search_seconds=evaluations.get(name, (0, 0.0))[1],
+                params=summarize_state(point.quantizer.state()),
             )
         )
     return reports

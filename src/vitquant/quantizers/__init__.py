@@ -2,7 +2,8 @@
 
 Importing this package registers every format's spec (:func:`make_spec` by kind) and every quantizer
 class (:func:`quantizer_from_state` by kind). ``Quantizer.to_integer`` gives a quantized tensor's integer
-form (:class:`IntegerView`), ``Quantizer.state`` its fitted parameters as plain data (:class:`QuantizerState`).
+form (:class:`IntegerView`), ``Quantizer.state`` its fitted parameters as plain data (:class:`QuantizerState`),
+:func:`summarize_state` those in short (reports, ``vitquant inspect``).
 """
 
 from vitquant.errors import NotIntegerError
@@ -15,6 +16,7 @@ from vitquant.quantizers.log_sqrt2 import LogSqrt2Quantizer, LogSqrt2Spec
 from vitquant.quantizers.ptf import PTFSpec
 from vitquant.quantizers.spec import GRANULARITIES, QuantSpec, make_spec, register_spec, spec_kinds
 from vitquant.quantizers.state import QuantizerState, quantizer_from_state, quantizer_kinds, register_quantizer
+from vitquant.quantizers.summary import summarize_state
 from vitquant.quantizers.twin_uniform import TwinGeluQuantizer, TwinSoftmaxQuantizer, TwinUniformSpec
 from vitquant.quantizers.uniform import UniformQuantizer, UniformSpec
 
@@ -48,4 +50,5 @@ __all__ = [
     "register_quantizer",
     "register_spec",
     "spec_kinds",
+    "summarize_state",
 ]
