@@ -21,7 +21,7 @@ def test_readme_tables_come_from_results_files():
     readme_tables = _tables(README)
     assert readme_tables
     sources = {}
-    for md in sorted(RESULTS.glob("*.md")):
+    for md in sorted(RESULTS.rglob("*.md")):
         for table in _tables(md.read_text()):
             sources[table] = md.name
     # every README table of figures (a '%' column) is a results table, verbatim
@@ -30,7 +30,7 @@ def test_readme_tables_come_from_results_files():
             assert table in sources, f"README table not found in benchmarks/results/*.md:\n{table[:300]}"
 
 
-@pytest.mark.parametrize("md", sorted(p.name for p in RESULTS.glob("*.md")))
+@pytest.mark.parametrize("md", sorted(str(p.relative_to(RESULTS)) for p in RESULTS.rglob("*.md")))
 def test_results_tables_are_in_the_readme(md):
     for table in _tables((RESULTS / md).read_text()):
         assert table in README, f"{md}: its table is missing from (or differs in) the README"
@@ -44,7 +44,7 @@ def test_readme_main_job_output_is_the_recorded_one():
 def test_results_files_record_their_commit():
     import json
 
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(RESULTS.rglob("*.json")):
         data = json.loads(path.read_text())
         commit = data.get("commit") or data.get("config", {}).get("commit")
         assert commit and re.fullmatch(r"[0-9a-f]{40}", commit), path.name
@@ -55,8 +55,23 @@ def test_results_files_record_their_commit():
 def test_benchmark_rows_record_their_configuration():
     import json
 
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(RESULTS.rglob("*.json")):
         data = json.loads(path.read_text())
         for row in data.get("rows", []):
             if row.get("calibration_seconds") is not None:  # a quantized row (not FP32)
                 assert set(row["qconfig"]["roles"]) >= {"weight", "post_softmax", "post_gelu"}, path.name
+
+
+def test_readme_figures_come_from_results_folders():
+    """Every image the README shows is a committed PNG beside a results JSON that records its commit."""
+    import json
+
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert images, "the README shows no figure"
+    for link in images:
+        path = ROOT / link
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+        assert path.resolve().is_relative_to(RESULTS.resolve()), f"{link} is not under benchmarks/results"
+        beside = sorted(path.parent.glob("*.json"))
+        assert beside, f"{link}: no results JSON beside it"
+        assert any(re.fullmatch(r"[0-9a-f]{40}", str(json.loads(p.read_text()).get("commit"))) for p in beside), link
