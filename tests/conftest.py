@@ -178,3 +178,39 @@ def tiny_job_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
             torch.set_num_threads(threads)
     assert rc == 0 and report.is_file() and program.is_file()
     return report, program
+
+
+#: the shared settings of :func:`tiny_compare` (a :class:`vitquant.compare.CompareJob`'s fields, without the data)
+COMPARE_SETTINGS = dict(calib_size=2, batch_size=4, timing_batch=2, repeats=1, figure_images=2, progress=False)
+COMPARE_FAILING_BITS = 3  # tiny_compare makes the variants with these weight bits fail at run time
+
+
+@pytest.fixture(scope="session")
+def tiny_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """``run_compare`` once on the tiny ViT (:func:`tiny_job_model`) and 8 noise images (2 calibration,
+    6 evaluation, in batches of 4): repq-vit and bitlog2-half-17 at W4A4, then repq-vit at W3A3, whose
+    calibration is made to raise a NumericalError (a variant failing at run time): (the results, the
+    image folder)."""
+    from vitquant.calibration import quantize_model
+    from vitquant.compare import CompareJob, plan_variants, run_compare, session
+    from vitquant.errors import NumericalError
+    from vitquant.qconfig import WEIGHT
+
+    def failing(model, images, qconfig, progress=False):
+        if qconfig.specs[WEIGHT].bits == COMPARE_FAILING_BITS:
+            raise NumericalError("quantized logits: 6 of 6 rows contain NaN or inf values")
+        return quantize_model(model, images, qconfig, progress)
+
+    folder = noise_folder(tmp_path_factory.mktemp("tiny_compare") / "images", 8)
+    variants = plan_variants(["repq-vit", "bitlog2-half-17"], [(4, 4)])
+    variants += plan_variants(["repq-vit"], [(COMPARE_FAILING_BITS, COMPARE_FAILING_BITS)])
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session, "create_model", tiny_job_model)
+        patch.setattr(session, "quantize_model", failing)
+        torch.set_num_threads(1)
+        try:
+            results = run_compare(CompareJob(calib_data=folder, **COMPARE_SETTINGS), variants)
+        finally:
+            torch.set_num_threads(threads)
+    return results, folder

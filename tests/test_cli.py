@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -230,11 +231,14 @@ def test_nonlinear_options_in_help(capsys):
 
 
 def _use_tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The main job builds the tiny random ViT of ``conftest.tiny_job_model`` instead of loading weights."""
+    """The main job and the comparison build the tiny random ViT of ``conftest.tiny_job_model`` instead of
+    loading weights."""
     from conftest import tiny_job_model
     from vitquant import workflow
+    from vitquant.compare import session
 
     monkeypatch.setattr(workflow, "create_model", tiny_job_model)
+    monkeypatch.setattr(session, "create_model", tiny_job_model)
 
 
 def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
@@ -427,3 +431,63 @@ def test_inspect_corrupted_program_exits_2(tiny_job_files, tmp_path, capsys):
     assert rc == 2 and err.startswith("vitquant: error: model file ") and "is corrupted" in err
     rc, _, err = _run(["inspect", str(tiny_job_files[0]), "--op", "add"], capsys)
     assert rc == 2 and "--op filters an integer program's ops" in err
+
+
+def test_compare_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+    import torch
+    from conftest import noise_folder
+
+    _use_tiny_model(monkeypatch)
+    folder, out = noise_folder(tmp_path / "images", 6), tmp_path / "report"
+    argv = ["compare", "--recipes", "repq-vit,bitlog2-half-17+post-gelu=adalog", "--bits", "4/4,3/4",
+            "--calib-data", str(folder), "--calib-size", "2", "--batch-size", "4", "--figure-images", "2",
+            "--timing-batch", "2", "--attention-layer", "blocks.0.attn", "--out", str(out), "-q"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rc, stdout, _ = _run(argv, capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    variants = ["repq-vit W4A4", "bitlog2-half-17+post_gelu=adalog W4A4", "repq-vit W3A4", "bitlog2-half-17+post_gelu=adalog W3A4"]
+    lines = stdout.splitlines()
+    assert lines[0].split("  ")[0] == "variant" and lines[1].startswith("FP32 ")
+    assert [line.split("  ")[0] for line in lines[2:6]] == variants
+    assert lines[6] == (f"report: {out / 'report.md'} and {out / 'report.html'} (4 figures); data: {out / 'results.json'}")
+    for name in ("report.md", "report.html", "results.json", "attention_levels.png", "point_sqnr.png",
+                 "post_gelu_grids.png", "accuracy_vs_bits.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in results["rows"]] == variants and {r["status"] for r in results["rows"]} == {"ok"}
+    assert results["rows"][1]["options"] == {"post_gelu": "adalog"} and results["rows"][2]["w_bits"] == 3
+    assert results["command"] == shlex.join(["vitquant", *argv])
+    assert {r["figures"]["attention"]["point"] for r in results["rows"]} == {"blocks.0.attn.av.a_quant"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--recipes", "repq-vit+colour=red"], "unknown option 'colour'"),
+        (["--recipes", "repq-vit,"], "empty name in the comma-separated list"),
+        (["--recipes", "repq-vit+attn_quant"], "option 'attn_quant' is not name=value"),
+        (["--recipes", "nope"], "unknown recipe 'nope'"),
+        (["--recipes", "repq-vit", "--bits", "4"], "'4' is not W/A"),
+        (["--recipes", "repq-vit", "--bits", "4/9"], "--a-bits must be between 2 and 8"),
+        (["--recipes", "repq-vit", "--timing-batch", "0"], "--timing-batch must be a positive integer, got 0"),
+    ],
+)
+def test_compare_bad_input_exits_2_before_loading(extra, message, tiny_folder, tmp_path, capsys):
+    argv = ["compare", "--calib-data", str(tiny_folder), "--weights", "/nonexistent/w.pth", "--out", str(tmp_path / "r")]
+    rc, _, err = _run(argv + extra + ["-q"], capsys)
+    assert rc == 2 and err.startswith("vitquant: error: ") and message in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_compare_out_must_be_a_folder_and_no_torchrun(tiny_folder, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file.txt").write_text("a file")
+    argv = ["compare", "--recipes", "repq-vit", "--calib-data", str(tiny_folder), "--weights", "/nonexistent/w.pth", "-q"]
+    rc, _, err = _run(argv + ["--out", str(tmp_path / "file.txt")], capsys)
+    assert rc == 2 and f"vitquant: error: --out {tmp_path / 'file.txt'} is not a directory" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc, _, err = _run(argv + ["--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "vitquant compare runs in one process: start it without torchrun" in err

@@ -11,6 +11,7 @@ variant that cannot even be configured fails the whole command before any heavy 
 
 from __future__ import annotations
 
+import copy
 import logging
 import platform
 import time
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from vitquant import __version__
-from vitquant.calibration import quantize_model
+from vitquant.calibration import prepare, quantize_model
 from vitquant.compare.histograms import histogram, log_histogram
 from vitquant.compare.plan import Variant
 from vitquant.data import data_config, eval_transform, load_images, make_loader
@@ -111,8 +112,9 @@ def _spread(items: list, count: int) -> list:
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
 
-def _attention_point(model: nn.Module, wanted: str | None) -> tuple[str, QuantPoint] | None:
-    points = _points_of(model, POST_SOFTMAX)
+def _attention_point(points: list[tuple[str, QuantPoint]], wanted: str | None) -> tuple[str, QuantPoint] | None:
+    """The post-softmax point of the attention figure among ``points``: ``wanted`` (a point or a module
+    above one), by default the middle one."""
     if wanted is None:
         return points[len(points) // 2] if points else None
     for name, point in points:
@@ -126,7 +128,7 @@ def figure_data(qmodel: nn.Module, images: torch.Tensor, attention_layer: str | 
     """What the figures draw for one calibrated model: the histogram of the attention map at one layer
     and of the post-GELU input at a few layers (in float mode: the data), each with the grid the
     model's quantizer puts on it."""
-    chosen = _attention_point(qmodel, attention_layer)
+    chosen = _attention_point(_points_of(qmodel, POST_SOFTMAX), attention_layer)
     gelu = _spread(_points_of(qmodel, POST_GELU), GELU_PANELS)
     wanted = ([chosen] if chosen else []) + gelu
     seen = capture_inputs(qmodel, [n for n, _ in wanted], [images])
@@ -146,6 +148,14 @@ def figure_data(qmodel: nn.Module, images: torch.Tensor, attention_layer: str | 
         out["post_gelu"].append({"point": name, "quantizer": type(point.quantizer).__name__,
                                  "histogram": histogram(data.values), "grid": grid.to_dict()})
     return out
+
+
+def _check_attention_layer(model: nn.Module, variant_job: QuantizeJob, wanted: str | None) -> None:
+    """An ``--attention-layer`` that names no post-softmax point fails the command before any calibration
+    (found on a prepared copy of the model: the points exist before they are fitted)."""
+    if wanted is not None:
+        prepared = prepare(copy.deepcopy(model), variant_job.qconfig())
+        _attention_point([(n, p) for n, p in quant_points(prepared) if p.role == POST_SOFTMAX], wanted)
 
 
 def _levels(result: Any) -> dict[str, Any]:
@@ -229,6 +239,7 @@ def run_compare(job: CompareJob, variants: Sequence[Variant]) -> dict[str, Any]:
         job.quantize_job(variant).qconfig()
     torch.manual_seed(job.seed)
     shared = _Shared(job)
+    _check_attention_layer(shared.model, job.quantize_job(variants[0]), job.attention_layer)
     fp = _meter(shared.fp_logits, shared.labels)
     rows = []
     for i, variant in enumerate(variants, 1):

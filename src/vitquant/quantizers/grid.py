@@ -49,6 +49,8 @@ def probe(shape: torch.Size | tuple[int, ...], axis: int | None, sweep: torch.Te
     ndim = len(shape)
     if ndim < 2:
         raise ConfigError(f"a grid probe needs a tensor of at least 2 dims, got shape {tuple(shape)}")
+    if axis is not None and not -ndim <= axis < ndim:
+        raise ConfigError(f"a grid probe's row axis {axis} is out of range for shape {tuple(shape)}")
     row_axis = None if axis is None else axis % ndim
     sweep_axis = ndim - 1 if row_axis != ndim - 1 else ndim - 2
     size = [1] * ndim
