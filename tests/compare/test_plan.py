@@ -22,9 +22,16 @@ def test_options_with_dashes_or_underscores_name_the_same_field():
     assert parse_variant("repq-vit + mixed-rule = output-sqnr ") == ("repq-vit", (("mixed_rule", "output-sqnr"),))
 
 
+def test_one_configuration_has_one_spelling():
+    """Recipe names are normalised and options sorted, so the plan catches the same variant written twice."""
+    assert parse_variant("RepQ_ViT+post_gelu=adalog+attn_quant=sqrt2-16") == parse_variant("repq-vit+attn-quant=sqrt2-16+post-gelu=adalog")
+    with pytest.raises(ConfigError, match="listed twice"):
+        plan_variants(["repq-vit+post_gelu=adalog+attn_quant=sqrt2-16", "RepQ-ViT+attn_quant=sqrt2-16+post_gelu=adalog"], [(4, 4)])
+
+
 def test_integer_options_are_integers():
     _, options = parse_variant("bitlog2-half-17+attn-bits=8+nonlinear_bits=6+post_gelu=adalog")
-    assert options == (("attn_bits", 8), ("nonlinear_bits", 6), ("post_gelu", "adalog"))
+    assert options == (("attn_bits", 8), ("post_gelu", "adalog"), ("nonlinear_bits", 6))  # OPTIONS order
     assert all(isinstance(v, int) for k, v in options if k.endswith("bits"))
     with pytest.raises(ConfigError, match="option attn_bits needs an integer, got 'four'"):
         parse_variant("repq-vit+attn_bits=four")

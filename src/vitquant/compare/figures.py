@@ -72,7 +72,7 @@ def plot_attention_levels(rows: Sequence[dict[str, Any]], path: Path, title: str
         color = PALETTE[k % len(PALETTE)]
         for v in levels:
             ax.axvline(v, color=color, lw=1.0, alpha=0.85)
-        ax.plot([], [], color=color, lw=1.0, label=f"levels > 0 ({_grid_caption(grid)})")
+        ax.plot([], [], color=color, lw=1.0, label=f"{len(levels)} levels >= {low:g} drawn ({_grid_caption(grid)}, 0 included)")
         ax.plot([], [], " ", label=f"{hist['below']:,} of {hist['values']:,} values < {low:g} (zeros {hist['zeros']:,})")
         ax.set_ylabel("count")
         ax.set_title(f"{row['variant']}: {data['quantizer']}", fontsize=9, loc="left")
@@ -146,7 +146,7 @@ def plot_post_gelu_grids(rows: Sequence[dict[str, Any]], path: Path, title: str 
             if j == 0:
                 ax.set_ylabel(f"{row['variant']}\ncount", fontsize=7)
             if i == len(drawn) - 1:
-                ax.set_xlabel("post-GELU value (fc2 input)", fontsize=7)
+                ax.set_xlabel("fc2 input point value (after any shift)", fontsize=7)
     fig.suptitle(title or "Post-GELU activations and each variant's grid", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, path)

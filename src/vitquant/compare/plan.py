@@ -2,7 +2,8 @@
 
 A variant is written like a benchmark row: a recipe name, optionally followed by options that replace
 parts of it, ``bitlog2-half-17+post_gelu=adalog`` or ``repq-vit+attn_quant=twin-uniform+nonlinear=ibert``
-(``-`` and ``_`` are the same in option names). The options are the ``vitquant quantize`` flags of the
+(``-`` and ``_`` are the same in option names; recipe names are normalised and options put in one order,
+so one configuration has one name). The options are the ``vitquant quantize`` flags of the
 same names; each variant runs at every ``W/A`` of ``--bits``.
 """
 
@@ -64,7 +65,10 @@ def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str | int], ...]]:
             options[key] = OPTIONS[key](value.strip())
         except ValueError:
             raise ConfigError(f"variant {text!r}: option {key} needs an integer, got {value!r}") from None
-    return recipe, tuple(options.items())
+    from vitquant.recipes import normalize_recipe_name
+
+    canonical = sorted(options.items(), key=lambda kv: list(OPTIONS).index(kv[0]))  # one spelling per variant
+    return normalize_recipe_name(recipe), tuple(canonical)
 
 
 def plan_variants(variants: Sequence[str], bits: Sequence[tuple[int, int]]) -> list[Variant]:

@@ -41,7 +41,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             continue
         out.append([
             r["variant"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['agreement']:.2f}", f"{r['mean_kl']:.4f}",
-            f"{r['calibration_seconds']:.1f}", f"{r['relative_throughput']:.2f}x",
+            f"{r['calibration_seconds']:.1f}", "-" if r["relative_throughput"] is None else f"{r['relative_throughput']:.2f}x",
             _levels(r["levels"].get("post_softmax")), _levels(r["levels"].get("post_gelu")),
         ])
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -196,6 +197,12 @@ class _Shared:
         self.transform_config = data_config(self.model, job.crop_pct)
 
 
+def _ratio(quantized: float, fp: float) -> float | None:
+    """Quantized / FP images per second; None where a timing was too short to give a finite ratio."""
+    ratio = quantized / fp if fp > 0 else float("inf")
+    return ratio if math.isfinite(ratio) else None
+
+
 def _meter(logits: torch.Tensor, labels: torch.Tensor) -> ClassificationMeter:
     meter = ClassificationMeter()
     meter.update(logits, labels)
@@ -219,14 +226,14 @@ def _run_variant(shared: _Shared, job: CompareJob, variant: Variant) -> dict[str
         "status": "ok", "top1": meter.top1, "top5": meter.top5, "agreement": fidelity.top1_agreement,
         "mean_kl": fidelity.mean_kl, "calibration_seconds": result.seconds,
         "images_per_second": len(shared.labels) / seconds if seconds > 0 else None,
-        "relative_throughput": q_ips / fp_ips, "levels": _levels(result),
+        "relative_throughput": _ratio(q_ips, fp_ips), "levels": _levels(result),
         "point_sqnr": [p.to_dict() for p in sqnr],
         "figures": figure_data(result.model, shared.figure_batch, job.attention_layer),
         "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
         "qconfig": result.qconfig.to_dict(), "seconds": time.perf_counter() - start,
     })
     log.info("%s: top-1 %.2f %%, agreement %.2f %%, KL %.4f, calibration %.1f s, %.2fx FP throughput",
-             variant.name, meter.top1, fidelity.top1_agreement, fidelity.mean_kl, result.seconds, q_ips / fp_ips)
+             variant.name, meter.top1, fidelity.top1_agreement, fidelity.mean_kl, result.seconds, q_ips / fp_ips if fp_ips else 0.0)
     return row
 
 
