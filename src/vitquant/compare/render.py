@@ -52,7 +52,8 @@ def _caption(results: dict[str, Any]) -> str:
     return (f"`{results['model']}`, calibrated on {results['calibration_images']} images (seed {results['config']['seed']}), "
             f"evaluated on {results['evaluation_images']} other images of `{Path(results['eval_dir']).name}`; "
             f"FP and every variant on the same decoded images; speed = quantized / FP images/s on "
-            f"{results['config']['timing_batch']} images, timed in turns; {results['threads']} threads on "
+            f"{results['config']['timing_batch']} images, timed in turns; {results['threads']} "
+            f"thread{'' if results['threads'] == 1 else 's'} on "
             f"{results['device']}, torch {results['torch']}; commit {commit}.")
 
 
