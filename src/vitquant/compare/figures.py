@@ -80,7 +80,7 @@ def plot_attention_levels(rows: Sequence[dict[str, Any]], path: Path, title: str
         ax.set_xlim(low, 1.0)
     axes[-1, 0].set_xlabel(f"attention probability at {drawn[0]['figures']['attention']['point']} (log scale)")
     fig.suptitle(title or "Attention map and each quantizer's levels", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title
     return _save(fig, path)
 
 
@@ -148,7 +148,7 @@ def plot_post_gelu_grids(rows: Sequence[dict[str, Any]], path: Path, title: str 
             if i == len(drawn) - 1:
                 ax.set_xlabel("fc2 input point value (after any shift)", fontsize=7)
     fig.suptitle(title or "Post-GELU activations and each variant's grid", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, path)
 
 
