@@ -66,6 +66,15 @@ def test_the_swap_trains_latent_weights_steps_irm_and_float_parameters(case):
     assert all(h["images"] == 4 and h["loss"] > 0 for h in trainer.history)
 
 
+def test_training_starts_at_the_calibrated_model_bit_for_bit(case):
+    """IRM (evaluation mode) and LSQ stand-ins installed: the same logits as the calibrated model."""
+    _, result, calib, train = case
+    trainer = _trainer(case)
+    with torch.no_grad():
+        assert torch.equal(trainer.student(train.images), result.model(train.images))
+        assert torch.equal(trainer.student(calib), result.model(calib))
+
+
 def test_a_resumed_run_ends_with_the_same_parameters_bit_for_bit(case, tmp_path):
     """6 steps straight through, or 3, a checkpoint, a new trainer resuming from it, 3 more."""
     straight = _trainer(case)
@@ -96,8 +105,12 @@ def test_finish_gives_an_ordinary_calibrated_model_with_its_levels(case):
     model, result, calib, _ = case
     trainer = _trainer(case)
     trainer.run()
+    with torch.no_grad():
+        trained = trainer.student(calib)  # stand-ins and IRM still installed
     done = trainer.finish()
     qmodel = done.model
+    with torch.no_grad():  # hardening changes nothing; the IRM's fold changes float rounding only
+        assert (qmodel(calib) - trained).abs().max() <= 1e-5
     assert not any(isinstance(m, (LSQWeight, LSQActivation, FrozenActivation, InformationRectifier)) for m in qmodel.modules())
     for m in qmodel.modules():
         if isinstance(m, WeightQuantMixin) and m.weight_quantizer is not None:

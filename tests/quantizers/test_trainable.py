@@ -58,8 +58,8 @@ def _uniform(scale=0.25, zero=3.0, bits=3) -> UniformQuantizer:
 
 def test_lsq_starts_as_the_fitted_quantizer():
     q = _uniform()
-    x = torch.linspace(-2, 2, 1001) + 0.0123  # no ties
-    assert torch.allclose(LSQActivation(q)(x), q(x), atol=1e-6)
+    x = torch.linspace(-2, 2, 1001) + 0.0123
+    assert torch.equal(LSQActivation(q)(x), q(x))  # bit for bit: the same rounded 1/Δ
 
 
 def test_lsq_step_gradient_is_the_lsq_formula():
@@ -85,7 +85,7 @@ def test_lsq_hardens_to_a_uniform_quantizer_with_the_learned_step():
     hard = lsq.harden()
     assert isinstance(hard, UniformQuantizer) and float(hard.scale) == pytest.approx(0.375)
     x = torch.linspace(-2, 2, 999) + 0.001
-    assert torch.allclose(hard(x), lsq(x), atol=1e-6)
+    assert torch.equal(hard(x), lsq(x))
     again = quantizer_from_state(hard.state())
     assert torch.equal(again(x), hard(x)) and again.max_levels == 8
 
@@ -259,7 +259,7 @@ def test_lsq_gradients_are_the_ste_formula_and_match_finite_differences(kind):
 def test_lsq_weight_starts_as_the_fitted_quantizer_and_hardens_onto_its_grid():
     w, q = _weight_case(3)
     lsq = LSQWeight(q, w)
-    assert torch.allclose(lsq(), q(w), atol=1e-6)
+    assert torch.equal(lsq(), q(w))
     with torch.no_grad():  # any learned state
         lsq.weight.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
         lsq.scale.mul_(1.3)
@@ -267,6 +267,7 @@ def test_lsq_weight_starts_as_the_fitted_quantizer_and_hardens_onto_its_grid():
     assert isinstance(quantizer, UniformQuantizer) and torch.equal(quantizer.scale, lsq.scale.detach())
     assert torch.equal(hard_weight, lsq().detach())  # the value training used, exactly
     assert torch.equal(quantizer(hard_weight), hard_weight)  # the fitted quantizer gives back these codes
+    assert torch.equal(quantizer(lsq.weight.detach()), hard_weight)  # and the same from the latent weight
     assert torch.equal(quantizer.zero_point, q.zero_point)
     with pytest.raises(ConfigError, match="uniform weight quantizer"):
         LSQWeight(LogSqrt2Quantizer(4, 17, torch.tensor(1.0)), w)

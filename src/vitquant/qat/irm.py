@@ -25,8 +25,9 @@ inference outputs are those of the evaluation-mode IRM up to float rounding (one
 a·W instead of two); the batch statistics of training are not what is folded.
 
 **Initialisation.** The running statistics start as the mean and variance of q and k on the
-calibration images, γ = sqrt(σ² + ε) and β = μ: the module starts as the identity (up to rounding) on
-the calibrated model.
+calibration images, γ = sqrt(σ² + ε) and β = μ: the module starts as the identity on the calibrated
+model, exactly (it computes x + (x - μ)·(γ - σ)/σ + (β - μ), whose corrections are then 0: at W4A4 a
+rounding difference of one ulp would flip codes at ties and change the model's predictions).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class InformationRectifier(nn.Module):
                 self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-        return ((x - mean) * (self.weight * torch.rsqrt(var + self.eps)) + self.bias).to(x.dtype)
+        # γ(x - μ)/σ + β written as x plus a correction, so that γ = σ, β = μ give back x exactly
+        std = torch.sqrt(var + self.eps)
+        return (x + (x - mean) * ((self.weight - std) / std) + (self.bias - mean)).to(x.dtype)
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) ``[heads, head_dim]`` of the evaluation-mode map q' = a ⊙ q + b (float64)."""
@@ -149,8 +152,8 @@ def install_rectifiers(model: nn.Module, batches: Sequence[torch.Tensor]) -> lis
     installed: list[InformationRectifier] = []
     for name, attn in attentions(model):
         mean_q, var_q, mean_k, var_k = (t.to(attn.qkv.weight.device) for t in stats[name])  # type: ignore[attr-defined]
-        attn.q_rectify = InformationRectifier(mean_q, var_q)
-        attn.k_rectify = InformationRectifier(mean_k, var_k)
+        attn.q_rectify = InformationRectifier(mean_q, var_q).train(attn.training)  # in the model's mode
+        attn.k_rectify = InformationRectifier(mean_k, var_k).train(attn.training)
         installed += [attn.q_rectify, attn.k_rectify]
     return installed
 

@@ -6,7 +6,7 @@ ordinary fitted :class:`~vitquant.quantizers.uniform.UniformQuantizer`.
 
 - :class:`LSQActivation` (LSQ, Esser et al., ICLR 2020): a learnable step Δ, fixed zero point z,
 
-      x̂ = round_ste(clamp(x / Δ, -z, 2^b - 1 - z)) · Δ,
+      x̂ = round_ste(clamp(x · (1/Δ), -z, 2^b - 1 - z)) · Δ,
       ∂x̂/∂Δ = round(x/Δ) - x/Δ where -z < x/Δ < 2^b - 1 - z, else the bound -z or 2^b - 1 - z.
 
   LSQ's gradient scale 1/sqrt(N·qmax) is left out: Adam's update is invariant to a constant factor.
@@ -46,8 +46,10 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def lsq_quantize(x: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor) -> torch.Tensor:
-    """LSQ's fake quantization x̂ = round_ste(clamp(x / Δ, code_min, code_max)) · Δ (codes q - z)."""
-    return round_ste(torch.clamp(x / scale, code_min, code_max)) * scale
+    """LSQ's fake quantization x̂ = round_ste(clamp(x · (1/Δ), code_min, code_max)) · Δ (codes q - z), with
+    1/Δ rounded once as :class:`UniformQuantizer` does: the same values as the fitted quantizer of that
+    step, bit for bit (so training starts at the calibrated model and hardening changes nothing)."""
+    return round_ste(torch.clamp(x * (1.0 / scale), code_min, code_max)) * scale
 
 
 class _Dropping(nn.Module):
@@ -178,5 +180,5 @@ class LSQWeight(nn.Module):
         the values training used), and the UniformQuantizer with the learned step (kept positive)."""
         with torch.no_grad():
             scale = self.scale.detach().clamp(min=torch.finfo(torch.float32).tiny)
-            codes = torch.clamp(torch.round(self.weight / scale), self.code_min, self.code_max)
+            codes = torch.clamp(torch.round(self.weight * (1.0 / scale)), self.code_min, self.code_max)
             return codes * scale, UniformQuantizer(self.bits, scale.clone(), self.zero_point.clone())
