@@ -186,3 +186,20 @@ def test_folder_images_mark_the_skipped_positions(tmp_path):
         assert kept.tolist() == [i != 2 for i in indices]
         assert batch.images.shape[0] == int(kept.sum())
     assert sum(len(b.skipped) for b, _ in seen) == 1
+
+
+@pytest.mark.parametrize("kind", ["swin", "deit_distilled"])
+def test_swin_and_deit_distilled_train_and_harden(tiny, kind):
+    """Swin (q, k per window, relative bias, shifted windows) and DeiT-distilled (two heads) through two steps."""
+    torch.manual_seed(0)
+    model, calib = tiny.model(kind), tiny.images(4, kind, seed=1)
+    result = quantize_model(model, calib, repq_vit_qconfig(4, 4, "bitlog2-half-17"))
+    train = TensorImages(tiny.images(8, kind, seed=2), torch.arange(8) % 10)
+    trainer = QATTrainer(model, result, train, TrainConfig(steps=2, batch_size=4, lr=1e-3, quant_lr=1e-3), calib)
+    trainer.run()
+    assert all(h["dgd"] > 0 and h["kd"] > 0 for h in trainer.history)
+    done = trainer.finish()
+    assert not any(isinstance(m, InformationRectifier) for m in done.model.modules())
+    assert all(p.levels_used is not None for p in done.calibration.points)
+    with torch.no_grad():
+        assert torch.isfinite(done.model(calib)).all()
