@@ -98,6 +98,21 @@ def tiny_job_model(name: str, weights: object = None) -> tuple[nn.Module, str]:
     return model, "tiny random ViT"
 
 
+TINY_CLI = Path(__file__).resolve().parent / "tiny_cli.py"  # the vitquant command on the tiny ViT, as a script
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def torchrun_environment() -> dict[str, str]:
+    """This environment for a ``torchrun`` (or plain) child process: no inherited rank variables, the
+    package on the path, one thread per process (what torchrun gives each)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
 def noise_folder(folder: Path, n: int, bad: tuple[int, ...] = ()) -> Path:
     """A labels.csv folder of ``n`` random-noise 40x40 images labelled ``i % 10`` (so the tiny ViT's predictions
     vary); the ``bad`` ones are junk bytes under a .JPEG name."""

@@ -1,4 +1,5 @@
-"""Command line: ``vitquant quantize ...`` and the seed-compatible ``vitquant --model ... --log_quant_scheme ...``."""
+"""Command line: ``vitquant quantize ...``, ``vitquant train ...`` and the others, and the seed-compatible
+``vitquant --model ... --log_quant_scheme ...``."""
 
 from __future__ import annotations
 
@@ -81,6 +82,32 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
                    help="QDrop: leave each activation unquantized with probability P while reconstructing (P default 0.5)")
 
 
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from vitquant.qat import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("training (after calibration; never on the evaluation images)")
+    g.add_argument("--train-data", type=Path, metavar="DIR",
+                   help="training images: an ImageNet root (its train/), class folders or a labels.csv folder "
+                   "(default: the calibration folder); the evaluation images are always left out")
+    g.add_argument("--steps", type=int, metavar="N", help="optimizer steps (or --epochs; default 1 epoch)")
+    g.add_argument("--epochs", type=int, metavar="N", help="passes over the training images (or --steps)")
+    g.add_argument("--train-batch-size", type=int, metavar="B", help=f"images per step and process (default {d.batch_size})")
+    g.add_argument("--lr", type=float, metavar="LR", help=f"AdamW rate of the weights and float parameters (default {d.lr:g})")
+    g.add_argument("--quant-lr", type=float, metavar="LR", help=f"AdamW rate of the quantizer steps and the IRM (default {d.quant_lr:g})")
+    g.add_argument("--weight-decay", type=float, metavar="WD", help=f"AdamW decay of the weights (default {d.weight_decay:g})")
+    g.add_argument("--warmup", type=float, metavar="F", help=f"fraction of the steps of linear warm-up before the cosine (default {d.warmup:g})")
+    g.add_argument("--kd-weight", type=float, metavar="W", help=f"weight of the logit distillation from the FP model (default {d.kd_weight:g})")
+    g.add_argument("--dgd-weight", type=float, metavar="W", help=f"weight of Q-ViT's distribution-guided distillation of q, k (default {d.dgd_weight:g})")
+    g.add_argument("--label-weight", type=float, metavar="W", help=f"weight of the cross-entropy with the labels (default {d.label_weight:g})")
+    g.add_argument("--temperature", type=float, metavar="T", help=f"temperature of the logit distillation (default {d.temperature:g})")
+    g.add_argument("--no-irm", action="store_true", help="without Q-ViT's information rectification of q and k")
+    g.add_argument("--no-flip", action="store_true", help="without random horizontal flips of the training images")
+    g.add_argument("--checkpoint", type=Path, metavar="FILE", help="write the training state to FILE (at the end, and every --checkpoint-every steps)")
+    g.add_argument("--checkpoint-every", type=int, metavar="K", help="also write the checkpoint every K steps")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint FILE")
+
+
 def _add_bad_image_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     from vitquant.data import BAD_IMAGE_POLICIES
 
@@ -118,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="calibrate, quantize and evaluate a model (the main job)")
     _add_quantize_args(q)
+    t = sub.add_parser("train", help="calibrate, then quantization-aware training (Q-ViT: IRM, DGD), then evaluate")
+    _add_quantize_args(t)
+    _add_training_args(t)
     r = sub.add_parser("run", help="evaluate a saved integer program (.vqm) with the integer executor")
     r.add_argument("model_file", type=Path, metavar="MODEL.vqm")
     r.add_argument("--eval-data", type=Path, metavar="DIR", help="labelled images (default: the shared ImageNet sample)")
@@ -246,15 +276,9 @@ def _reconstruction_args(args: argparse.Namespace) -> dict:
     return {"reconstruct": reconstruct, **given}
 
 
-def _run_quantize(args: argparse.Namespace) -> int:
-    from vitquant.evaluation import format_table, write_json
-    from vitquant.evaluation.distributed import current_shard
-    from vitquant.workflow import QuantizeJob, run_quantize
-
-    _check_output_path(args.json)
-    _check_output_path(getattr(args, "save", None), "--save")
-    recon = _reconstruction_args(args)
-    job = QuantizeJob(
+def _quantize_fields(args: argparse.Namespace) -> dict:
+    """The QuantizeJob fields of ``quantize``'s options (also those of ``train`` and the seed form)."""
+    return dict(
         model=args.model,
         weights=args.weights,
         w_bits=args.w_bits,
@@ -279,10 +303,41 @@ def _run_quantize(args: argparse.Namespace) -> int:
         save=getattr(args, "save", None),
         device=getattr(args, "device", "cpu"),
         on_bad_image=getattr(args, "on_bad_image", "error"),
-        **recon,
+        **_reconstruction_args(args),
         progress=not args.quiet,
     )
-    report = run_quantize(job)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from vitquant.workflow import QuantizeJob, run_quantize
+
+    _check_output_path(args.json)
+    _check_output_path(getattr(args, "save", None), "--save")
+    return _print_report(run_quantize(QuantizeJob(**_quantize_fields(args))), args)
+
+
+_TRAIN_FLAGS = {"steps": "steps", "epochs": "epochs", "train_batch_size": "batch_size", "lr": "lr",
+                "quant_lr": "quant_lr", "weight_decay": "weight_decay", "warmup": "warmup", "kd_weight": "kd_weight",
+                "dgd_weight": "dgd_weight", "label_weight": "label_weight", "temperature": "temperature",
+                "checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every"}
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from vitquant.qat import TrainConfig, TrainJob, run_train
+
+    _check_output_path(args.json)
+    _check_output_path(args.save, "--save")
+    _check_output_path(args.checkpoint, "--checkpoint")
+    given = {field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    training = TrainConfig(**given, irm=not args.no_irm, flip=not args.no_flip, resume=args.resume, seed=args.seed)
+    return _print_report(run_train(TrainJob(**_quantize_fields(args), train_data=args.train_data, training=training)), args)
+
+
+def _print_report(report: dict, args: argparse.Namespace) -> int:
+    """Print a quantize (or train) report on rank 0 and write ``--json``."""
+    from vitquant.evaluation import format_table, write_json
+    from vitquant.evaluation.distributed import current_shard
+
     if not current_shard().is_main:  # under torchrun only rank 0 prints and writes
         return 0
     cfg = report["config"]
@@ -311,6 +366,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         after = sum(b["loss_after"] for b in r["blocks"])
         print(f"reconstruction: {len(r['blocks'])} blocks on {r['images']} calibration images, "
               f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; block output error {before:.4g} -> {after:.4g} (sum)")
+    if report.get("training"):
+        _print_training(report["training"])
     if report.get("saved"):
         print(f"integer program ({report['saved']['ops']} ops, {report['saved']['bytes'] / 1e6:.2f} MB) written to {report['saved']['path']}")
     if getattr(args, "levels", False):
@@ -319,6 +376,16 @@ def _run_quantize(args: argparse.Namespace) -> int:
         write_json(report, args.json)
         print(f"report written to {args.json}")
     return 0
+
+
+def _print_training(t: dict) -> None:
+    resumed = f", resumed at step {t['resumed_from']}" if t["resumed_from"] is not None else ""
+    top1 = "-" if t["running_top1"] is None else f"{t['running_top1']:.1f} %"
+    loss = "-" if t["first_loss"] is None else f"{t['first_loss']:.4g} -> {t['last_loss']:.4g}"
+    print(f"training: {t['steps']} steps ({t['epochs']:.2f} epochs) on {t['images']} images from {t['folder']} "
+          f"({t['held_out_images']} evaluation images held out), batch {t['batch_per_process']} x {t['processes']} "
+          f"process(es), {t['seconds']:.1f} s{resumed}; loss {loss}; running top-1 on the training batches {top1}; "
+          f"IRM folded in {t['trained']['rectifiers'] // 2} attentions")
 
 
 def _run_program(args: argparse.Namespace) -> int:
@@ -475,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_sweep(args)
         if args.command == "compare":
             return _run_compare(args, argv)
+        if args.command == "train":
+            return _run_train(args)
         return _run_quantize(args)
     except VitQuantError as exc:
         print(f"vitquant: error: {_error_text(exc)}", file=sys.stderr)

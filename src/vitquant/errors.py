@@ -40,3 +40,8 @@ class RangeError(VitQuantError, ValueError):
 
 class NotIntegerError(ConfigError):
     """A number format with no exact integer form (``Quantizer.to_integer`` on it)."""
+
+
+class CheckpointError(VitQuantError):
+    """A training checkpoint that is missing, unreadable, corrupted, or written by a different run
+    (another model, calibration, configuration or number of processes)."""

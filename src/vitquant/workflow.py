@@ -1,18 +1,18 @@
 """The main job, as a library function: quantize a timm model and measure what it cost.
 
 model + calibration images -> quantized model [-> block reconstruction on the calibration images]
--> report (FP and quantized accuracy on the same images, fidelity, timings, levels used). The CLI
-and the benchmarks call :func:`run_quantize`.
+[-> a further stage, e.g. quantization-aware training (:mod:`vitquant.qat.job`)] -> report (FP and
+quantized accuracy on the same images, fidelity, timings, levels used). The CLI and the benchmarks call
+:func:`run_quantize`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -36,9 +36,9 @@ from vitquant.evaluation.distributed import (
     Shard,
     check_same_everywhere,
     current_shard,
-    exchange,
     gather_pair,
     model_fingerprint,
+    on_main,
     resolve_device,
     sharded_session,
 )
@@ -156,10 +156,49 @@ def resolve_data(job: QuantizeJob) -> JobData:
 
 def check_labels(data: JobData, model: torch.nn.Module) -> None:
     """Every evaluation label must be a class of the model."""
+    check_record_labels(data.evaluation, data.eval_dir, model)
+
+
+def check_record_labels(records: list[ImageRecord], folder: Path, model: torch.nn.Module) -> None:
+    """Every label of ``records`` (from ``folder``) must be a class of the model."""
     classes = int(getattr(model, "num_classes", 0) or 0)
-    top = max(r.label for r in data.evaluation)
+    top = max(r.label for r in records)
     if classes and top >= classes:
-        raise DataError(f"label {top} in {data.eval_dir} is not a class of this {classes}-class model")
+        raise DataError(f"label {top} in {folder} is not a class of this {classes}-class model")
+
+
+@dataclass
+class StageInputs:
+    """What a stage after calibration works with (see :class:`Stage`)."""
+
+    float_model: torch.nn.Module
+    result: CalibrationResult  # the calibrated (and maybe reconstructed) model
+    calib_images: torch.Tensor  # decoded, on ``device``
+    data: JobData
+    transform: Any  # the model's eval transform
+    shard: Shard
+    device: torch.device
+    progress: bool
+
+
+class Stage(Protocol):
+    """A step between calibration and evaluation that changes the calibrated model (quantization-aware
+    training: :class:`vitquant.qat.job.TrainingStage`). ``name`` is its key in the report."""
+
+    name: str
+
+    def check(self, data: JobData) -> None:
+        """Cheap checks of its own inputs, before the weights are loaded (a missing folder fails early)."""
+
+    def run(self, inputs: StageInputs) -> tuple[CalibrationResult, dict[str, Any]]:
+        """The changed model's calibration result (an ordinary calibrated model) and the report section."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every Path a string, also inside dicts (a job's nested settings)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return str(value) if isinstance(value, Path) else value
 
 
 def _json_ready(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -183,17 +222,6 @@ def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
     return {role: result.role_summary(role) for role in ROLES if any(p.role == role for p in result.points)}
 
 
-def _save_on_main(shard: Shard, save: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``save()`` on rank 0 alone; its result, or its error, on every rank."""
-    outcome: dict[str, Any] | VitQuantError | None = None
-    if shard.is_main:
-        try:
-            outcome = save()
-        except VitQuantError as exc:
-            outcome = exc
-    return exchange(outcome, shard)[0]
-
-
 def _evaluate_share(
     model: torch.nn.Module, qmodel: torch.nn.Module, data: JobData, transform: Any, job: QuantizeJob, shard: Shard
 ) -> PairEvaluation | VitQuantError:
@@ -207,8 +235,9 @@ def _evaluate_share(
         return exc
 
 
-def run_quantize(job: QuantizeJob) -> dict[str, Any]:
-    """Run the main job and return the report dict (see :func:`vitquant.evaluation.build_report`).
+def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]:
+    """Run the main job and return the report dict (see :func:`vitquant.evaluation.build_report`);
+    ``stage`` runs after calibration (and reconstruction) and adds its section to the report.
 
     Under ``torchrun`` every process calibrates (the same images, the same seed: the engine is
     deterministic, and the processes check that their calibrated models are identical), evaluates its share
@@ -222,6 +251,8 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     torch.manual_seed(job.seed)
 
     data = resolve_data(job)  # cheap checks of the images before loading (or downloading) weights
+    if stage is not None:
+        stage.check(data)
     model, weights_source = create_model(job.model, job.weights)
     check_labels(data, model)
     model = model.to(device)
@@ -246,12 +277,16 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
             log.info("reconstructing every block on %d calibration images ...", settings.image_count(len(calib_images)))
             recon = reconstruct(model, result, calib_images, settings, progress=job.progress and shard.is_main)
             result = recon.calibration
+        section = None
+        if stage is not None:
+            result, section = stage.run(StageInputs(model, result, calib_images, data, transform, shard, device,
+                                                    job.progress and shard.is_main))
         if shard.sharded:
             fingerprint = model_fingerprint(result.model, result.qconfig.to_dict())
-            check_same_everywhere(fingerprint, shard, "the calibrated model")
+            check_same_everywhere(fingerprint, shard, "the calibrated model" if stage is None else f"the model after {stage.name}")
         saved = None
         if job.save is not None:  # before evaluation: a model without an integer path fails early
-            saved = _save_on_main(shard, lambda: save_integer_program(result.model, job.save, {
+            saved = on_main(shard, lambda: save_integer_program(result.model, job.save, {
                 "timm_model": timm_name, "qconfig": result.qconfig.to_dict(), **source_commit(),
                 "calib_dir": str(data.calib_dir.resolve()), "calib_size": job.calib_size, "seed": job.seed,
                 "transform": _json_ready(data_config(model, job.crop_pct)),
@@ -260,7 +295,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     log_pair(evaluation)
 
     config = {
-        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items() if k != "progress"},
+        **{k: _plain(v) for k, v in asdict(job).items() if k != "progress"},
         "timm_model": timm_name,
         "weights_source": weights_source,
         "calib_dir": str(data.calib_dir.resolve()),
@@ -282,6 +317,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         "saved": saved,
         "skipped_images": {"calibration": list(calib.skipped), "evaluation": evaluation.skipped},
         "reconstruction": None if recon is None else recon.to_dict(),
+        **({} if stage is None else {stage.name: section}),
     }
     return build_report(
         config=config,

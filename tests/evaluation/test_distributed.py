@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,20 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import noise_folder
+from conftest import TINY_CLI, noise_folder, torchrun_environment
 from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation import run_pair
 from vitquant.evaluation.distributed import Shard, current_shard, exchange, gather_pair, resolve_device
-
-JOB = Path(__file__).resolve().parents[1] / "tiny_cli.py"
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"  # what torchrun gives each of its processes
-    return env
 
 
 def test_two_processes_give_the_single_process_report(tmp_path):
@@ -33,10 +22,10 @@ def test_two_processes_give_the_single_process_report(tmp_path):
             "--batch-size", "3", "--on-bad-image", "skip", "-q"]
     single, sharded = tmp_path / "single.json", tmp_path / "sharded.json"
     runs = [
-        subprocess.Popen([sys.executable, str(JOB), *args, "--json", str(single)], env=_environment(),
+        subprocess.Popen([sys.executable, str(TINY_CLI), *args, "--json", str(single)], env=torchrun_environment(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(JOB), *args, "--json", str(sharded)], env=_environment(),
+                          str(TINY_CLI), *args, "--json", str(sharded)], env=torchrun_environment(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
     ]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
@@ -63,8 +52,8 @@ def test_an_error_in_one_process_stops_all_with_its_message(tmp_path):
     """img04 is undecodable: its process fails, the other does not wait for it forever, rank 0 names it."""
     folder = noise_folder(tmp_path / "images", 9, bad=(4,))
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(JOB), "quantize", "--recipe", "repq-vit", "--calib-data", str(folder), "--calib-size", "2",
-                          "--batch-size", "2", "-q"], env=_environment(), capture_output=True, text=True, timeout=300)
+                          str(TINY_CLI), "quantize", "--recipe", "repq-vit", "--calib-data", str(folder), "--calib-size", "2",
+                          "--batch-size", "2", "-q"], env=torchrun_environment(), capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("vitquant: error:")]
     assert errors and all("cannot decode image" in line and "img04.JPEG" in line for line in errors)

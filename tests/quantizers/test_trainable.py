@@ -1,5 +1,6 @@
-"""Trainable quantizers: which kinds train, STE and LSQ gradients against their formulas, AdaRound's
-soft weight against finite differences, hardening (at most one step from nearest rounding), QDrop."""
+"""Trainable quantizers: which kinds train, STE and LSQ gradients against their formulas and against
+finite differences (LSQ steps of activations and weights), AdaRound's soft weight against finite
+differences, hardening (at most one step from nearest rounding; LSQ weights onto their grid), QDrop."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from vitquant.quantizers.trainable import (
     AdaRoundWeight,
     FrozenActivation,
     LSQActivation,
+    LSQWeight,
     round_ste,
     trainable_activation,
 )
@@ -56,8 +58,8 @@ def _uniform(scale=0.25, zero=3.0, bits=3) -> UniformQuantizer:
 
 def test_lsq_starts_as_the_fitted_quantizer():
     q = _uniform()
-    x = torch.linspace(-2, 2, 1001) + 0.0123  # no ties
-    assert torch.allclose(LSQActivation(q)(x), q(x), atol=1e-6)
+    x = torch.linspace(-2, 2, 1001) + 0.0123
+    assert torch.equal(LSQActivation(q)(x), q(x))  # bit for bit: the same rounded 1/Δ
 
 
 def test_lsq_step_gradient_is_the_lsq_formula():
@@ -83,7 +85,7 @@ def test_lsq_hardens_to_a_uniform_quantizer_with_the_learned_step():
     hard = lsq.harden()
     assert isinstance(hard, UniformQuantizer) and float(hard.scale) == pytest.approx(0.375)
     x = torch.linspace(-2, 2, 999) + 0.001
-    assert torch.allclose(hard(x), lsq(x), atol=1e-6)
+    assert torch.equal(hard(x), lsq(x))
     again = quantizer_from_state(hard.state())
     assert torch.equal(again(x), hard(x)) and again.max_levels == 8
 
@@ -188,3 +190,84 @@ def test_qdrop_keeps_a_fraction_of_elements_at_full_precision_while_training():
     assert torch.allclose(lsq(x), q(x), atol=1e-6)  # no dropping outside training
     with pytest.raises(ConfigError, match="QDrop"):
         LSQActivation(q, drop_prob=1.0)
+
+
+# ------------------------------------------------------------------------- LSQ: activations and weights
+def _lsq_pair(kind: str, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int = 4):
+    """(module, input tensor whose gradient is ∂x̂/∂x, x̂ as a function) for an LSQ activation or weight (float64)."""
+    q = UniformQuantizer(bits, scale.float(), zero.float())
+    if kind == "activation":
+        module = LSQActivation(q).double()
+        x = x.clone().requires_grad_(True)
+        return module, x, lambda: module(x)
+    module = LSQWeight(q, x.float()).double()
+    with torch.no_grad():
+        module.weight.copy_(x)
+    return module, module.weight, lambda: module()
+
+
+def _away_from_steps(x: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor) -> torch.Tensor:
+    """Elements at least 0.05 of a step from any rounding step (k + ½) and from the clamp bounds."""
+    v = x / scale
+    return ((v - v.floor() - 0.5).abs() > 0.05) & (v > code_min + 0.05) & (v < code_max - 0.05)
+
+
+@pytest.mark.parametrize("kind", ["activation", "weight"])
+def test_lsq_gradients_are_the_ste_formula_and_match_finite_differences(kind):
+    """Away from rounding steps and bounds, x̂ = round(x/Δ)·Δ is locally k·Δ: its finite differences are
+    ∂/∂Δ = k and ∂/∂x = 0. The STE replaces round by the identity in the backward, so autograd must give
+    ∂/∂Δ = k - x/Δ (LSQ) and ∂/∂x = 1: the finite differences of x̂ with the rounding residual
+    round(x/Δ) - x/Δ held at its value. Outside the code range: ∂/∂Δ = the bound, ∂/∂x = 0."""
+    g = torch.Generator().manual_seed(4)
+    rows = 6
+    scale = (torch.rand(rows, 1, generator=g, dtype=torch.float64) * 0.2 + 0.05) if kind == "weight" else torch.tensor(0.13, dtype=torch.float64)
+    zero = torch.full((rows, 1), 7.0, dtype=torch.float64) if kind == "weight" else torch.tensor(5.0, dtype=torch.float64)
+    x = torch.randn(rows, 40, generator=g, dtype=torch.float64) * 1.2
+    module, leaf, forward = _lsq_pair(kind, x, scale, zero)
+    weights = torch.randn(rows, 40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    (forward() * weights).sum().backward()
+    grad_x, grad_scale = leaf.grad.clone(), module.scale.grad.clone()
+
+    s = module.scale.detach()
+    v = x / s
+    inside = (v >= module.code_min) & (v <= module.code_max)
+    clamped = torch.clamp(v, module.code_min, module.code_max)
+    residual = torch.round(clamped) - clamped
+    # STE: 1 inside, 0 outside (up to Δ·(1/Δ) in float64)
+    assert torch.allclose(grad_x, torch.where(inside, weights, torch.zeros_like(weights)), rtol=1e-14, atol=0)
+    per_element = torch.where(inside, residual, torch.where(v < module.code_min, module.code_min, module.code_max))
+    expected_scale = (per_element * weights).sum(dim=1, keepdim=True) if kind == "weight" else (per_element * weights).sum()
+    assert torch.allclose(grad_scale, expected_scale.reshape(grad_scale.shape), rtol=1e-12, atol=1e-12)
+
+    # finite differences, elementwise, where the quantizer is locally smooth
+    eps = 1e-7
+    away = _away_from_steps(x, s, module.code_min, module.code_max)
+    assert away.sum() > 100 and (~inside).sum() > 0  # the test exercises both regions
+    codes = torch.round(v)
+    frozen = lambda xx, ss: (xx / ss + residual) * ss  # x̂ with the rounding residual held: the STE's function
+    true = lambda xx, ss: torch.round(xx / ss) * ss
+    d_true_scale = (true(x, s + eps) - true(x, s - eps)) / (2 * eps)
+    d_true_x = (true(x + eps, s) - true(x - eps, s)) / (2 * eps)
+    d_frozen_scale = (frozen(x, s + eps) - frozen(x, s - eps)) / (2 * eps)
+    d_frozen_x = (frozen(x + eps, s) - frozen(x - eps, s)) / (2 * eps)
+    assert torch.allclose(d_true_scale[away], codes[away], atol=1e-6)  # the forward is k·Δ there
+    assert torch.allclose(d_true_x[away], torch.zeros_like(x)[away])
+    assert torch.allclose(d_frozen_scale[away], residual[away], atol=1e-6)  # = the LSQ formula above
+    assert torch.allclose(d_frozen_x[away], torch.ones_like(x)[away], atol=1e-6)
+
+
+def test_lsq_weight_starts_as_the_fitted_quantizer_and_hardens_onto_its_grid():
+    w, q = _weight_case(3)
+    lsq = LSQWeight(q, w)
+    assert torch.equal(lsq(), q(w))
+    with torch.no_grad():  # any learned state
+        lsq.weight.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+        lsq.scale.mul_(1.3)
+    hard_weight, quantizer = lsq.harden()
+    assert isinstance(quantizer, UniformQuantizer) and torch.equal(quantizer.scale, lsq.scale.detach())
+    assert torch.equal(hard_weight, lsq().detach())  # the value training used, exactly
+    assert torch.equal(quantizer(hard_weight), hard_weight)  # the fitted quantizer gives back these codes
+    assert torch.equal(quantizer(lsq.weight.detach()), hard_weight)  # and the same from the latent weight
+    assert torch.equal(quantizer.zero_point, q.zero_point)
+    with pytest.raises(ConfigError, match="uniform weight quantizer"):
+        LSQWeight(LogSqrt2Quantizer(4, 17, torch.tensor(1.0)), w)

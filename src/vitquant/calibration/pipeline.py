@@ -235,6 +235,16 @@ def count_levels(qmodel: nn.Module, batches: Sequence[torch.Tensor], what: str =
         set_level_tracking(qmodel, False)
 
 
+def recount(
+    calibrated: CalibrationResult, qmodel: nn.Module, batches: Sequence[torch.Tensor], what: str
+) -> CalibrationResult:
+    """``calibrated`` for a changed copy of its model (reconstructed, trained): the levels counted again
+    on ``batches`` and every point reported anew, keeping the searches' costs."""
+    count_levels(qmodel, batches, what)
+    evaluations = {p.name: (p.evaluations, p.search_seconds) for p in calibrated.points}
+    return replace(calibrated, model=qmodel, points=point_reports(qmodel, evaluations))
+
+
 def fingerprint_points(model: nn.Module) -> list[tuple[str, Any, list[int] | None]]:
     """(name, fitted quantizer, histogram of codes used) for every weight and activation point."""
     rows: list[tuple[str, Any, list[int] | None]] = []

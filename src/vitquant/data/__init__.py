@@ -6,6 +6,7 @@ from vitquant.data.batches import (
     check_bad_image_policy,
     load_batch,
     load_images,
+    make_batch_loader,
     make_loader,
     shard_batches,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "list_images",
     "load_batch",
     "load_images",
+    "make_batch_loader",
     "make_loader",
     "shard_batches",
     "split_calibration_eval",

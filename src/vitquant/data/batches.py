@@ -10,7 +10,7 @@ every batch holds the same images whether one process evaluates or many.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -25,6 +25,7 @@ __all__ = [
     "check_bad_image_policy",
     "load_batch",
     "load_images",
+    "make_batch_loader",
     "make_loader",
     "shard_batches",
 ]
@@ -138,10 +139,24 @@ def make_loader(
     (:func:`shard_batches`) of the batches of ``records``."""
     _require_records(records)
     _check_count(batch_size, "batch_size", 1)
+    return make_batch_loader(records, transform, shard_batches(len(records), batch_size, rank, world_size),
+                             num_workers, on_bad_image)
+
+
+def make_batch_loader(
+    records: Sequence[ImageRecord],
+    transform: Transform,
+    batches: Iterable[list[int]],
+    num_workers: int = 0,
+    on_bad_image: str = "error",
+) -> DataLoader:
+    """A :class:`DataLoader` of one :class:`LoadedBatch` per list of record indices in ``batches`` (any
+    iterable, read as the loader goes: a training run's seeded order, :mod:`vitquant.qat.sampling`)."""
+    _require_records(records)
     _check_count(num_workers, "num_workers", 0)
     return DataLoader(
         _PolicyDataset(records, transform, on_bad_image),
-        batch_sampler=shard_batches(len(records), batch_size, rank, world_size),
+        batch_sampler=batches,  # type: ignore[arg-type]
         num_workers=num_workers,
         collate_fn=_collate,
     )

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ __all__ = [
     "exchange",
     "gather_pair",
     "model_fingerprint",
+    "on_main",
     "resolve_device",
     "sharded_session",
 ]
@@ -133,6 +134,17 @@ def exchange(value: T | VitQuantError, shard: Shard) -> list[T]:
                 raise item
             raise type(item)(f"process {rank} of {shard.world_size} failed: {item}")
     return values
+
+
+def on_main(shard: Shard, action: Callable[[], T]) -> T:
+    """``action()`` on rank 0 alone (writing a file); its result, or its user error, on every rank."""
+    outcome: Any = None
+    if shard.is_main:
+        try:
+            outcome = action()
+        except VitQuantError as exc:
+            outcome = exc
+    return exchange(outcome, shard)[0]
 
 
 def gather_pair(local: PairEvaluation | VitQuantError, shard: Shard) -> PairEvaluation:

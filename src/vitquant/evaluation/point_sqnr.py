@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vitquant.nn.hooks import run_hooked
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points
 
@@ -89,14 +90,7 @@ def point_sqnr(qmodel: nn.Module, images: Sequence[torch.Tensor]) -> list[PointS
                                   sqnr_db(sums.signal, sums.noise), sums.values))
     points = [(name, p) for name, p in quant_points(qmodel) if p.quantizer is not None and p.mode is Mode.QUANTIZE]
     sums_of = {name: _Sums() for name, _ in points}
-    hooks = [p.register_forward_hook(lambda _m, args, out, s=sums_of[name]: s.add(args[0], out)) for name, p in points]
-    try:
-        with torch.no_grad():
-            for batch in images:
-                qmodel(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hooked(qmodel, images, [(p, lambda _m, args, out, s=sums_of[name]: s.add(args[0], out)) for name, p in points])
     for name, p in points:
         s = sums_of[name]
         rows.append(PointSQNR(name, p.role, _quantizer_name(p.quantizer), sqnr_db(s.signal, s.noise), s.values))
@@ -119,13 +113,7 @@ def capture_inputs(model: nn.Module, names: Sequence[str], images: Sequence[torc
     if missing:
         raise KeyError(f"not quantization points of this model: {', '.join(missing)}")
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    hooks = [modules[n].register_forward_hook(lambda _m, args, _out, store=seen[n]: store.append(args[0].detach().clone()))
-             for n in names]
-    try:
-        with float_mode(model), torch.no_grad():
-            for batch in images:
-                model(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with float_mode(model):
+        run_hooked(model, images, [(modules[n], lambda _m, args, _out, store=seen[n]: store.append(args[0].detach().clone()))
+                                   for n in names])
     return {n: Captured(tuple(seen[n][0].shape), torch.cat([t.reshape(-1) for t in seen[n]])) for n in names if seen[n]}

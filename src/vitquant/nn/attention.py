@@ -12,6 +12,10 @@ An integer softmax kernel instead receives the exact integer product of the quan
 Both matmuls are :class:`~vitquant.nn.matmul.QuantMatMul` modules (``qk`` and ``av``), so calibration
 can treat them like any other consumer of quantized inputs.
 
+``q_rectify`` and ``k_rectify`` (``None`` unless set) transform q and k, per head, before they are scaled
+and quantized: quantization-aware training puts Q-ViT's Information Rectification Module there
+(:mod:`vitquant.qat.irm`) and folds it into ``qkv`` afterwards.
+
 ``q`` is scaled before its quantizer, exactly as timm's non-fused path, so that with quantization off
 the logits equal the original model's. The scale is a constant factor, so this only rescales the
 fitted step of the q quantizer compared with RepQ-ViT (which scales after the matmul).
@@ -19,7 +23,7 @@ fitted step of the q quantizer compared with RepQ-ViT (which scales after the ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from timm.layers.attention import Attention
@@ -32,18 +36,22 @@ from vitquant.nn.matmul import QuantMatMul
 from vitquant.nn.nonlinear import QuantSoftmax
 
 
-class _AttentionPoints:
+class AttentionPoints:
     """The two quantized matmuls of one attention, ``qk`` (q, kᵀ) and ``av`` (softmax output, v), and
     the replaceable ``softmax`` between them."""
 
     qk: QuantMatMul
     av: QuantMatMul
     softmax: QuantSoftmax
+    q_rectify: nn.Module | None
+    k_rectify: nn.Module | None
 
     def _add_points(self) -> None:
         self.qk = QuantMatMul(qconfig.MATMUL_INPUT, qconfig.MATMUL_INPUT)
         self.softmax = QuantSoftmax()
         self.av = QuantMatMul(qconfig.POST_SOFTMAX, qconfig.MATMUL_INPUT)
+        self.q_rectify = None  # q, k [B, heads, N, head_dim] -> same (see the module docstring)
+        self.k_rectify = None
 
     def _attend(
         self,
@@ -52,6 +60,10 @@ class _AttentionPoints:
         v: torch.Tensor,
         add_bias: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        if self.q_rectify is not None:
+            q = self.q_rectify(q)
+        if self.k_rectify is not None:
+            k = self.k_rectify(k)
         q, kt = q * self.scale, k.transpose(-2, -1)  # type: ignore[attr-defined]
         product = self.qk.integer_product(q, kt) if self.softmax.takes_integers else None
         if product is not None:  # integer softmax: the exact q@kᵀ integers, the bias on their grid
@@ -66,6 +78,13 @@ class _AttentionPoints:
         return self.av(self.attn_drop(attn), v)  # type: ignore[attr-defined]
 
 
+def attentions(model: nn.Module) -> Iterator[tuple[str, AttentionPoints]]:
+    """Every (name, attention) of a prepared model, ViT and Swin alike."""
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionPoints):
+            yield name, module
+
+
 def _mask_adder(attn_mask: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """timm's mask convention: boolean True = attend, or an additive float mask."""
     if attn_mask is None:
@@ -75,7 +94,7 @@ def _mask_adder(attn_mask: torch.Tensor | None) -> Callable[[torch.Tensor], torc
     return lambda attn: attn + attn_mask
 
 
-class QuantViTAttention(_AttentionPoints, Attention):
+class QuantViTAttention(AttentionPoints, Attention):
     """timm ``Attention`` (ViT, DeiT) with explicit quantizable matmuls."""
 
     @classmethod
@@ -103,7 +122,7 @@ class QuantViTAttention(_AttentionPoints, Attention):
         return self.proj_drop(self.proj(x))
 
 
-class QuantWindowAttention(_AttentionPoints, WindowAttention):
+class QuantWindowAttention(AttentionPoints, WindowAttention):
     """timm Swin ``WindowAttention`` with explicit quantizable matmuls (relative bias and shift mask kept)."""
 
     @classmethod

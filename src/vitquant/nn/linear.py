@@ -66,7 +66,7 @@ class WeightQuantMixin:
         bias: torch.Tensor | None = self.bias  # type: ignore[attr-defined]
         if self.input_shift == 0.0:
             return bias
-        shift = self.input_shift * weight.detach().double().flatten(1).sum(dim=1)
+        shift = self.input_shift * weight.double().flatten(1).sum(dim=1)  # with its gradient (training)
         return (-shift if bias is None else bias.double() - shift).to(weight.dtype)
 
     def input_points(self) -> list[QuantPoint]:

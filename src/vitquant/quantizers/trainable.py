@@ -6,10 +6,13 @@ ordinary fitted :class:`~vitquant.quantizers.uniform.UniformQuantizer`.
 
 - :class:`LSQActivation` (LSQ, Esser et al., ICLR 2020): a learnable step Δ, fixed zero point z,
 
-      x̂ = round_ste(clamp(x / Δ, -z, 2^b - 1 - z)) · Δ,
+      x̂ = round_ste(clamp(x · (1/Δ), -z, 2^b - 1 - z)) · Δ,
       ∂x̂/∂Δ = round(x/Δ) - x/Δ where -z < x/Δ < 2^b - 1 - z, else the bound -z or 2^b - 1 - z.
 
   LSQ's gradient scale 1/sqrt(N·qmax) is left out: Adam's update is invariant to a constant factor.
+- :class:`LSQWeight` (quantization-aware training, :mod:`vitquant.qat`): the same LSQ step on a weight,
+  per output channel, and the latent float weight W itself trains (∂Ŵ/∂W = 1 inside the code range,
+  0 outside, by the STE).
 - :class:`FrozenActivation`: a quantizer whose kind does not train (``trainable`` False: BitLog2,
   log√2, AdaLog, twin-uniform), x̂ = x + (Q(x) - x) with the bracket detached (gradient 1 to x).
 - :class:`AdaRoundWeight` (AdaRound, Nagel et al., ICML 2020): the weight's step Δ and zero point stay;
@@ -42,6 +45,13 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def lsq_quantize(x: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor) -> torch.Tensor:
+    """LSQ's fake quantization x̂ = round_ste(clamp(x · (1/Δ), code_min, code_max)) · Δ (codes q - z), with
+    1/Δ rounded once as :class:`UniformQuantizer` does: the same values as the fitted quantizer of that
+    step, bit for bit (so training starts at the calibrated model and hardening changes nothing)."""
+    return round_ste(torch.clamp(x * (1.0 / scale), code_min, code_max)) * scale
+
+
 class _Dropping(nn.Module):
     """QDrop: with probability ``drop_prob`` an element keeps its full-precision value."""
 
@@ -71,8 +81,7 @@ class LSQActivation(_Dropping):
         self.register_buffer("code_max", quantizer.code_max.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        codes = round_ste(torch.clamp(x / self.scale, self.code_min, self.code_max))
-        return self._drop(x, codes * self.scale)
+        return self._drop(x, lsq_quantize(x, self.scale, self.code_min, self.code_max))
 
     def harden(self) -> UniformQuantizer:
         """The fitted quantizer with the learned step (kept positive)."""
@@ -145,3 +154,31 @@ class AdaRoundWeight(nn.Module):
         and that quantizer."""
         with torch.no_grad():
             return self.hard_codes() * self.quantizer.scale, self.quantizer
+
+
+class LSQWeight(nn.Module):
+    """A weight and its per-output-channel uniform step, both trained (LSQ, quantization-aware
+    training); ``forward()`` is the fake-quantized weight, ``harden()`` (weight on the grid,
+    UniformQuantizer with the learned step). The zero point stays as calibrated."""
+
+    def __init__(self, quantizer: UniformQuantizer, weight: torch.Tensor) -> None:
+        super().__init__()
+        if not isinstance(quantizer, UniformQuantizer):
+            raise ConfigError(f"an LSQ weight needs a uniform weight quantizer, got {quantizer!r}")
+        self.bits = quantizer.bits
+        self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())
+        self.scale = nn.Parameter(quantizer.scale.detach().clone())
+        self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
+        self.register_buffer("code_min", quantizer.code_min.detach().clone())
+        self.register_buffer("code_max", quantizer.code_max.detach().clone())
+
+    def forward(self) -> torch.Tensor:
+        return lsq_quantize(self.weight, self.scale, self.code_min, self.code_max)
+
+    def harden(self) -> tuple[torch.Tensor, UniformQuantizer]:
+        """The weight on its grid, codes · Δ (so the returned quantizer gives back exactly these codes,
+        the values training used), and the UniformQuantizer with the learned step (kept positive)."""
+        with torch.no_grad():
+            scale = self.scale.detach().clamp(min=torch.finfo(torch.float32).tiny)
+            codes = torch.clamp(torch.round(self.weight * (1.0 / scale)), self.code_min, self.code_max)
+            return codes * scale, UniformQuantizer(self.bits, scale.clone(), self.zero_point.clone())

@@ -10,13 +10,16 @@ quantizers (:class:`~vitquant.quantizers.trainable.LSQActivation`); the rest sta
 
 :class:`TrainableBlock` is the explicit swap: ``install`` replaces the block's fitted quantizers with
 trainable stand-ins (and runs its integer non-linear kernels as their float ops, which have a
-gradient), ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones.
+gradient), ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones. The weights'
+stand-in is AdaRound's learned rounding here; quantization-aware training (:mod:`vitquant.qat`) swaps a
+whole model with LSQ weights (:class:`~vitquant.quantizers.trainable.LSQWeight`) instead.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +30,15 @@ from tqdm import tqdm
 from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.nonlinear import QuantNonLinear
 from vitquant.nn.quant_point import Mode, QuantPoint
-from vitquant.quantizers.trainable import AdaRoundWeight, LSQActivation, trainable_activation
+from vitquant.quantizers.trainable import AdaRoundWeight, LSQActivation, LSQWeight, trainable_activation
 from vitquant.quantizers.uniform import UniformQuantizer
 from vitquant.reconstruction.config import ReconstructionConfig
 
 CHUNK = 64  # images per forward when measuring a block's error over all images
+
+#: a trainable weight source built from a layer's fitted uniform quantizer and weight; it has ``harden()``
+#: -> (weight on the grid, fitted quantizer)
+WeightSource = Callable[[UniformQuantizer, torch.Tensor], AdaRoundWeight | LSQWeight]
 
 
 def trainable_layers(block: nn.Module) -> list[WeightQuantMixin]:
@@ -54,26 +61,32 @@ def _activation_points(block: nn.Module) -> list[QuantPoint]:
 
 
 class TrainableBlock:
-    """The swap of one block's quantizers for trainable ones (see the module docstring)."""
+    """The swap of one block's (or a whole model's) quantizers for trainable ones (see the module
+    docstring); ``weight_source`` makes each weight's stand-in (AdaRound by default)."""
 
-    def __init__(self, block: nn.Module, drop_prob: float = 0.0, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, block: nn.Module, drop_prob: float = 0.0, generator: torch.Generator | None = None,
+        weight_source: WeightSource = AdaRoundWeight,
+    ) -> None:
         self.block = block
         self.layers = trainable_layers(block)
         self.points = _activation_points(block)
         self.kernels = [m for m in block.modules() if isinstance(m, QuantNonLinear) and m.active is not None]
         self.saved_points = [p.quantizer for p in self.points]
         self.saved_kernels = [m.active for m in self.kernels]
-        self.roundings = [AdaRoundWeight(layer.weight_quantizer, layer.weight) for layer in self.layers]  # type: ignore[arg-type]
+        self.roundings = [weight_source(layer.weight_quantizer, layer.weight) for layer in self.layers]  # type: ignore[arg-type]
         self.activations = [trainable_activation(p.quantizer, drop_prob, generator) for p in self.points]  # type: ignore[arg-type]
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        return [r.alpha for r in self.roundings]
+        """The parameters of the weights' stand-ins (AdaRound: V; LSQ: the latent weight and its step)."""
+        return [p for r in self.roundings for p in r.parameters()]
 
     def step_parameters(self) -> list[nn.Parameter]:
         return [a.scale for a in self.activations if isinstance(a, LSQActivation)]
 
     def regularizer(self, beta: float) -> torch.Tensor:
-        return torch.stack([r.regularizer(beta) for r in self.roundings]).sum() if self.roundings else torch.zeros(())
+        """AdaRound's rounding regulariser summed over the layers."""
+        return torch.stack([r.regularizer(beta) for r in self.roundings]).sum() if self.roundings else torch.zeros(())  # type: ignore[union-attr]
 
     def install(self) -> None:
         for layer, rounding in zip(self.layers, self.roundings):

@@ -20,14 +20,14 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from vitquant.calibration.passes import UnitCache
-from vitquant.calibration.pipeline import CalibrationResult, check_images, count_levels, point_reports
+from vitquant.calibration.pipeline import CalibrationResult, check_images, recount
 from vitquant.errors import ConfigError
 from vitquant.models.adapters import adapter_for
 from vitquant.reconstruction.block import CHUNK, BlockReport, reconstruct_block, trainable_layers
@@ -102,9 +102,7 @@ def reconstruct(
         x_q, x_f = _forward(q_unit, x_q), target
     del x_q, x_f
 
-    count_levels(qmodel, list(images.split(CHUNK)), "reconstruction images")
-    evaluations = {p.name: (p.evaluations, p.search_seconds) for p in calibrated.points}
+    refreshed = recount(calibrated, qmodel, list(images.split(CHUNK)), "reconstruction images")
     seconds = time.perf_counter() - start
     log.info("reconstructed %d blocks on %d images in %.1f s", len(blocks), images.shape[0], seconds)
-    refreshed = replace(calibrated, model=qmodel, points=point_reports(qmodel, evaluations))
     return ReconstructionResult(qmodel, refreshed, config, int(images.shape[0]), seconds, blocks)
