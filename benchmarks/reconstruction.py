@@ -1,13 +1,15 @@
-"""Benchmark: calibration alone against calibration + block reconstruction, on the real DeiT-Tiny.
+"""Benchmark: calibration alone, + block reconstruction, + short quantization-aware training (QAT), on
+the real DeiT-Tiny.
 
 Every row calibrates on the same calibration images (seed 0); reconstruction trains on those same
-calibration images (never on an evaluated one); all rows and FP are evaluated on the same other
-images. Writes ``results/reconstruction_<model>.{md,json}`` with top-1/top-5, agreement with FP, mean
-KL, the seconds of each stage (calibration, reconstruction; image decoding excluded), the per-block
-errors before/after and the reconstruction settings, plus the commit.
+calibration images; QAT (``vitquant train``'s trainer, from the calibrated model) on every image of the
+folder that is not evaluated (the calibration images among them); all rows and FP are evaluated on the
+same other images, which neither stage ever sees. Writes ``results/reconstruction_<model>.{md,json}``
+with top-1/top-5, agreement with FP, mean KL, the seconds of each stage (image decoding excluded), the
+per-block errors before/after, the training losses and both stages' settings, plus the commit.
 
     python benchmarks/reconstruction.py                                  # the README table
-    python benchmarks/reconstruction.py --bits 4 --recon-iters 100 --eval-size 300
+    python benchmarks/reconstruction.py --bits 4 --recon-iters 100 --qat-steps 20 --eval-size 300
 
 A row is a recipe name, optionally with options as in ``benchmarks/recipes.py``:
 ``bitlog2-half-17+post_gelu=adalog``.
@@ -24,8 +26,11 @@ import torch
 
 from attention_schemes import _accuracy, _logits, add_data_args, environment, run_and_write
 from recipes import load_eval, measure_row, parse_row
+from vitquant.data import list_images
+from vitquant.data.transforms import eval_transform
 from vitquant.evaluation import FidelityMeter
 from vitquant.models import resolve_model_name
+from vitquant.qat import FolderImages, QATTrainer, TrainConfig
 from vitquant.recipes import build_qconfig
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
 
@@ -37,17 +42,38 @@ def reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits,
     """Reconstruct a calibrated model and evaluate it: the row."""
     log.info("W%dA%d %s + reconstruction ...", bits, bits, name)
     result = reconstruct(model, calibrated, calib_images, settings, progress=True)
-    q_logits, _ = _logits(result.model, batches)
+    row = _evaluated_row(result.model, batches, labels, fp_logits, f"{name} + reconstruction")
+    log.info("W%dA%d %s + reconstruction: top-1 %.2f %%, %.1f s", bits, bits, name, row["top1"], result.seconds)
+    return {**row, "bits": bits, "calibration_seconds": calibrated.seconds, "reconstruction_seconds": result.seconds,
+            "reconstruction": result.to_dict(), "qconfig": calibrated.qconfig.to_dict()}
+
+
+def _evaluated_row(qmodel, batches, labels, fp_logits, name: str) -> dict:
+    q_logits, _ = _logits(qmodel, batches)
     meter = _accuracy(q_logits, labels)
     fidelity = FidelityMeter()
     fidelity.update(fp_logits, q_logits)
-    log.info("W%dA%d %s + reconstruction: top-1 %.2f %%, %.1f s", bits, bits, name, meter.top1, result.seconds)
-    return {
-        "row": f"{name} + reconstruction", "bits": bits, "top1": meter.top1, "top5": meter.top5,
-        "agreement": fidelity.top1_agreement, "mean_kl": fidelity.mean_kl,
-        "calibration_seconds": calibrated.seconds, "reconstruction_seconds": result.seconds,
-        "reconstruction": result.to_dict(), "qconfig": calibrated.qconfig.to_dict(),
-    }
+    return {"row": name, "top1": meter.top1, "top5": meter.top5, "agreement": fidelity.top1_agreement,
+            "mean_kl": fidelity.mean_kl}
+
+
+def qat_row(model, calibrated, calib_images, training, batches, labels, fp_logits, config, name, bits) -> dict:
+    """Train a calibrated model (QAT) and evaluate it: the row."""
+    log.info("W%dA%d %s + QAT (%d steps of %d images) ...", bits, bits, name, config.steps, config.batch_size)
+    trainer = QATTrainer(model, calibrated, training, config, calib_images, progress=True)
+    trainer.run()
+    result = trainer.finish()
+    row = _evaluated_row(result.model, batches, labels, fp_logits, f"{name} + QAT")
+    log.info("W%dA%d %s + QAT: top-1 %.2f %%, %.1f s", bits, bits, name, row["top1"], result.seconds)
+    return {**row, "bits": bits, "calibration_seconds": calibrated.seconds, "reconstruction_seconds": None,
+            "qat_seconds": result.seconds, "training": result.to_dict(), "qconfig": calibrated.qconfig.to_dict()}
+
+
+def training_images(args: argparse.Namespace, data, model) -> FolderImages:
+    """Every image of the folder that is not evaluated (``vitquant train``'s default)."""
+    evaluated = {r.path.resolve() for r in data.evaluation}
+    records = [r for r in list_images(data.calib_dir, split="train") if r.path.resolve() not in evaluated]
+    return FolderImages(records, eval_transform(model))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -56,6 +82,11 @@ def run(args: argparse.Namespace) -> dict:
     fp = _accuracy(fp_logits, labels)
     settings = ReconstructionConfig(images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
                                     drop_prob=args.qdrop, seed=args.seed)
+    qat = None
+    if args.qat_steps:
+        qat = TrainConfig(steps=args.qat_steps, batch_size=args.qat_batch_size, lr=args.qat_lr,
+                          quant_lr=args.qat_quant_lr, dgd_weight=args.dgd_weight, seed=args.seed)
+        training = training_images(args, data, model)
     rows = [{"row": "FP32", "bits": None, "top1": fp.top1, "top5": fp.top5, "agreement": 100.0, "mean_kl": 0.0,
              "calibration_seconds": None, "reconstruction_seconds": None, "qconfig": None}]
     for bits in args.bits:
@@ -65,13 +96,19 @@ def run(args: argparse.Namespace) -> dict:
             row, calibrated = measure_row(model, calib_images, batches, labels, fp_logits, qconfig, spec, bits)
             rows.append({**row, "reconstruction_seconds": None})
             rows.append(reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, spec, bits))
+            if qat is not None:
+                rows.append(qat_row(model, calibrated, calib_images, training, batches, labels, fp_logits, qat, spec, bits))
     return {
         "command": "python benchmarks/reconstruction.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(args.model), "weights": weights_source,
         "calibration_images": len(calib_images), "reconstruction_images": settings.image_count(len(calib_images)),
         "reconstruction_images_are": "the calibration images (none of them is evaluated)",
         "evaluation_images": len(labels), "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed,
-        "settings": settings.to_dict(), **environment(), "rows": rows,
+        "settings": settings.to_dict(),
+        "qat_settings": None if qat is None else qat.to_dict(),
+        "qat_images": None if qat is None else len(training),
+        "qat_images_are": "every image of the folder that is not evaluated (the calibration images among them)",
+        **environment(), "rows": rows,
     }
 
 
@@ -81,19 +118,26 @@ def to_markdown(res: dict) -> str:
         f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), reconstructed on "
         f"{res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, batch "
         f"{s['batch_size']}, QDrop {s['drop_prob']}), evaluated on {res['evaluation_images']} other images of "
-        f"`{Path(res['eval_dir']).name}`; {res['threads']} CPU threads, torch {res['torch']}; "
+        f"`{Path(res['eval_dir']).name}`; "
+        + ("" if not res.get("qat_settings") else
+           f"QAT on the {res['qat_images']} images of the folder that are not evaluated ({res['qat_settings']['steps']} "
+           f"steps of {res['qat_settings']['batch_size']} images, lr {res['qat_settings']['lr']:g} / quantizer steps "
+           f"{res['qat_settings']['quant_lr']:g}, KD weight {res['qat_settings']['kd_weight']:g}, DGD weight "
+           f"{res['qat_settings']['dgd_weight']:g}, IRM {'on' if res['qat_settings']['irm'] else 'off'}); ")
+        + f"{res['threads']} CPU threads, torch {res['torch']}; "
         f"commit {str(res.get('commit'))[:10]}{' (uncommitted changes)' if res.get('dirty') else ''}.",
         "",
-        "| W/A | recipe | top-1 % | top-5 % | agreement % | mean KL | calib s | recon s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| W/A | recipe | top-1 % | top-5 % | agreement % | mean KL | calib s | recon s | QAT s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         bits = "FP32" if r["bits"] is None else f"W{r['bits']}A{r['bits']}"
         name = "-" if r["bits"] is None else r["row"]
         calib = "-" if r["calibration_seconds"] is None else f"{r['calibration_seconds']:.1f}"
         recon = "-" if r["reconstruction_seconds"] is None else f"{r['reconstruction_seconds']:.1f}"
+        qat = "-" if r.get("qat_seconds") is None else f"{r['qat_seconds']:.1f}"
         lines.append(f"| {bits} | {name} | {r['top1']:.2f} | {r['top5']:.2f} | {r['agreement']:.2f} | "
-                     f"{r['mean_kl']:.4f} | {calib} | {recon} |")
+                     f"{r['mean_kl']:.4f} | {calib} | {recon} | {qat} |")
     lines += ["", f"Command: `{res['command'].strip()}`"]
     return "\n".join(lines) + "\n"
 
@@ -108,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recon-iters", type=int, default=ReconstructionConfig.iters)
     p.add_argument("--recon-batch-size", type=int, default=ReconstructionConfig.batch_size)
     p.add_argument("--qdrop", type=float, default=0.0)
+    p.add_argument("--qat-steps", type=int, default=0, help="QAT steps from the calibrated model (default 0: no QAT row)")
+    p.add_argument("--qat-batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--qat-lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--qat-quant-lr", type=float, default=TrainConfig.quant_lr)
+    p.add_argument("--dgd-weight", type=float, default=TrainConfig.dgd_weight)
     args = p.parse_args(argv)
     return run_and_write(args, run, to_markdown, f"reconstruction_{args.model}")
 
