@@ -31,6 +31,7 @@ from vitquant.compare.plan import Variant
 from vitquant.data import data_config, eval_transform, load_images, make_loader
 from vitquant.errors import ConfigError, DataError, VitQuantError
 from vitquant.evaluation import ClassificationMeter, FidelityMeter, compare_throughput
+from vitquant.evaluation.evaluate import timed_forward
 from vitquant.evaluation.distributed import current_shard, resolve_device
 from vitquant.evaluation.point_sqnr import capture_inputs, point_sqnr
 from vitquant.models import create_model, resolve_model_name
@@ -88,17 +89,10 @@ class CompareJob:
 def _forward_all(model: nn.Module, batches: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
     """Logits of every batch (on the CPU) and the seconds spent in the forwards."""
     outs, seconds = [], 0.0
-    with torch.inference_mode():
-        for images in batches:
-            images = images.to(device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            logits = model(images)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds += time.perf_counter() - start
-            outs.append(logits.float().cpu())
+    for images in batches:
+        logits, elapsed = timed_forward(model, images, device)
+        outs.append(logits.float().cpu())
+        seconds += elapsed
     return torch.cat(outs), seconds
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from vitquant.errors import ConfigError, DataError
 from vitquant.evaluation.metrics import ClassificationMeter, FidelityMeter
 
-__all__ = ["ModelRun", "PairEvaluation", "compare_throughput", "evaluate_pair", "log_pair", "measure_throughput", "run_pair"]
+__all__ = ["ModelRun", "PairEvaluation", "compare_throughput", "evaluate_pair", "log_pair", "measure_throughput", "run_pair", "timed_forward"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_forward(model: nn.Module, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
+def timed_forward(model: nn.Module, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
     """Run ``model(images)`` under inference mode; return logits and elapsed seconds."""
     images = images.to(device, non_blocking=True)
     with torch.inference_mode():
@@ -114,7 +114,7 @@ class _Runner:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward one batch, update the meter, return the logits."""
-        logits, elapsed = _timed_forward(self.model, images, self.device)
+        logits, elapsed = timed_forward(self.model, images, self.device)
         self.seconds += elapsed
         self.meter.update(logits, labels)
         return logits
@@ -210,9 +210,9 @@ def compare_throughput(
     inputs = [batch.to(device) for device in devices]
     for _ in range(warmup):
         for model, images, device in zip(models, inputs, devices):
-            _timed_forward(model, images, device)
+            timed_forward(model, images, device)
     best = [float("inf")] * len(models)
     for _ in range(repeats):
         for i, (model, images, device) in enumerate(zip(models, inputs, devices)):
-            best[i] = min(best[i], _timed_forward(model, images, device)[1])
+            best[i] = min(best[i], timed_forward(model, images, device)[1])
     return [batch.shape[0] / t if t > 0.0 else float("inf") for t in best]
