@@ -302,6 +302,14 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         assert report["simulation"]["bit_identical_images"] == report["images"]
         assert 0.0 <= report["integer"]["top1"] <= 100.0 and report["integer"]["images_per_second"] > 0
         assert "integer model: top-1" in stdout
+        # the fast executor: the same predictions; compiling needs it
+        rc, stdout, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2", "--gemm", "float",
+                              "--json", str(tmp_path / "f.json"), "-q"], capsys)
+        fast_report = json.loads((tmp_path / "f.json").read_text())
+        assert rc == 0 and fast_report["integer"]["top1"] == report["integer"]["top1"]
+        assert fast_report["integer"]["gemm"] == "float" and fast_report["integer"]["compile_seconds"] is None
+        rc, _, err = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--compile", "-q"], capsys)
+        assert rc == 2 and "gemm='float'" in err
         # an undecodable image among the evaluated ones: an error, or skipped and named with --on-bad-image skip
         (tiny_folder / "a_junk.JPEG").write_bytes(b"not an image" * 20)  # first by name: the seeded split evaluates it
         (tiny_folder / "labels.csv").write_text((tiny_folder / "labels.csv").read_text() + "a_junk.JPEG,1\n")

@@ -155,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, metavar="N", default=64, help="batch size (default 64)")
     r.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0)")
     r.add_argument("--gemm", choices=("int", "float"), default="int",
-                   help="matmuls: int (pure int64, default) or float (exact float GEMM of the integers, faster)")
+                   help="int: the strict executor, pure int64 (default); float: the fast executor (exact int8 and "
+                   "float GEMMs, float64 rounding, the same integers)")
+    r.add_argument("--compile", action="store_true",
+                   help="compile the fast executor with torch.compile (needs --gemm float and a C++ compiler; "
+                   "the compile time, minutes on a cold cache, is reported apart from the throughput)")
     r.add_argument("--check-simulation", action="store_true", help="also run the float64 twin and count bit-identical images")
     _add_bad_image_arg(r)
     r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
@@ -395,12 +399,14 @@ def _run_program(args: argparse.Namespace) -> int:
     _check_output_path(args.json)
     report = run_program(RunJob(
         model_file=args.model_file, eval_data=args.eval_data, eval_size=args.eval_size, batch_size=args.batch_size,
-        workers=args.workers, gemm=args.gemm, check_simulation=args.check_simulation, on_bad_image=args.on_bad_image,
-        progress=not args.quiet,
+        workers=args.workers, gemm=args.gemm, compile=args.compile, check_simulation=args.check_simulation,
+        on_bad_image=args.on_bad_image, progress=not args.quiet,
     ))
     r = report["integer"]
     print(f"{args.model_file}: {report['program']['ops']} integer ops; {report['images']} images from {report['eval_dir']}")
-    print(f"integer model: top-1 {r['top1']:.2f} %  top-5 {r['top5']:.2f} %  {r['images_per_second']:.1f} images/s (gemm {r['gemm']})")
+    compiled = f", compiled in {r['compile_seconds']:.1f} s" if r["compile_seconds"] is not None else ""
+    print(f"integer model: top-1 {r['top1']:.2f} %  top-5 {r['top5']:.2f} %  {r['images_per_second']:.1f} images/s "
+          f"(gemm {r['gemm']}{compiled})")
     _print_skipped({"evaluation": report["skipped_images"]})
     if "simulation" in report:
         s = report["simulation"]

@@ -8,7 +8,7 @@ import torch
 
 from vitquant.errors import ConfigError, DtypeError, RangeError
 from vitquant.kernels import exact_float_plan, int_linear, int_matmul
-from vitquant.kernels.gemm import FLOAT32_EXACT, FLOAT64_EXACT
+from vitquant.kernels.gemm import FLOAT32_EXACT, FLOAT64_EXACT, Int8Linear, int8_gemm_available
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -297,3 +297,56 @@ def test_reduced_precision_float32_refused():
     finally:
         settings.fp32_precision = before
     _assert_exact(int_matmul(a, a.T, backend="float"), torch.full((2, 2), 3))
+
+
+# --- the int8 GEMM of a linear layer -------------------------------------------------------------
+
+needs_int8 = pytest.mark.skipif(not int8_gemm_available(), reason="torch._int_mm does not run on this CPU")
+
+
+def _linear_reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = _python_matmul(x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], w.shape[0])
+    return out if bias is None else out + bias
+
+
+@needs_int8
+@pytest.mark.parametrize("lo, hi", [(-128, 127), (0, 255), (-200, 55), (3, 10), (-16, 239)])
+def test_int8_linear_is_exact_at_the_extremes(lo, hi):
+    """Activations at both ends of their range against weight rows at both ends of theirs (the sums and
+    the corrections peak there), random ones in between; unsigned and asymmetric ranges need the shifts."""
+    gen = torch.Generator().manual_seed(lo & 0xFF)
+    k, n = 37, 6
+    w = torch.stack([_ints(gen, (k,), -z, 255 - z, torch.int64) for z in (0, 255, 128, 70, 3, 200)])
+    w[1] = -255  # a constant row: span 0
+    bias = torch.tensor([0, 2**20, -(2**20), 7, -1, 12345])
+    x = _ints(gen, (2, 5, k), lo, hi, torch.int64)
+    x[0, 0], x[0, 1], x[0, 2] = lo, hi, torch.where(torch.arange(k) % 2 == 0, lo, hi)
+    for b in (bias, None):
+        linear = Int8Linear(w, b, lo, hi)
+        got = linear(x.to(torch.int32))
+        assert got.dtype == torch.int32
+        _assert_exact(got.to(torch.int64), _linear_reference(x, w, b))
+
+
+@needs_int8
+def test_int8_linear_accumulates_in_int64_where_int32_could_overflow():
+    """K = 2^13: the GEMM's sums reach 2^27, the row-sum correction 2^13·2^7·128 = 2^27; a bias of
+    2^31 - 2^28 brings the bound to 2^31: the corrections then run in int64 (and stay exact)."""
+    k = 2**13
+    w = torch.full((2, k), -255)
+    w[1] = 0
+    x = torch.full((1, k), -128)
+    bias = torch.tensor([2**31 - 2**28, 0])
+    small, big = Int8Linear(w, None, -128, 127), Int8Linear(w, bias, -128, 127)
+    assert small.acc == torch.int32 and big.acc == torch.int64
+    _assert_exact(big(x).to(torch.int64), _linear_reference(x, w, bias))
+    _assert_exact(small(x).to(torch.int64), _linear_reference(x, w, None))
+
+
+def test_int8_linear_needs_spans_of_256():
+    w = torch.tensor([[-128, 127], [0, 255]])
+    assert Int8Linear.fits(w, -5, 250) and not Int8Linear.fits(w, -5, 251)
+    assert not Int8Linear.fits(torch.tensor([[-128, 128]]), 0, 1)
+    assert not Int8Linear.fits(torch.zeros(2, 0, dtype=torch.int64), 0, 1)
+    with pytest.raises(RangeError, match="256"):
+        Int8Linear(w, None, 0, 256)

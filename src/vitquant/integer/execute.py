@@ -1,11 +1,15 @@
 """Run an integer program: quantize the image, then integer ops only.
 
-:class:`IntegerModel` is what :func:`vitquant.load` returns. ``backend="int"`` runs every op on ``int64``
-tensors (matmuls through :func:`~vitquant.kernels.gemm.int_matmul`, ``gemm="int"`` pure integer or
-``"float"`` exact float GEMM); ``backend="float"`` runs the same arithmetic on float64 integers (the
-simulation twin, bit for bit equal). With ``strict`` (default) the integer backend checks after every op
-that no floating-point tensor was produced; the only float steps are the image quantization before the
-first op and the one multiplication by the output scale in :meth:`IntegerModel.__call__`. Needs no timm.
+:class:`IntegerModel` is what :func:`vitquant.load` returns. ``backend="int"`` runs every op on integer
+tensors: with ``gemm="int"`` (the strict executor) the ops of :mod:`~vitquant.integer.ops` on ``int64``
+only, matmuls by torch's int64 matmul; with ``gemm="float"`` the fast executor
+(:mod:`~vitquant.integer.fast`: ops prepared once, exact float GEMMs and float64 rounding where static
+bounds prove them exact, values in int32 where they fit; ``compile=True`` also compiles the prepared
+program with ``torch.compile``), tested to give the same integers. ``backend="float"`` runs the ops on
+float64 integers with floors (the simulation twin, bit for bit equal). With ``strict`` (default) the
+integer backend checks after every op that no floating-point tensor was produced (the fast executor
+always does); the only float steps between ops are the image quantization before the first op and the
+one multiplication by the output scale in :meth:`IntegerModel.__call__`. Needs no timm.
 """
 
 from __future__ import annotations
@@ -14,29 +18,36 @@ from pathlib import Path
 
 import torch
 
-from vitquant.errors import ConfigError, DtypeError
-from vitquant.integer.ops import OPS, Context
+from vitquant.errors import ConfigError
+from vitquant.integer.fast import FastProgram
+from vitquant.integer.ops import OPS, Context, StrictModeError
 from vitquant.integer.program import IntegerProgram
 from vitquant.kernels.arith import BACKENDS
-
-
-class StrictModeError(DtypeError):
-    """A floating-point tensor appeared inside an integer-only run."""
 
 
 class IntegerModel:
     """A callable integer program: ``model(images) -> float logits`` (integer logits · output scale)."""
 
-    def __init__(self, program: IntegerProgram, backend: str = "int", gemm: str = "int", strict: bool = True) -> None:
+    def __init__(self, program: IntegerProgram, backend: str = "int", gemm: str = "int", strict: bool = True,
+                 compile: bool = False) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose int or float")
         if gemm not in ("int", "float"):
             raise ConfigError(f"unknown gemm backend {gemm!r}; choose int or float")
+        if compile and (backend, gemm) != ("int", "float"):
+            raise ConfigError("compile=True compiles the fast executor: use backend='int' with gemm='float'")
         program.validate()
         self.program = program
         self.ctx = Context(BACKENDS[backend], gemm)
         self.strict = strict and self.ctx.arith.is_integer
         self._consts = {name: self._prepare(t) for name, t in program.tensors.items()}
+        fast = self.ctx.arith.is_integer and gemm == "float"
+        self._fast = FastProgram(program, self._consts, compile=compile) if fast else None
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Seconds of the first compiled run (tracing, compiling and one run), None before it or without compile."""
+        return None if self._fast is None else self._fast.compile_seconds
 
     def _prepare(self, t: torch.Tensor) -> torch.Tensor:
         """Integer constants in the backend's dtype (float constants, e.g. LayerNorm affine, stay float64)."""
@@ -57,7 +68,10 @@ class IntegerModel:
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """Integer logits (``int64``, or float64 integers for the float backend)."""
-        env = {"input": self.quantize_input(images)}
+        x = self.quantize_input(images)
+        if self._fast is not None:
+            return self._fast(x)
+        env = {"input": x}
         for op in self.program.ops:
             consts = {role: self._consts[name] for role, name in op.constants.items()}
             out = OPS[op.kind]([env[n] for n in op.inputs], consts, op.attrs, self.ctx)
@@ -70,6 +84,7 @@ class IntegerModel:
         return self.run(images).to(torch.float64).mul(self.program.output_scale).to(torch.float32)
 
 
-def load(path: str | Path, backend: str = "int", gemm: str = "int", strict: bool = True) -> IntegerModel:
+def load(path: str | Path, backend: str = "int", gemm: str = "int", strict: bool = True,
+         compile: bool = False) -> IntegerModel:
     """The integer model saved at ``path`` (a ``.vqm`` file written by ``vitquant quantize --save``)."""
-    return IntegerModel(IntegerProgram.load(path), backend=backend, gemm=gemm, strict=strict)
+    return IntegerModel(IntegerProgram.load(path), backend=backend, gemm=gemm, strict=strict, compile=compile)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from vitquant.errors import DtypeError
 from vitquant.kernels.arith import BACKENDS, Arith
 from vitquant.kernels.base import make_kernel, tabulated
 from vitquant.kernels.gemm import int_matmul
@@ -28,6 +29,10 @@ from vitquant.kernels.gemm import int_matmul
 OpFn = Callable[[list[torch.Tensor], dict[str, torch.Tensor], dict[str, Any], "Context"], torch.Tensor]
 OPS: dict[str, OpFn] = {}
 REQUIRED: dict[str, tuple[str, ...]] = {}  # op kind -> constants it must be given (checked when a program loads)
+
+
+class StrictModeError(DtypeError):
+    """A floating-point tensor appeared inside an integer-only run."""
 
 
 @dataclass(frozen=True)
@@ -66,18 +71,9 @@ def round_shift(x: torch.Tensor, shift: torch.Tensor, arith: Arith) -> torch.Ten
 @register_op("requant", ("multiplier", "shift", "low", "high"))
 def requant(args, consts, attrs, ctx):
     """``clamp(round(x · m / 2^s), lo, hi)`` (ties to even): a new scale, and the code range of the next
-    quantizer.
-
-    With the exact float GEMM (``ctx.gemm`` "float") the rounding runs in float64 instead:
-    ``round(x · (m·2^-s))`` is exact, because m·2^-s is m scaled by a power of two and |x·m| < 2^51
-    (checked at conversion), and ``torch.round`` rounds ties to even; the same integers, 2-3x faster
-    than the shifts (tested equal)."""
+    quantizer (the fast executor computes it in float64: :func:`vitquant.integer.fast.requant`)."""
     a = ctx.arith
-    if a.is_integer and ctx.gemm == "float":
-        ratio = consts["multiplier"].to(torch.float64) * torch.exp2(-consts["shift"].to(torch.float64))
-        y = torch.round(args[0].to(torch.float64) * ratio).to(torch.int64)
-    else:
-        y = round_shift(args[0] * a.tensor(consts["multiplier"]), a.tensor(consts["shift"]), a)
+    y = round_shift(args[0] * a.tensor(consts["multiplier"]), a.tensor(consts["shift"]), a)
     return torch.clamp(y, min=a.tensor(consts["low"]), max=a.tensor(consts["high"]))
 
 

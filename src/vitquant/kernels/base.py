@@ -3,12 +3,16 @@
 A kernel receives integers and their scale and returns integers and a scale:
 
     y_int, y_scale = kernel(x_int, x_scale, arith)       (x ≈ x_int · x_scale, y ≈ y_int · y_scale)
+    prepared = kernel.prepare(x_scale, arith);  y_int = prepared(x_int)     (the same, in two steps)
 
 written once against :class:`~vitquant.kernels.arith.Arith`, so the same code runs on ``int64``
 tensors (the integer implementation) and on ``float64`` tensors (its float simulation, used by the
 fake-quantized model); the two are equal bit for bit (tests). Integer constants a kernel derives from
 the input scale (``floor(1/S)``, polynomial coefficients over S, ...) are computed once per call in
-Python from the scale, as a converter would store them.
+Python from the scale, as a converter would store them: :meth:`prepare` derives them once and returns a
+:class:`PreparedKernel`, whose ``apply`` is tensor operations only (no checks, no Python branch on a
+value), so an executor can run or compile it for a whole program; calling the kernel prepares, checks
+the input and applies.
 
 ``op`` is one of :data:`OPS`; ``family`` one of the published methods (``ivit``, ``ibert``,
 ``fqvit``). :func:`make_kernel` builds one by name; :func:`kernel_choices` lists what exists per op
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -58,12 +64,81 @@ class IntKernel(abc.ABC):
         return f"{type(self).__name__}(out_bits={self.out_bits})"
 
 
+def any_shape(shape: tuple[int, ...]) -> None:
+    """The shape check of a kernel that takes any shape."""
+
+
+def rows_within(name: str, max_row: int | None = None) -> Callable[[tuple[int, ...]], None]:
+    """The shape check of a kernel over the last dim: non-empty, at most ``max_row`` long."""
+
+    def check(shape: tuple[int, ...]) -> None:
+        if len(shape) == 0 or shape[-1] == 0:
+            raise ConfigError(f"{name}: needs a non-empty last dimension, got shape {shape}")
+        if max_row is not None and shape[-1] > max_row:
+            raise ConfigError(f"{name}: rows of at most {max_row} elements, got {shape[-1]}")
+
+    return check
+
+
+@dataclass(frozen=True)
+class PreparedKernel:
+    """A kernel with its integer constants derived from one input scale (see the module docstring).
+
+    ``apply(x)`` computes the output integers with tensor operations only; it assumes what
+    :meth:`check` verifies: the shape, and integers ``|x| < input_limit`` (the range the kernel's bounds
+    are derived for). ``scale`` is the output scale, ``bound`` a bound on ``|output|``.
+    """
+
+    name: str
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    scale: Scale
+    bound: int
+    input_limit: int
+    check_shape: Callable[[tuple[int, ...]], None] = any_shape
+
+    def check(self, x: torch.Tensor) -> None:
+        """Raise :class:`ConfigError` unless ``apply`` accepts ``x`` (its shape, then ``|x| < input_limit``)."""
+        self.check_shape(tuple(x.shape))
+        if x.numel() and x.abs().amax().item() >= self.input_limit:
+            bits = self.input_limit.bit_length() - 1
+            raise ConfigError(f"{self.name}: input integers must satisfy |x| < 2^{bits} (got {x.abs().amax().item():.0f})")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        return self.apply(x)
+
+
 #: logits more than T = 32·ln 2 below the row maximum weigh e^-T = 2^-32: under one step of any output
 LOGIT_RANGE = 32 * math.log(2)
 #: after :func:`reduce_logits`, softmax kernels see integers in [-2^15, 0]
 REDUCED_RANGE = 2**15
 #: softmax inputs may be as wide as an accumulated q@kᵀ product (|x| < 2^40)
 SOFTMAX_INPUT_LIMIT = 2**40
+
+
+@dataclass(frozen=True)
+class LogitReduction:
+    """The constants of :func:`reduce_logits` for one input scale: the clamp D, the shift r and the
+    reduced scale S·2^r."""
+
+    clamp: int
+    shift: int
+    scale: float
+
+    @classmethod
+    def of(cls, scale: float) -> LogitReduction:
+        if not math.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"softmax: input scale must be finite and positive, got {scale}")
+        d = math.ceil(LOGIT_RANGE / scale)
+        if d >= SOFTMAX_INPUT_LIMIT:
+            raise ConfigError(f"softmax: input scale {scale:g} too small (the logit range needs more than 40 bits)")
+        shift = max(0, (d - 1).bit_length() - 15)
+        return cls(d, shift, scale * 2.0**shift)
+
+    def apply(self, x: torch.Tensor, arith: Arith) -> torch.Tensor:
+        """``round(max(x - max_row(x), -D) / 2^r)`` (ties up), in ``[-2^15, 0]``, for ``|x| < 2^40``."""
+        delta = torch.clamp(x - torch.amax(x, dim=-1, keepdim=True), min=-self.clamp)
+        return arith.round_shift(delta, self.shift)
 
 
 def reduce_logits(x: torch.Tensor, scale: float, arith: Arith) -> tuple[torch.Tensor, float]:
@@ -77,24 +152,18 @@ def reduce_logits(x: torch.Tensor, scale: float, arith: Arith) -> tuple[torch.Te
     grid of at most T/2^15 in logit units (e^(T/2^16) - 1 < 0.04 % relative error on each weight).
     Integers only: a row max, a subtraction, a clamp and a rounding shift (|x| < 2^40).
     """
-    if not math.isfinite(scale) or scale <= 0:
-        raise ConfigError(f"softmax: input scale must be finite and positive, got {scale}")
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ConfigError(f"softmax over an empty dimension (input shape {tuple(x.shape)})")
+    reduction = LogitReduction.of(scale)
     x = arith.tensor(x)
+    rows_within("softmax")(tuple(x.shape))
     if x.numel() and x.abs().amax().item() >= SOFTMAX_INPUT_LIMIT:
         raise ConfigError(f"softmax: input integers must satisfy |x| < 2^40 (got {x.abs().amax().item():.0f})")
-    d = math.ceil(LOGIT_RANGE / scale)
-    if d >= SOFTMAX_INPUT_LIMIT:
-        raise ConfigError(f"softmax: input scale {scale:g} too small (the logit range needs more than 40 bits)")
-    shift = max(0, (d - 1).bit_length() - 15)
-    delta = torch.clamp(x - torch.amax(x, dim=-1, keepdim=True), min=-d)
-    return arith.round_shift(delta, shift), scale * 2.0**shift
+    return reduction.apply(x, arith), reduction.scale
 
 
 class SoftmaxKernel(IntKernel):
-    """Softmax over the last dim. ``__call__`` reduces the input (:func:`reduce_logits`: any integers
-    with |x| < 2^40, e.g. the q@kᵀ product) and runs the family's :meth:`softmax` on Δ ∈ [-2^15, 0]."""
+    """Softmax over the last dim. The input is reduced first (:func:`reduce_logits`: any integers with
+    |x| < 2^40, e.g. the q@kᵀ product), then the family's softmax runs on Δ ∈ [-2^15, 0]
+    (:meth:`prepare_reduced`)."""
 
     op = "softmax"
     input_format: ClassVar[str] = "product"  # the integer q@kᵀ product, no input point of its own
@@ -103,18 +172,48 @@ class SoftmaxKernel(IntKernel):
         """Softmax over the last dim of integers ``x`` with one ``scale``, or one per head for attention
         logits ``[B, H, N, N]`` (``[H]``, or a scale broadcasting to ``[1, H, 1, 1]``: each head runs with
         its own)."""
-        t = torch.as_tensor(scale, dtype=torch.float64)
-        if t.numel() > 1 and x.dim() == 4:
-            t = t.reshape(1, -1, 1, 1) if t.dim() == 1 else t
-            per_head = torch.broadcast_to(t, (1, x.shape[1], 1, 1)).reshape(-1)
-            outs = [self(x[:, h], per_head[h], arith) for h in range(x.shape[1])]
-            return torch.stack([y for y, _ in outs], dim=1), outs[0][1]  # the output scale is fixed
-        delta, reduced = reduce_logits(x, _one_scale(t, self.name), arith)
-        return self.softmax(delta, torch.tensor(reduced, dtype=torch.float64), arith)
+        prepared = self.prepare(scale, arith)
+        return prepared(arith.tensor(x)), prepared.scale
 
-    @abc.abstractmethod
+    def prepare(self, scale: Scale, arith: Arith) -> PreparedKernel:
+        """The softmax of integers ``|x| < 2^40`` with input ``scale`` (one, or one per head)."""
+        t = torch.as_tensor(scale, dtype=torch.float64)
+        if t.numel() > 1:
+            return self._per_head(t.reshape(-1), arith)
+        reduction = LogitReduction.of(_one_scale(t, self.name))
+        inner = self.prepare_reduced(torch.tensor(reduction.scale, dtype=torch.float64), arith)
+        check_rows = rows_within(self.name)
+
+        def check_shape(shape: tuple[int, ...]) -> None:
+            check_rows(shape)
+            inner.check_shape(shape)
+
+        return PreparedKernel(self.name, lambda x: inner.apply(reduction.apply(x, arith)), inner.scale, inner.bound,
+                              SOFTMAX_INPUT_LIMIT, check_shape)
+
+    def _per_head(self, scales: torch.Tensor, arith: Arith) -> PreparedKernel:
+        """Logits [B, H, N, N], head h with scale ``scales[h]`` (the output scale is fixed by the kernel)."""
+        heads = [self.prepare(s, arith) for s in scales]
+
+        def check_shape(shape: tuple[int, ...]) -> None:
+            if len(shape) != 4 or shape[1] != len(heads):
+                raise ConfigError(f"{self.name}: needs one input scale, or logits [B, {len(heads)}, N, N] for "
+                                  f"{len(heads)} per-head scales; got shape {shape}")
+            heads[0].check_shape(shape)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([p.apply(x[:, h]) for h, p in enumerate(heads)], dim=1)
+
+        return PreparedKernel(self.name, apply, heads[0].scale, heads[0].bound, SOFTMAX_INPUT_LIMIT, check_shape)
+
     def softmax(self, delta: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
         """The family's softmax of reduced integers ``delta ∈ [-2^15, 0]`` (row max 0)."""
+        prepared = self.prepare_reduced(scale, arith)
+        return prepared(arith.tensor(delta)), prepared.scale
+
+    @abc.abstractmethod
+    def prepare_reduced(self, scale: Scale, arith: Arith) -> PreparedKernel:
+        """The family's softmax of reduced integers ``delta ∈ [-2^15, 0]`` at ``scale`` (row max 0)."""
 
 
 def _one_scale(scale: Scale | float, who: str) -> float:
@@ -131,20 +230,33 @@ class GeluKernel(IntKernel):
     op = "gelu"
     elementwise: ClassVar[bool] = True
 
-    @abc.abstractmethod
     def __call__(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
         """GELU of integers ``x`` with scalar ``scale``."""
+        prepared = self.prepare(scale, arith)
+        return prepared(arith.tensor(x)), prepared.scale
+
+    @abc.abstractmethod
+    def prepare(self, scale: Scale, arith: Arith) -> PreparedKernel:
+        """GELU of integers at the scalar input ``scale``."""
 
 
 class LayerNormKernel(IntKernel):
     op = "layernorm"
 
-    @abc.abstractmethod
     def __call__(
         self, x: torch.Tensor, scale: Scale, arith: Arith, weight: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, Scale]:
         """LayerNorm over the last dim of integers ``x`` (scale: scalar, or per channel for ``ptf``),
         with the float affine ``weight``/``bias`` folded into a per-channel output scale."""
+        x = arith.tensor(x)
+        prepared = self.prepare(scale, arith, weight, bias, x.shape[-1] if x.dim() else 0)
+        return prepared(x), prepared.scale
+
+    @abc.abstractmethod
+    def prepare(
+        self, scale: Scale, arith: Arith, weight: torch.Tensor, bias: torch.Tensor, channels: int
+    ) -> PreparedKernel:
+        """LayerNorm over ``channels`` channels at input ``scale``, with the affine ``weight``/``bias``."""
 
 
 def tabulated(kernel: IntKernel, x: torch.Tensor, scale: Scale, arith: Arith, lo: int, hi: int) -> tuple[torch.Tensor, Scale]:

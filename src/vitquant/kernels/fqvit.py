@@ -13,7 +13,7 @@ Transformer", IJCAI 2022): Log-Int-Softmax, the Power-of-Two-Factor (PTF) LayerN
 - :class:`PTFLayerNorm`: inputs ``x_int`` with per-channel scales ``s·2^α_c`` (``α_c ∈ 0..3``, K = 3);
   ``x_int << α_c`` is on the common scale ``s``; then the integer LayerNorm of :mod:`.ibert`
   (integer mean, variance, Newton ``isqrt``, ``⌊2^46/std⌋``, base scale ``√C/2^30``) and the affine
-  folded into a per-channel output scale (:func:`~vitquant.kernels.ibert.fold_affine`).
+  folded into a per-channel output scale (:func:`~vitquant.kernels.affine.fold_affine`).
 - :func:`fit_ptf`: FQ-ViT's PTF observer; :func:`ptf_integers` forms the kernel's integer input.
 
 Differences from the published code (megvii-research/FQ-ViT, ``models/ptq/layers.py``,
@@ -44,13 +44,15 @@ import torch
 
 from vitquant.errors import ConfigError, NumericalError
 from vitquant.kernels.arith import Arith
-from vitquant.kernels.base import LayerNormKernel, Scale, SoftmaxKernel, reduce_logits, register_kernel
+from vitquant.kernels.affine import prepared_layernorm
+from vitquant.kernels.base import LayerNormKernel, PreparedKernel, Scale, SoftmaxKernel, reduce_logits, register_kernel, rows_within
 from vitquant.kernels.ibert import (
     MAX_CHANNELS,
+    MAX_INPUT,
     MAX_ROW,
+    ExpConstants,
     check_input,
     exp_constants,
-    fold_affine,
     normalize,
     scalar_scale,
     softmax_exp,
@@ -87,25 +89,35 @@ class LogIntSoftmax(SoftmaxKernel):
         """``(q, keep)``: codes ``q ∈ [0, 2^b - 1]`` (arith dtype) and a bool mask, False where the
         probability is 0 (``log_round >= 2^b`` or ``e = 0``); the probability is ``keep · 2^-q``."""
         delta, reduced = reduce_logits(x, scalar_scale(scale, self.name), arith)
-        return self._log_codes(delta, torch.tensor(reduced, dtype=torch.float64), arith)
+        check_input(delta, self.name, MAX_ROW)
+        return self._log_codes(delta, exp_constants(scalar_scale(reduced, self.name), LIS_EXP_BITS), arith)
 
-    def _log_codes(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
-        s = scalar_scale(scale, self.name)
-        check_input(x, self.name, MAX_ROW)
-        e, total = softmax_exp(x, exp_constants(s, LIS_EXP_BITS), arith)
+    def _log_codes(self, x: torch.Tensor, const: ExpConstants, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes of reduced integers: ``q`` = the number of thresholds ``2, 3, 6, 12, …, 3·2^(2^b-2)`` that
+        ``R = round(Σe/e)`` reaches (``q >= j`` iff ``R >= 3·2^(j-2)``): one bucketize, or (compiled) a sum
+        of comparisons that inductor fuses into one loop, 2.5x faster than its binary searches."""
+        e, total = softmax_exp(x, const, arith)
         safe = torch.clamp(e, min=1)
         ratio = arith.floor_div(2 * total + safe, 2 * safe)  # round(Σe/e), half up
-        q = torch.zeros_like(ratio)
-        for j in range(1, self.levels + 1):  # q >= j  iff  R >= 3·2^(j-2)  (j = 1: R >= 2)
-            q = q + (ratio >= (2 if j == 1 else 3 * 2 ** (j - 2))).to(arith.dtype)
+        thresholds = [2] + [3 * 2 ** (j - 2) for j in range(2, self.levels + 1)]
+        if torch.compiler.is_compiling():  # the comparisons fuse into one loop
+            q = sum((ratio >= t).to(arith.dtype) for t in thresholds)
+        else:  # one pass instead of 2^b
+            q = torch.bucketize(ratio, arith.tensor(torch.tensor(thresholds)), right=True).to(arith.dtype)
         keep = (q < self.levels) & (e > 0)
         return torch.clamp(q, max=self.levels - 1), keep
 
-    def softmax(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
-        q, keep = self._log_codes(x, scale, arith)
+    def prepare_reduced(self, scale: Scale, arith: Arith) -> PreparedKernel:
+        const = exp_constants(scalar_scale(scale, self.name), LIS_EXP_BITS)
         top = self.levels - 1
-        y = arith.shift_left(torch.ones_like(q), top - q)
-        return torch.where(keep, y, torch.zeros_like(y)), torch.tensor(2.0**-top, dtype=torch.float64)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            q, keep = self._log_codes(x, const, arith)
+            y = arith.shift_left(torch.ones_like(q), top - q)
+            return torch.where(keep, y, torch.zeros_like(y))
+
+        return PreparedKernel(self.name, apply, torch.tensor(2.0**-top, dtype=torch.float64), 2**top, MAX_INPUT,
+                              rows_within(self.name, MAX_ROW))
 
 
 # --------------------------------------------------------------------------- PTF LayerNorm
@@ -143,14 +155,14 @@ class PTFLayerNorm(LayerNormKernel):
     family = "fqvit"
     input_format = "ptf"
 
-    def __call__(
-        self, x: torch.Tensor, scale: Scale, arith: Arith, weight: torch.Tensor, bias: torch.Tensor
-    ) -> tuple[torch.Tensor, Scale]:
-        x = arith.tensor(x)
-        check_input(x, self.name, MAX_CHANNELS)
-        alpha = ptf_exponents(scale, x.shape[-1])
-        shifted = x * arith.tensor(torch.exp2(alpha.to(torch.float64)))
-        return fold_affine(normalize(shifted, arith), weight, bias, arith)
+    def prepare(
+        self, scale: Scale, arith: Arith, weight: torch.Tensor, bias: torch.Tensor, channels: int
+    ) -> PreparedKernel:
+        check_rows = rows_within(self.name, MAX_CHANNELS)
+        check_rows((channels,))
+        factor = arith.tensor(torch.exp2(ptf_exponents(scale, channels).to(torch.float64)))
+        return prepared_layernorm(self.name, arith, weight, bias, channels, check_rows,
+                                  lambda x: normalize(x * factor, arith), MAX_INPUT)
 
 
 # --------------------------------------------------------------------------- PTF fit

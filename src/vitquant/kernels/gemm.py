@@ -21,12 +21,18 @@ Two backends return the same integers:
   to TF32 or bfloat16 float32 matmuls is refused.
 
 Both backends need K·A·B < 2^63 (plus the bias bound for :func:`int_linear`), so no partial sum can
-overflow int64. The bounds are declared (``a_bound``, ``b_bound``: the inputs are checked against them
+overflow int64.
+
+:class:`Int8Linear` is a third exact form for a linear layer whose activations and weight rows each span
+at most 256 integers (every 8-bit code range): both are shifted into int8 and multiplied by torch's int8
+GEMM with int32 accumulation (``torch._int_mm``; several times faster than a float32 GEMM on CPUs with
+VNNI), the shifts undone by a per-token and a per-channel correction (its docstring). The bounds are declared (``a_bound``, ``b_bound``: the inputs are checked against them
 with one min/max pass, O(size) against the GEMM's O(M·K·N)) or measured with the same pass.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -138,8 +144,16 @@ def _product(a: torch.Tensor, b: torch.Tensor, backend: str, k: int, a_max: int,
         return torch.matmul(a.to(torch.int64), b.to(torch.int64))
     plan = exact_float_plan(k, a_max, b_max)
     if plan.dtype == torch.float32:
-        _require_ieee_float32(a.device)
+        require_ieee_float32(a.device)
+    return planned_matmul(a, b, plan)
+
+
+def planned_matmul(a: torch.Tensor, b: torch.Tensor, plan: FloatPlan) -> torch.Tensor:
+    """``a @ b`` as int64 by ``plan``, made for the bounds of these integer-valued tensors and their
+    contracted size, with IEEE float32 GEMMs (:func:`require_ieee_float32`): the caller's proof, nothing
+    is checked here. One GEMM, or chunk GEMMs whose exact results are summed in int64."""
     af, bf = a.to(plan.dtype), b.to(plan.dtype)
+    k = a.shape[-1]
     if plan.chunk >= k:
         return torch.matmul(af, bf).to(torch.int64)
     axis = _contracted_axis(b)
@@ -149,6 +163,11 @@ def _product(a: torch.Tensor, b: torch.Tensor, backend: str, k: int, a_max: int,
         part = torch.matmul(af.narrow(-1, start, size), bf.narrow(axis, start, size)).to(torch.int64)
         out = part if out is None else out.add_(part)
     return out
+
+
+def exact_limit(dtype: torch.dtype) -> int:
+    """2^24 for float32, 2^53 for float64: every integer of smaller magnitude is exact in ``dtype``."""
+    return FLOAT32_EXACT if dtype == torch.float32 else FLOAT64_EXACT
 
 
 def _contracted_axis(b: torch.Tensor) -> int:
@@ -175,7 +194,7 @@ def _bound(x: torch.Tensor, declared: int | None, name: str) -> int:
     return declared
 
 
-def _require_ieee_float32(device: torch.device) -> None:
+def require_ieee_float32(device: torch.device) -> None:
     """Raise if torch may run float32 GEMMs on ``device`` in TF32 or bfloat16 (10 or 7 significand
     bits: the exactness bound above assumes IEEE float32)."""
     matmul = torch.backends.cuda.matmul if device.type == "cuda" else torch.backends.mkldnn.matmul
@@ -189,3 +208,66 @@ def _require_ieee_float32(device: torch.device) -> None:
             f"the float GEMM backend needs IEEE float32 matmuls, but torch runs them as {precision!r} on "
             f"{device.type}; use backend='int' or restore torch.set_float32_matmul_precision('highest')"
         )
+
+
+INT8_SPAN = 256  # an int8 holds 256 consecutive integers
+INT32_LIMIT = 2**31
+
+
+@functools.cache
+def int8_gemm_available() -> bool:
+    """Whether ``torch._int_mm`` (int8 x int8 -> int32) runs on the CPU here, exactly (checked once)."""
+    mm = getattr(torch, "_int_mm", None)
+    if mm is None:
+        return False
+    a = torch.tensor([[-128, 127, 3], [5, -7, 127]], dtype=torch.int8)
+    b = torch.tensor([[-128, 1], [-128, 2], [127, -128]], dtype=torch.int8)
+    try:
+        out = mm(a, b)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return out.dtype == torch.int32 and torch.equal(out.to(torch.int64), a.to(torch.int64) @ b.to(torch.int64))
+
+
+class Int8Linear:
+    """``x @ Wᵀ + b`` exactly, by one int8 GEMM with int32 accumulation, for integer activations in
+    ``lo..hi`` (``hi - lo < 256``) and weights ``W`` [N, K] whose rows each span fewer than 256 values:
+
+        x' = x + c,  c = -128 - lo;      W'_n = W_n + d_n,  d_n = -128 - min(W_n)     (all in [-128, 127])
+        x·W_nᵀ + b_n = x'·W'_nᵀ - d_n·Σ_k x'_k + (b_n - c·Σ_k W'_nk + K·c·d_n)
+
+    The GEMM's sums are at most K·2^14 in magnitude (K < 2^17 keeps them in int32); the corrections run
+    in int32 when ``K·2^14 + K·2^7·max|d| + max|constant|`` stays below 2^31, else in int64.
+    :meth:`fits` says whether the ranges allow it.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, lo: int, hi: int) -> None:
+        if not self.fits(weight, lo, hi):
+            raise RangeError(f"int8 GEMM: activations {lo}..{hi} or weight rows span more than 256 integers")
+        w = weight.to(torch.int64)
+        k = w.shape[1]
+        self.c = -128 - lo
+        d = -128 - w.min(dim=1).values
+        w8 = w + d.unsqueeze(1)
+        const = -self.c * w8.sum(dim=1) + k * self.c * d + (0 if bias is None else bias.to(torch.int64))
+        wide = k * 2**14 + k * 2**7 * int(d.abs().max()) + int(const.abs().max()) >= INT32_LIMIT
+        self.acc = torch.int64 if wide else torch.int32
+        self.weight_t = w8.to(torch.int8).transpose(0, 1)  # [K, N], the GEMM's right operand
+        self.d, self.const = d.to(self.acc), const.to(self.acc)
+
+    @staticmethod
+    def fits(weight: torch.Tensor, lo: int, hi: int) -> bool:
+        """Activations ``lo..hi`` and each row of ``weight`` span at most 256 integers (K < 2^17)."""
+        if weight.dim() != 2 or weight.numel() == 0 or weight.shape[1] >= 2**17 or hi - lo >= INT8_SPAN:
+            return False
+        return int((weight.max(dim=1).values - weight.min(dim=1).values).max()) < INT8_SPAN
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact product for integers ``x`` [..., K] within the range given (not checked), as the
+        accumulation dtype (int32, or int64 where the corrections need it)."""
+        shape = x.shape
+        x8 = (x + self.c).to(torch.int8).reshape(-1, shape[-1])
+        acc = torch._int_mm(x8, self.weight_t).to(self.acc)
+        rows = x8.sum(dim=1, keepdim=True, dtype=self.acc)
+        out = acc.sub_(rows * self.d).add_(self.const)
+        return out.reshape(*shape[:-1], out.shape[-1])

@@ -56,8 +56,8 @@ import torch
 
 from vitquant.errors import ConfigError
 from vitquant.kernels.arith import Arith
-from vitquant.kernels.base import GeluKernel, LayerNormKernel, Scale, SoftmaxKernel, register_kernel
-from vitquant.kernels.affine import LN_OUT_SHIFT, fold_affine
+from vitquant.kernels.base import GeluKernel, LayerNormKernel, PreparedKernel, Scale, SoftmaxKernel, register_kernel, rows_within
+from vitquant.kernels.affine import LN_OUT_SHIFT, fold_affine, prepared_layernorm
 from vitquant.kernels.isqrt import isqrt
 
 # i-exp (published constants)
@@ -94,10 +94,7 @@ def scalar_scale(scale: Scale, what: str) -> float:
 
 def check_input(x: torch.Tensor, what: str, max_row: int | None = None) -> None:
     """Integers ``|x| < 2^16`` with a non-empty last dim (at most ``max_row`` long)."""
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ConfigError(f"{what}: needs a non-empty last dimension, got shape {tuple(x.shape)}")
-    if max_row is not None and x.shape[-1] > max_row:
-        raise ConfigError(f"{what}: rows of at most {max_row} elements, got {x.shape[-1]}")
+    rows_within(what, max_row)(tuple(x.shape))
     if x.numel() and x.abs().amax().item() >= MAX_INPUT:
         raise ConfigError(f"{what}: input integers must satisfy |x| < 2^16")
 
@@ -187,13 +184,17 @@ class IntSoftmax(SoftmaxKernel):
 
     family = "ibert"
 
-    def softmax(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
-        s = scalar_scale(scale, self.name)
-        check_input(x, self.name, MAX_ROW)
-        e, total = softmax_exp(x, exp_constants(s, SOFTMAX_EXP_BITS), arith)
-        factor = arith.floor_div(arith.tensor(2**SOFTMAX_DIV_BITS), total)
-        y = arith.shift_right(e * factor, SOFTMAX_DIV_BITS - self.out_bits)
-        return y, torch.tensor(2.0**-self.out_bits, dtype=torch.float64)
+    def prepare_reduced(self, scale: Scale, arith: Arith) -> PreparedKernel:
+        const = exp_constants(scalar_scale(scale, self.name), SOFTMAX_EXP_BITS)
+        shift = SOFTMAX_DIV_BITS - self.out_bits
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            e, total = softmax_exp(x, const, arith)
+            factor = arith.floor_div(arith.tensor(2**SOFTMAX_DIV_BITS), total)
+            return arith.shift_right(e * factor, shift)
+
+        return PreparedKernel(self.name, apply, torch.tensor(2.0**-self.out_bits, dtype=torch.float64),
+                              2**self.out_bits, MAX_INPUT, rows_within(self.name, MAX_ROW))
 
 
 # --------------------------------------------------------------------------- i-GELU
@@ -211,10 +212,8 @@ class IntGELU(GeluKernel):
 
     family = "ibert"
 
-    def __call__(self, x: torch.Tensor, scale: Scale, arith: Arith) -> tuple[torch.Tensor, Scale]:
+    def prepare(self, scale: Scale, arith: Arith) -> PreparedKernel:
         s = scalar_scale(scale, self.name)
-        x = arith.tensor(x)
-        check_input(x, self.name)
         k = fine_shift(s)
         s_erf_in = s / 2**k / math.sqrt(2.0)
         b_int = math.floor(ERF_B / s_erf_in)
@@ -222,11 +221,14 @@ class IntGELU(GeluKernel):
         s_erf = ERF_A * s_erf_in**2 * 2**ERF_SHIFT
         one_int = math.floor(1.0 / s_erf)
 
-        clipped = torch.clamp(arith.shift_left(torch.abs(x), k), max=-b_int)
-        poly = torch.sign(x) * ((clipped + b_int) * (clipped + b_int) + c_int)
-        erf_int = arith.shift_right(poly, ERF_SHIFT)
-        y = -(x * (erf_int + one_int))
-        return y, torch.tensor(s * -s_erf / 2, dtype=torch.float64)
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            clipped = torch.clamp(arith.shift_left(torch.abs(x), k), max=-b_int)
+            poly = torch.sign(x) * ((clipped + b_int) * (clipped + b_int) + c_int)
+            erf_int = arith.shift_right(poly, ERF_SHIFT)
+            return -(x * (erf_int + one_int))
+
+        return PreparedKernel(self.name, apply, torch.tensor(s * -s_erf / 2, dtype=torch.float64), 2**46, MAX_INPUT,
+                              rows_within(self.name))
 
 
 # --------------------------------------------------------------------------- integer LayerNorm
@@ -259,13 +261,12 @@ class IntLayerNorm(LayerNormKernel):
 
     family = "ibert"
 
-    def __call__(
-        self, x: torch.Tensor, scale: Scale, arith: Arith, weight: torch.Tensor, bias: torch.Tensor
-    ) -> tuple[torch.Tensor, Scale]:
+    def prepare(
+        self, scale: Scale, arith: Arith, weight: torch.Tensor, bias: torch.Tensor, channels: int
+    ) -> PreparedKernel:
         s = torch.as_tensor(scale, dtype=torch.float64)
         if s.numel() != 1 or not math.isfinite(float(s.reshape(()))) or float(s.reshape(())) <= 0:
             raise ConfigError(f"{self.name}: needs one finite positive input scale, got {s}")
-        x = arith.tensor(x)
-        check_input(x, self.name, MAX_CHANNELS)
-        return fold_affine(normalize(x, arith), weight, bias, arith)
+        return prepared_layernorm(self.name, arith, weight, bias, channels, rows_within(self.name, MAX_CHANNELS),
+                                  lambda x: normalize(x, arith), MAX_INPUT)
 

@@ -65,8 +65,8 @@ import torch
 
 from vitquant.errors import ConfigError
 from vitquant.kernels.arith import EXACT_LIMIT, Arith
-from vitquant.kernels.base import GeluKernel, LayerNormKernel, SoftmaxKernel, register_kernel
-from vitquant.kernels.affine import fold_affine
+from vitquant.kernels.base import GeluKernel, LayerNormKernel, PreparedKernel, SoftmaxKernel, register_kernel
+from vitquant.kernels.affine import prepared_layernorm
 from vitquant.kernels.isqrt import isqrt
 
 #: the kernels accept integers with |x| < INPUT_LIMIT (bounds above are derived from it)
@@ -84,11 +84,6 @@ def _scalar_scale(scale: torch.Tensor | float, who: str) -> float:
     if not math.isfinite(s) or s <= 0:
         raise ConfigError(f"{who}: input scale must be finite and positive, got {s}")
     return s
-
-
-def _check_input(x: torch.Tensor, who: str) -> None:
-    if x.numel() and x.abs().max().item() >= INPUT_LIMIT:
-        raise ConfigError(f"{who}: input integers must satisfy |x| < 2^16 (got {x.abs().max().item():.0f})")
 
 
 def exp_constants(s: float, n: int, terms: int, who: str) -> tuple[int, int]:
@@ -148,16 +143,21 @@ class Shiftmax(SoftmaxKernel):
     family = "ivit"
     N: ClassVar[int] = 15
 
-    def softmax(self, x: torch.Tensor, scale: torch.Tensor, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare_reduced(self, scale: torch.Tensor, arith: Arith) -> PreparedKernel:
         s = _scalar_scale(scale, self.name)
-        length = x.shape[-1]
-        p, i0 = exp_constants(s, self.N, max(length, 2 ** (self.out_bits - 1)), self.name)
-        _check_input(x, self.name)
-        delta = arith.shift_left(x - torch.amax(x, dim=-1, keepdim=True), p)  # <= 0, |Δ| < 2^(17+p)
-        e = shift_exp(delta, i0, self.N, arith)  # [0, I₀ · 2^N]
-        total = torch.sum(e, dim=-1, keepdim=True)  # [I₀ · 2^N, L · I₀ · 2^N]
-        y = int_div(e, total, self.out_bits, arith)  # [0, 2^(k-1)]
-        return y, torch.tensor(2.0 ** (1 - self.out_bits), dtype=torch.float64)
+        p, i0 = exp_constants(s, self.N, 2 ** (self.out_bits - 1), self.name)
+
+        def check_shape(shape: tuple[int, ...]) -> None:  # rows of L: L · I₀ · 2^N < 2^52
+            exp_constants(s, self.N, max(shape[-1] if shape else 1, 2 ** (self.out_bits - 1)), self.name)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            delta = arith.shift_left(x - torch.amax(x, dim=-1, keepdim=True), p)  # <= 0, |Δ| < 2^(17+p)
+            e = shift_exp(delta, i0, self.N, arith)  # [0, I₀ · 2^N]
+            total = torch.sum(e, dim=-1, keepdim=True)  # [I₀ · 2^N, L · I₀ · 2^N]
+            return int_div(e, total, self.out_bits, arith)  # [0, 2^(k-1)]
+
+        return PreparedKernel(self.name, apply, torch.tensor(2.0 ** (1 - self.out_bits), dtype=torch.float64),
+                              2 ** (self.out_bits - 1), INPUT_LIMIT, check_shape)
 
 
 @register_kernel
@@ -167,17 +167,20 @@ class ShiftGELU(GeluKernel):
     family = "ivit"
     N: ClassVar[int] = 23
 
-    def __call__(self, x: torch.Tensor, scale: torch.Tensor, arith: Arith) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, scale: torch.Tensor, arith: Arith) -> PreparedKernel:
         s = _scalar_scale(scale, self.name)
         p, i0 = exp_constants(s, self.N, max(2, 2 ** (self.out_bits - 1)), self.name)
-        _check_input(x, self.name)
-        z = gelu_slope_mul(arith.shift_left(x, p), arith)  # ≈ 1.702 x 2^p, |z| < 1.69 · 2^(16+p)
-        m = torch.clamp(z, min=0)
-        e_num = shift_exp(z - m, i0, self.N, arith)  # e^(z-m), <= I₀ · 2^N
-        e_ref = shift_exp(-m, i0, self.N, arith)  # e^(-m); one of the two is e⁰ = I₀ · 2^N
-        sigmoid = int_div(e_num, e_num + e_ref, self.out_bits, arith)  # [0, 2^(k-1)]
-        y = x * sigmoid  # |y| < 2^(16+k-1) <= 2^31
-        return y, torch.tensor(s * 2.0 ** (1 - self.out_bits), dtype=torch.float64)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            z = gelu_slope_mul(arith.shift_left(x, p), arith)  # ≈ 1.702 x 2^p, |z| < 1.69 · 2^(16+p)
+            m = torch.clamp(z, min=0)
+            e_num = shift_exp(z - m, i0, self.N, arith)  # e^(z-m), <= I₀ · 2^N
+            e_ref = shift_exp(-m, i0, self.N, arith)  # e^(-m); one of the two is e⁰ = I₀ · 2^N
+            sigmoid = int_div(e_num, e_num + e_ref, self.out_bits, arith)  # [0, 2^(k-1)]
+            return x * sigmoid  # |y| < 2^(16+k-1) <= 2^31
+
+        return PreparedKernel(self.name, apply, torch.tensor(s * 2.0 ** (1 - self.out_bits), dtype=torch.float64),
+                              INPUT_LIMIT * 2 ** (self.out_bits - 1), INPUT_LIMIT)
 
 
 @register_kernel
@@ -188,20 +191,23 @@ class ILayerNorm(LayerNormKernel):
     FACTOR: ClassVar[int] = 2**31 - 1
     MAX_CHANNELS: ClassVar[int] = 2**18 - 1  # v < C · 2^34 < 2^52
 
-    def __call__(
-        self, x: torch.Tensor, scale: torch.Tensor, arith: Arith, weight: torch.Tensor, bias: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(
+        self, scale: torch.Tensor, arith: Arith, weight: torch.Tensor, bias: torch.Tensor, channels: int
+    ) -> PreparedKernel:
         _scalar_scale(scale, self.name)  # the input scale cancels out; it must still be one scale
-        channels = x.shape[-1]
-        if not 1 <= channels <= self.MAX_CHANNELS:
-            raise ConfigError(f"{self.name}: supports 1..{self.MAX_CHANNELS} channels, got {channels}")
-        _check_input(x, self.name)
-        total = torch.sum(x, dim=-1, keepdim=True)  # |Σx| < C · 2^16
-        mean = arith.floor_div(2 * total + channels, 2 * channels)  # round half up
-        dev = x - mean  # |d| < 2^17
-        var = torch.sum(dev * dev, dim=-1, keepdim=True)  # < C · 2^34
-        std = torch.clamp(isqrt(var, arith), min=1)  # |d| <= ⌊√v⌋ (or d = 0)
-        factor = arith.floor_div(arith.tensor(self.FACTOR), std)  # <= 2^31 - 1
-        y = arith.shift_right(dev * factor, 1)  # |d · f| <= 2^31 - 1, |y| <= 2^30
-        return fold_affine(y, weight, bias, arith)
 
+        def check_rows(shape: tuple[int, ...]) -> None:
+            if not shape or not 1 <= shape[-1] <= self.MAX_CHANNELS:
+                raise ConfigError(f"{self.name}: supports 1..{self.MAX_CHANNELS} channels, got {shape[-1] if shape else 0}")
+
+        def normalize(x: torch.Tensor) -> torch.Tensor:
+            channels = x.shape[-1]
+            total = torch.sum(x, dim=-1, keepdim=True)  # |Σx| < C · 2^16
+            mean = arith.floor_div(2 * total + channels, 2 * channels)  # round half up
+            dev = x - mean  # |d| < 2^17
+            var = torch.sum(dev * dev, dim=-1, keepdim=True)  # < C · 2^34
+            std = torch.clamp(isqrt(var, arith), min=1)  # |d| <= ⌊√v⌋ (or d = 0)
+            factor = arith.floor_div(arith.tensor(self.FACTOR), std)  # <= 2^31 - 1
+            return arith.shift_right(dev * factor, 1)  # |d · f| <= 2^31 - 1, |y| <= 2^30
+
+        return prepared_layernorm(self.name, arith, weight, bias, channels, check_rows, normalize, INPUT_LIMIT)
