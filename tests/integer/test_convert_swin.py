@@ -172,3 +172,32 @@ def test_swin_refusals():
     ).model
     with pytest.raises(ConfigError, match="residual add runs in float"):
         convert_model(float_adds)
+
+
+def _tiny_swin_job_model(name: str, weights: object = None) -> tuple[nn.Module, str]:
+    """Stand-in for ``vitquant.workflow.create_model``: the tiny Swin, with a 56-pixel data config."""
+    model = conftest.make_swin()
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, conftest.SWIN_IMG, conftest.SWIN_IMG)}
+    return model, "tiny random Swin"
+
+
+def test_quantize_save_then_run_a_tiny_swin(tmp_path, capsys, monkeypatch):
+    """``vitquant quantize --model swin_tiny --save`` (the tiny random Swin in place of the weights), then
+    ``vitquant run`` with the float64 twin checked bit for bit."""
+    import json
+
+    from vitquant import cli, workflow
+
+    monkeypatch.setattr(workflow, "create_model", _tiny_swin_job_model)
+    folder = conftest.noise_folder(tmp_path / "data", 6)
+    saved = tmp_path / "swin.vqm"
+    rc = cli.main(["quantize", "--model", "swin_tiny", "--recipe", "bitlog2-half-17", "--calib-data", str(folder),
+                   "--calib-size", "2", "--batch-size", "2", "--nonlinear", "ibert", "--save", str(saved),
+                   "--json", str(tmp_path / "q.json"), "-q"])
+    assert rc == 0 and saved.is_file() and f"written to {saved}" in capsys.readouterr().out
+    rc = cli.main(["run", str(saved), "--eval-data", str(folder), "--batch-size", "2", "--check-simulation",
+                   "--json", str(tmp_path / "r.json"), "-q"])
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    quantized = json.loads((tmp_path / "q.json").read_text())["quantized"]
+    assert report["images"] == quantized["images"] and report["simulation"]["bit_identical_images"] == report["images"]
