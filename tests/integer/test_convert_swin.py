@@ -201,3 +201,15 @@ def test_quantize_save_then_run_a_tiny_swin(tmp_path, capsys, monkeypatch):
     report = json.loads((tmp_path / "r.json").read_text())
     quantized = json.loads((tmp_path / "q.json").read_text())["quantized"]
     assert report["images"] == quantized["images"] and report["simulation"]["bit_identical_images"] == report["images"]
+
+
+def test_fast_executor_falls_back_to_the_strict_op(monkeypatch):
+    """An op without a fast version runs its strict op (int64) in the fast executor: the same integers,
+    and the ops after it prepared without a static range still run."""
+    from vitquant.integer import fast
+
+    _, program, images = calibrated_swin("w8a8-uniform")
+    expected = IntegerModel(program).run(images[:4])
+    for kind in ("window_bias", "patch_merge", "sum_tokens"):
+        monkeypatch.delitem(fast.FAST_OPS, kind)
+    assert torch.equal(IntegerModel(program, gemm="float").run(images[:4]), expected)

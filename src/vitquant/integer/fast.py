@@ -30,9 +30,10 @@ With these bounds every step is exact:
   and attn@v is one GEMM of the looked-up levels (the same products as the strict shifted sums);
 - values are stored as int32 where the bound is below 2^31, and released after their last use.
 
-An op whose input has no static bound (none in a converted program) runs the strict op on int64. The
-steps have no Python branch on a value, so the prepared program can be compiled (``torch.compile``:
-inductor fuses each op's elementwise passes into loops); compiled runs are tested bit-identical too.
+An op whose input has no static bound (none in a converted program), or that has no fast version,
+runs the strict op on int64. The steps have no Python branch on a value, so the prepared program can be
+compiled (``torch.compile``: inductor fuses each op's elementwise passes into loops); compiled runs are
+tested bit-identical too.
 """
 
 from __future__ import annotations
@@ -478,7 +479,7 @@ class FastProgram:
             args = [values[n] for n in op.inputs]
             inputs = Inputs(op.kind, tuple(a.shape for a in args), tuple(ranges[n] for n in op.inputs), consts,
                             op.attrs, self.kernel_arith)
-            step = FAST_OPS[op.kind](inputs)
+            step = FAST_OPS.get(op.kind, strict_step)(inputs)  # no fast version: the strict op
             values[op.output] = step.run(*args)
             ranges[op.output] = step.range
             steps.append((step, op.inputs, op.output, release))
