@@ -84,8 +84,12 @@ def convert_swin(qmodel: nn.Module) -> IntegerProgram:
             hint = f"layers.{s}.blocks.{i}"
             if not isinstance(block, QuantSwinBlock):
                 raise ConfigError(f"{hint}: unsupported block {type(block).__name__}")
-            first_add = first_add or block.add_attn
+            if first_add is None:
+                first_add = block.add_attn
             x = _swin_block(b, x, block, hint, height, width)
+
+    if first_add is None:
+        raise ConfigError("the Swin model has no blocks")
 
     # ---------------------------------------------------------------- head
     tokens = height * width
@@ -96,8 +100,6 @@ def convert_swin(qmodel: nn.Module) -> IntegerProgram:
     out_scale = float(acc.scale.min())
     limit = torch.tensor(2**40)
     b.requant(acc, torch.tensor(out_scale, dtype=torch.float64), -limit, limit, "logits", output="logits")
-    if first_add is None:
-        raise ConfigError("the Swin model has no blocks")
     return IntegerProgram(
         b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
         info={"model": type(qmodel).__name__, "residual_bits": _residual_quantizer(first_add, "layers.0.blocks.0").bits},
