@@ -213,3 +213,20 @@ def test_fast_executor_falls_back_to_the_strict_op(monkeypatch):
     for kind in ("window_bias", "patch_merge", "sum_tokens"):
         monkeypatch.delitem(fast.FAST_OPS, kind)
     assert torch.equal(IntegerModel(program, gemm="float").run(images[:4]), expected)
+
+
+def test_swin_bias_counts_in_the_bounds():
+    """The logit bound after the bias is the product's plus max|bias| (the mask's large negatives
+    included), checked against 2^51 like every value."""
+    from vitquant.errors import RangeError
+    from vitquant.integer.convert import EXACT_BITS, Value, _Builder
+    from vitquant.integer.convert_swin import _logit_bias
+
+    qmodel, _, _ = calibrated_swin("w8a8-uniform")
+    block = qmodel.layers[0].blocks[1]  # the shifted one
+    add = _logit_bias(block.attn, block.attn_mask, "shifted")
+    biggest = int(logit_bias(block.attn, block.attn_mask).abs().max())
+    scale = torch.ones(1, block.attn.num_heads, 1, 1, dtype=torch.float64)
+    assert add(_Builder(), Value("input", scale, 1000)).bound == 1000 + biggest
+    with pytest.raises(RangeError, match="2\\^51"):
+        add(_Builder(), Value("input", scale, 2**EXACT_BITS - biggest))
