@@ -33,7 +33,7 @@ from recipes import load_eval
 from vitquant.calibration import quantize_model
 from vitquant.evaluation import FidelityMeter
 from vitquant.integer import IntegerModel, load
-from vitquant.integer.convert import convert_vit
+from vitquant.integer.conversion import convert_model
 from vitquant.models import resolve_model_name
 from vitquant.nonlinear import NonlinearConfig
 from vitquant.paths import default_weights
@@ -70,7 +70,7 @@ def measure(args, name, model, calib_images, batches, labels, fp_logits, fp_byte
     log.info("%s: calibrating ...", name)
     result = quantize_model(model, calib_images, qconfig)
     sim_logits, _ = _logits(result.model, batches)
-    program = convert_vit(result.model)
+    program = convert_model(result.model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.vqm"
         program.save(path)

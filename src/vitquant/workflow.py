@@ -208,9 +208,9 @@ def _json_ready(cfg: dict[str, Any]) -> dict[str, Any]:
 def save_integer_program(qmodel: torch.nn.Module, path: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Convert the calibrated model to an integer program (:mod:`vitquant.integer`) and write it to
     ``path``; returns what the report records (path, bytes, ops)."""
-    from vitquant.integer.convert import convert_vit
+    from vitquant.integer.conversion import convert_model
 
-    program = convert_vit(qmodel)
+    program = convert_model(qmodel)
     program.info.update(info)
     program.save(path)
     size = Path(path).stat().st_size

@@ -32,7 +32,7 @@ are refused with :class:`~vitquant.errors.ConfigError`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -212,15 +212,7 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     distilled = getattr(qmodel, "dist_token", None) is not None
     qmodel.eval()
     b = _Builder()
-    modules = list(qmodel.named_modules())  # every non-linear step integer, kernels named first
-    for name, module in modules:
-        if isinstance(module, QuantNonLinear):
-            b.kernel(module, name)
-    for name, module in modules:
-        if isinstance(module, QuantResidualAdd):
-            _residual_quantizer(module, name)
-        elif isinstance(module, WeightQuantMixin) and module.input_shift:
-            raise ConfigError(f"{name}: {SHIFT_REFUSAL}")
+    check_integer_path(b, qmodel)
 
     # ---------------------------------------------------------------- patch embedding
     conv = qmodel.patch_embed.proj
@@ -270,6 +262,20 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     )
 
 
+def check_integer_path(b: _Builder, qmodel: nn.Module) -> None:
+    """Every non-linear step of ``qmodel`` integer (kernels named first), every residual add integer, no
+    input shift: else :class:`ConfigError`."""
+    modules = list(qmodel.named_modules())
+    for name, module in modules:
+        if isinstance(module, QuantNonLinear):
+            b.kernel(module, name)
+    for name, module in modules:
+        if isinstance(module, QuantResidualAdd):
+            _residual_quantizer(module, name)
+        elif isinstance(module, WeightQuantMixin) and module.input_shift:
+            raise ConfigError(f"{name}: {SHIFT_REFUSAL}")
+
+
 def _check_identity(block: nn.Module, i: int) -> None:
     for name in ("ls1", "ls2"):
         if not isinstance(getattr(block, name, nn.Identity()), nn.Identity):
@@ -296,9 +302,20 @@ def _layernorm(b: _Builder, x: Value, norm: QuantNonLinear, hint: str) -> Value:
 
 
 def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, tokens: int) -> Value:
-    attn = block.attn
-    heads, d = attn.num_heads, attn.head_dim
     h = _layernorm(b, x, block.norm1, f"{hint}.norm1")
+    y = attention(b, h, block.attn, hint, tokens)
+    return _residual_add(b, x, y, block.add_attn, hint + ".attn")
+
+
+#: emits the addition of a bias onto the q·kᵀ integers (Value at S_q·S_k per head) and returns the sum
+LogitBias = Callable[[_Builder, Value], Value]
+
+
+def attention(b: _Builder, h: Value, attn: nn.Module, hint: str, tokens: int, bias: LogitBias | None = None) -> Value:
+    """Self-attention over ``tokens`` tokens of ``h`` [B, N, C] up to the proj accumulator: qkv, q·kᵀ per
+    head (plus ``bias`` on its grid, Swin), the softmax kernel, attn·v, proj."""
+    heads = attn.num_heads
+    d = attn.qkv.weight.shape[0] // (3 * heads)  # timm's Swin WindowAttention keeps no head_dim
     h = b.requant_to_point(h, attn.qkv.input_quant, None, f"{hint}.attn.qkv.in")
     h = b.linear(h, attn.qkv, f"{hint}.attn.qkv")
     # q (scaled by attn.scale before its point), k and v, per head, laid out [3, H, d] on the channels
@@ -322,6 +339,8 @@ def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, tokens
     s_k = scales[1].reshape(1, heads, 1, 1)
     s_v = scales[2].reshape(1, heads, 1, 1)
     logits = b.emit("matmul", [q, k], f"{hint}.attn.qk", s_q * s_k, d * q.bound * k.bound, attrs={"transpose_b": True})
+    if bias is not None:
+        logits = bias(b, logits)
     slot, attrs = b.kernel(attn.softmax, f"{hint}.attn.softmax")
     _, p_scale = slot.kernel(torch.zeros(1, 4, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64), FLOAT)
     probs = b.emit("softmax", [logits], f"{hint}.attn.softmax", p_scale, 2**16, attrs=attrs,
@@ -329,8 +348,7 @@ def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, tokens
     ctx = _attention_values(b, probs, v, attn, s_v, heads, f"{hint}.attn.av", tokens)
     ctx = b.requant_to_point(ctx, attn.proj.input_quant, None, f"{hint}.attn.proj.in")
     ctx = b.emit("merge_heads", [ctx], f"{hint}.attn.merge", ctx.scale, ctx.bound)
-    y = b.linear(ctx, attn.proj, f"{hint}.attn.proj")
-    return _residual_add(b, x, y, block.add_attn, hint + ".attn")
+    return b.linear(ctx, attn.proj, f"{hint}.attn.proj")
 
 
 def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v: torch.Tensor, heads: int, hint: str,

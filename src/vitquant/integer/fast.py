@@ -13,6 +13,7 @@ program's constants and shapes, never from the data:
     softmax/gelu/layernorm  the kernel's output bound (GELU: the largest entry of its table)
     attn@v (tables)         K·max|level|·B
     layout ops, add         the input's bound, the sum of the bounds
+    window_bias, sum_tokens the input's plus the bias's range, N times the input's
 
 With these bounds every step is exact:
 
@@ -29,9 +30,10 @@ With these bounds every step is exact:
   and attn@v is one GEMM of the looked-up levels (the same products as the strict shifted sums);
 - values are stored as int32 where the bound is below 2^31, and released after their last use.
 
-An op whose input has no static bound (none in a converted program) runs the strict op on int64. The
-steps have no Python branch on a value, so the prepared program can be compiled (``torch.compile``:
-inductor fuses each op's elementwise passes into loops); compiled runs are tested bit-identical too.
+An op whose input has no static bound (none in a converted program), or that has no fast version,
+runs the strict op on int64. The steps have no Python branch on a value, so the prepared program can be
+compiled (``torch.compile``: inductor fuses each op's elementwise passes into loops); compiled runs are
+tested bit-identical too.
 """
 
 from __future__ import annotations
@@ -333,7 +335,7 @@ def table_av(op: Inputs) -> Step:
 # ---------------------------------------------------------------------------------------- layout and sums
 
 
-@_fast("patchify", "heads", "merge_heads", "take_token")
+@_fast("patchify", "heads", "merge_heads", "take_token", "roll", "window_partition", "window_reverse", "patch_merge")
 def layout(op: Inputs) -> Step:
     """Reshapes and selections: the strict op itself (no arithmetic), the input's range."""
     return Step(lambda x: OPS[op.kind]([x], op.consts, op.attrs, STRICT), op.ranges[0])
@@ -355,6 +357,25 @@ def add_const(op: Inputs) -> Step:
     out = storage(out_range)
     value = value.to(out)
     return Step(lambda x: x.to(out) + value, out_range)
+
+
+@_fast("window_bias")
+def window_bias(op: Inputs) -> Step:
+    """The per-window logit bias of Swin (relative position bias and shift mask on the q·kᵀ grid)."""
+    value = op.consts["value"]
+    out_range = None if op.ranges[0] is None else op.ranges[0] + Range.of(value)
+    out = storage(out_range)
+    value = value.to(out)
+    return Step(lambda x: (x.to(out).reshape(-1, *value.shape) + value).reshape(x.shape), out_range)
+
+
+@_fast("sum_tokens")
+def sum_tokens(op: Inputs) -> Step:
+    """``Σ_n x[:, n]`` in int64 (exact), stored as its range allows."""
+    r, n = op.ranges[0], op.shapes[0][1]
+    out_range = None if r is None else Range(n * r.lo, n * r.hi)
+    out = storage(out_range)
+    return Step(lambda x: x.to(torch.int64).sum(dim=1).to(out), out_range)
 
 
 @_fast("add")
@@ -458,7 +479,7 @@ class FastProgram:
             args = [values[n] for n in op.inputs]
             inputs = Inputs(op.kind, tuple(a.shape for a in args), tuple(ranges[n] for n in op.inputs), consts,
                             op.attrs, self.kernel_arith)
-            step = FAST_OPS[op.kind](inputs)
+            step = FAST_OPS.get(op.kind, strict_step)(inputs)  # no fast version: the strict op
             values[op.output] = step.run(*args)
             ranges[op.output] = step.range
             steps.append((step, op.inputs, op.output, release))

@@ -217,3 +217,66 @@ def table_av(args, consts, attrs, ctx):
     codes = torch.stack([torch.searchsorted(thresholds[h], y[:, h].contiguous(), right=True) for h in range(y.shape[1])], dim=1)
     picked = torch.gather(levels.unsqueeze(0).expand(y.shape[0], -1, -1), 2, codes.flatten(2)).reshape(y.shape)
     return matmul(picked, v, ctx)
+
+
+# ---------------------------------------------------------------------------------------- Swin layout
+
+
+def _grid(x: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
+    """Tokens [B, H·W, C] (row-major, timm's NHWC flattened) as [B, H, W, C]."""
+    return x.reshape(x.shape[0], int(attrs["height"]), int(attrs["width"]), x.shape[-1])
+
+
+@register_op("roll")
+def roll(args, consts, attrs, ctx):
+    """Swin's cyclic shift on tokens [B, H·W, C]: ``torch.roll`` by ``shifts`` (rows, columns) on the grid."""
+    x = args[0]
+    shifts = tuple(int(s) for s in attrs["shifts"])
+    return torch.roll(_grid(x, attrs), shifts=shifts, dims=(1, 2)).reshape(x.shape)
+
+
+@register_op("window_partition")
+def window_partition(args, consts, attrs, ctx):
+    """Tokens [B, H·W, C] -> windows [B·nW, wh·ww, C] (windows row-major, tokens row-major in each), as
+    timm's ``window_partition``."""
+    x = _grid(args[0], attrs)
+    b, h, w, c = x.shape
+    wh, ww = (int(s) for s in attrs["window"])
+    x = x.reshape(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, c)
+
+
+@register_op("window_reverse")
+def window_reverse(args, consts, attrs, ctx):
+    """Windows [B·nW, wh·ww, C] -> tokens [B, H·W, C]: the inverse of ``window_partition``."""
+    x = args[0]
+    h, w = int(attrs["height"]), int(attrs["width"])
+    wh, ww = (int(s) for s in attrs["window"])
+    c = x.shape[-1]
+    x = x.reshape(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h * w, c)
+
+
+@register_op("patch_merge")
+def patch_merge(args, consts, attrs, ctx):
+    """Swin's patch merging gather: tokens [B, H·W, C] -> [B, H/2·W/2, 4C], each 2x2 neighbourhood's
+    channels in timm's order (0,0), (1,0), (0,1), (1,1) (row offset inner)."""
+    x = _grid(args[0], attrs)
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5)
+    return x.reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+@register_op("window_bias", ("value",))
+def window_bias(args, consts, attrs, ctx):
+    """Logits [B·nW, H, N, N] plus an integer bias [nW', H, N, N] per window (nW' = nW: relative position
+    bias and shift mask; nW' = 1: the bias alone), window w of every image taking row w mod nW'."""
+    x = args[0]
+    value = ctx.arith.tensor(consts["value"])
+    return (x.reshape(-1, *value.shape) + value).reshape(x.shape)
+
+
+@register_op("sum_tokens")
+def sum_tokens(args, consts, attrs, ctx):
+    """``Σ_n x[:, n]``: [B, N, C] -> [B, C] (global average pooling, its 1/N folded into the scale)."""
+    return args[0].sum(dim=1)
