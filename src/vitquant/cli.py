@@ -83,6 +83,7 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from vitquant.nn.nonlinear import TRAIN_KERNELS
     from vitquant.qat import TrainConfig
 
     d = TrainConfig()
@@ -102,6 +103,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-weight", type=float, metavar="W", help=f"weight of the cross-entropy with the labels (default {d.label_weight:g})")
     g.add_argument("--temperature", type=float, metavar="T", help=f"temperature of the logit distillation (default {d.temperature:g})")
     g.add_argument("--no-irm", action="store_true", help="without Q-ViT's information rectification of q and k")
+    g.add_argument("--train-kernels", choices=TRAIN_KERNELS, metavar="MODE",
+                   help="how the --nonlinear integer kernels run while training: ste (in the forward pass, the exact op's "
+                   f"gradient passed straight through) or float (the exact ops while training, the kernels after); default {d.kernels}")
     g.add_argument("--no-flip", action="store_true", help="without random horizontal flips of the training images")
     g.add_argument("--checkpoint", type=Path, metavar="FILE", help="write the training state to FILE (at the end, and every --checkpoint-every steps)")
     g.add_argument("--checkpoint-every", type=int, metavar="K", help="also write the checkpoint every K steps")
@@ -319,7 +323,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
 _TRAIN_FLAGS = {"steps": "steps", "epochs": "epochs", "train_batch_size": "batch_size", "lr": "lr",
                 "quant_lr": "quant_lr", "weight_decay": "weight_decay", "warmup": "warmup", "kd_weight": "kd_weight",
                 "dgd_weight": "dgd_weight", "label_weight": "label_weight", "temperature": "temperature",
-                "checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every"}
+                "checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every", "train_kernels": "kernels"}
 
 
 def _run_train(args: argparse.Namespace) -> int:
