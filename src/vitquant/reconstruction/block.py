@@ -215,6 +215,6 @@ def _train(
             if schedule is not None:
                 schedule.step()
             if progress and (step % 10 == 0 or step == config.iters - 1):
-                bar.set_postfix(rec=f"{float(rec):.4g}", loss=f"{float(loss):.4g}")
+                bar.set_postfix(rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}")
     for m in modules:
         m.eval()
