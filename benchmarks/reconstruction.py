@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     model, weights_source, data, calib_images, batches, labels, fp_logits = load_eval(args)
     fp = _accuracy(fp_logits, labels)
     settings = ReconstructionConfig(images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
-                                    drop_prob=args.qdrop, seed=args.seed)
+                                    drop_prob=args.qdrop, ends=args.recon_ends, seed=args.seed)
     qat = None
     if args.qat_steps:
         qat = TrainConfig(steps=args.qat_steps, batch_size=args.qat_batch_size, lr=args.qat_lr,
@@ -146,7 +146,8 @@ def to_markdown(res: dict) -> str:
     lines = [
         kernels + f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), reconstructed on "
         f"{res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, batch "
-        f"{s['batch_size']}, QDrop {s['drop_prob']}), evaluated on {res['evaluation_images']} other images of "
+        f"{s['batch_size']}, QDrop {s['drop_prob']}"
+        + (", patch embedding and head included" if s.get("ends") else ", blocks only") + "), evaluated on {res['evaluation_images']} other images of "
         f"`{Path(res['eval_dir']).name}`; "
         + ("" if not res.get("qat_settings") else
            f"QAT on the {res['qat_images']} images of the folder that are not evaluated ({res['qat_settings']['steps']} "
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recon-iters", type=int, default=ReconstructionConfig.iters)
     p.add_argument("--recon-batch-size", type=int, default=ReconstructionConfig.batch_size)
     p.add_argument("--qdrop", type=float, default=0.0)
+    p.add_argument("--recon-ends", action=argparse.BooleanOptionalAction, default=ReconstructionConfig.ends,
+                   help="also reconstruct the patch embedding and the head (default on)")
     p.add_argument("--qat-steps", type=int, default=0, help="QAT steps from the calibrated model (default 0: no QAT row)")
     p.add_argument("--qat-batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--qat-lr", type=float, default=TrainConfig.lr)

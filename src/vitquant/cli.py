@@ -80,6 +80,9 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recon-act-lr", type=float, metavar="LR", help=f"learning rate of the activation steps (default {ReconstructionConfig.act_lr:g})")
     g.add_argument("--qdrop", type=float, nargs="?", const=0.5, metavar="P",
                    help="QDrop: leave each activation unquantized with probability P while reconstructing (P default 0.5)")
+    g.add_argument("--recon-ends", action=argparse.BooleanOptionalAction,
+                   help="also reconstruct the patch embedding (against the FP first-block input) and the head (against the "
+                   f"FP logits) (default: {'on' if ReconstructionConfig.ends else 'off'}; --no-recon-ends: the blocks only)")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -267,7 +270,7 @@ def _check_output_path(path: Path | None, flag: str = "--json") -> None:
 
 
 _RECON_FLAGS = {"recon_images": "images", "recon_iters": "iters", "recon_batch_size": "batch_size",
-                "recon_lr": "weight_lr", "recon_act_lr": "act_lr", "qdrop": "drop_prob"}
+                "recon_lr": "weight_lr", "recon_act_lr": "act_lr", "qdrop": "drop_prob", "recon_ends": "ends"}
 
 
 def _reconstruction_args(args: argparse.Namespace) -> dict:
@@ -368,8 +371,9 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         r = report["reconstruction"]
         before = sum(b["loss_before"] for b in r["blocks"])
         after = sum(b["loss_after"] for b in r["blocks"])
-        print(f"reconstruction: {len(r['blocks'])} blocks on {r['images']} calibration images, "
-              f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; block output error {before:.4g} -> {after:.4g} (sum)")
+        ends = " (patch embedding and head included)" if r["settings"].get("ends") else ""
+        print(f"reconstruction: {len(r['blocks'])} units{ends} on {r['images']} calibration images, "
+              f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; unit output error {before:.4g} -> {after:.4g} (sum)")
     if report.get("training"):
         _print_training(report["training"])
     if report.get("saved"):

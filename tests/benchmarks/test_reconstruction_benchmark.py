@@ -53,16 +53,19 @@ def test_nonlinear_rows_and_an_integer_only_qat_row(bench, tmp_path):
     for row in rows[1:]:  # every quantized row: I-ViT kernels and integer residual adds
         nonlinear = row["qconfig"]["nonlinear"]
         assert set(nonlinear["ops"].values()) == {"ivit", "integer"}
+    assert [b["name"] for b in rows[2]["reconstruction"]["blocks"]] == ["patch_embed", "blocks.0", "blocks.1", "head"]
     assert rows[3]["training"]["steps"] == 2 and rows[3]["training"]["settings"]["kernels"] == "ste"
     markdown = (out / "reconstruction_deit_tiny.md").read_text()
     assert "integer non-linear kernels `ivit`" in markdown and "QAT with the kernels in the loop" in markdown
 
 
-def test_float_is_the_default_and_qat_kernels_can_be_float(bench, tmp_path):
+def test_float_is_the_default_and_the_ends_can_be_left_out(bench, tmp_path):
     args = ["--bits", "4", "--rows", "repq-vit", "--calib-size", "4", "--recon-iters", "1", "--recon-batch-size", "2",
-            "--out", str(tmp_path)]
+            "--no-recon-ends", "--out", str(tmp_path)]
     assert bench.main(args) == 0
     res = json.loads((tmp_path / "reconstruction_deit_tiny.json").read_text())
+    assert res["settings"]["ends"] is False and len(res["rows"][2]["reconstruction"]["blocks"]) == 2
+    assert "blocks only" in (tmp_path / "reconstruction_deit_tiny.md").read_text()
     assert res["nonlinear"] == "float" and res["qat_settings"] is None and len(res["rows"]) == 3
     assert bench.nonlinear_config("mixed:output-sqnr", 4, None).rule == "output-sqnr"
     assert bench.nonlinear_config("float", 4, None) is None
