@@ -147,7 +147,7 @@ def to_markdown(res: dict) -> str:
         kernels + f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), reconstructed on "
         f"{res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, batch "
         f"{s['batch_size']}, QDrop {s['drop_prob']}"
-        + (", patch embedding and head included" if s.get("ends") else ", blocks only") + "), evaluated on {res['evaluation_images']} other images of "
+        + (", patch embedding and head included" if s.get("ends") else ", blocks only") + f"), evaluated on {res['evaluation_images']} other images of "
         f"`{Path(res['eval_dir']).name}`; "
         + ("" if not res.get("qat_settings") else
            f"QAT on the {res['qat_images']} images of the folder that are not evaluated ({res['qat_settings']['steps']} "

@@ -57,6 +57,7 @@ def test_nonlinear_rows_and_an_integer_only_qat_row(bench, tmp_path):
     assert rows[3]["training"]["steps"] == 2 and rows[3]["training"]["settings"]["kernels"] == "ste"
     markdown = (out / "reconstruction_deit_tiny.md").read_text()
     assert "integer non-linear kernels `ivit`" in markdown and "QAT with the kernels in the loop" in markdown
+    assert "patch embedding and head included), evaluated on 8 other images" in markdown
 
 
 def test_float_is_the_default_and_the_ends_can_be_left_out(bench, tmp_path):
