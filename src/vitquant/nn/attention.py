@@ -71,7 +71,7 @@ class AttentionPoints:
         if products is not None:  # integer softmax: the exact q@kᵀ integers, the bias on their grid
             product, logits = products  # logits: the float product, only when a gradient is wanted
             if add_bias is not None:
-                product = product + add_bias(torch.zeros(product.ints.shape, dtype=q.dtype))
+                product = product + add_bias(torch.zeros(product.ints.shape, dtype=q.dtype, device=q.device))
                 logits = None if logits is None else add_bias(logits)
             attn = self.softmax(product, logits)  # straight-through the float softmax of the logits
         else:

@@ -44,11 +44,11 @@ from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.spec import QuantSpec
 
 GELU_INPUT = "gelu_input"
+LAYERNORM_INPUT = "layernorm_input"
+KERNEL_INPUT_ROLES = (GELU_INPUT, LAYERNORM_INPUT)  # softmax kernels take integers: no point
 #: how the active kernels run while a model trains (:class:`~vitquant.reconstruction.block.TrainableBlock`):
 #: ``float`` the exact float ops instead (kernels off), ``ste`` the kernels with a straight-through gradient
 TRAIN_KERNELS = ("float", "ste")
-LAYERNORM_INPUT = "layernorm_input"
-KERNEL_INPUT_ROLES = (GELU_INPUT, LAYERNORM_INPUT)  # softmax kernels take integers: no point
 
 
 def straight_through(kernel_out: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,10 @@ quantizers (:class:`~vitquant.quantizers.trainable.LSQActivation`); the rest sta
 trainable stand-ins, ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones.
 Its integer non-linear kernels (``kernels``, :data:`~vitquant.nn.nonlinear.TRAIN_KERNELS`) run as their
 float ops meanwhile (``float``, reconstruction's choice) or stay in the forward pass with the float op's
-gradient passed straight through (``ste``, :func:`~vitquant.nn.nonlinear.straight_through`); their input
-points are not trained either way. The weights'
-stand-in is AdaRound's learned rounding here; quantization-aware training (:mod:`vitquant.qat`) swaps a
-whole model with LSQ weights (:class:`~vitquant.quantizers.trainable.LSQWeight`) instead.
+gradient passed straight through (``ste``, :func:`~vitquant.nn.nonlinear.straight_through`, what
+quantization-aware training uses by default); their input points are not trained either way. The
+weights' stand-in is AdaRound's learned rounding here; quantization-aware training (:mod:`vitquant.qat`)
+swaps a whole model with LSQ weights (:class:`~vitquant.quantizers.trainable.LSQWeight`) instead.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vitquant.nn.linear import WeightQuantMixin
 from vitquant.errors import ConfigError
+from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.nonlinear import TRAIN_KERNELS, QuantNonLinear
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.trainable import AdaRoundWeight, LSQActivation, LSQWeight, trainable_activation
