@@ -13,6 +13,14 @@ per-block errors before/after, the training losses and both stages' settings, pl
 
 A row is a recipe name, optionally with options as in ``benchmarks/recipes.py``:
 ``bitlog2-half-17+post_gelu=adalog``.
+
+``--nonlinear SPEC`` (``ivit``, ``ibert``, ``fqvit``, ``mixed:sqnr-diff``, ``mixed:output-sqnr``; default
+``float``) gives every row integer non-linear kernels and integer residual adds (the integer-only model,
+inputs on ``--nonlinear-bits``): calibration and evaluation run the kernels; reconstruction trains each
+block with their float ops (the kernels are active again afterwards); QAT trains with the kernels in the
+forward pass and a straight-through gradient (``--qat-kernels ste``, the default of ``vitquant train``):
+
+    python benchmarks/reconstruction.py --bits 4 --nonlinear mixed:output-sqnr --qat-steps 43 --qat-batch-size 16
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from vitquant.data import list_images
 from vitquant.data.transforms import eval_transform
 from vitquant.evaluation import FidelityMeter
 from vitquant.models import resolve_model_name
+from vitquant.nn.nonlinear import TRAIN_KERNELS
+from vitquant.nonlinear import NonlinearConfig, default_bits
 from vitquant.qat import FolderImages, QATTrainer, TrainConfig
 from vitquant.recipes import build_qconfig
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
@@ -76,16 +86,25 @@ def training_images(args: argparse.Namespace, data, model) -> FolderImages:
     return FolderImages(records, eval_transform(model))
 
 
+def nonlinear_config(spec: str, bits: int, nonlinear_bits: int | None) -> NonlinearConfig | None:
+    """``--nonlinear SPEC`` (``family`` or ``mixed:rule``) at W/A ``bits``; None for ``float``."""
+    choice, _, rule = spec.partition(":")
+    if choice == "float":
+        return None
+    return NonlinearConfig.everywhere(choice, default_bits(bits) if nonlinear_bits is None else nonlinear_bits,
+                                      rule or "sqnr-diff")
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model, weights_source, data, calib_images, batches, labels, fp_logits = load_eval(args)
     fp = _accuracy(fp_logits, labels)
     settings = ReconstructionConfig(images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
-                                    drop_prob=args.qdrop, seed=args.seed)
+                                    drop_prob=args.qdrop, ends=args.recon_ends, seed=args.seed)
     qat = None
     if args.qat_steps:
         qat = TrainConfig(steps=args.qat_steps, batch_size=args.qat_batch_size, lr=args.qat_lr,
-                          quant_lr=args.qat_quant_lr, dgd_weight=args.dgd_weight, seed=args.seed)
+                          quant_lr=args.qat_quant_lr, dgd_weight=args.dgd_weight, kernels=args.qat_kernels, seed=args.seed)
         training = training_images(args, data, model)
     rows = [{"row": "FP32", "bits": None, "top1": fp.top1, "top5": fp.top5, "agreement": 100.0, "mean_kl": 0.0,
              "calibration_seconds": None, "reconstruction_seconds": None, "qconfig": None}]
@@ -93,6 +112,9 @@ def run(args: argparse.Namespace) -> dict:
         for spec in args.rows:
             recipe, options = parse_row(spec)
             qconfig = build_qconfig(recipe, bits, bits, **options)
+            nonlinear = nonlinear_config(args.nonlinear, bits, args.nonlinear_bits)
+            if nonlinear is not None:
+                qconfig = qconfig.with_nonlinear(nonlinear)
             row, calibrated = measure_row(model, calib_images, batches, labels, fp_logits, qconfig, spec, bits)
             rows.append({**row, "reconstruction_seconds": None})
             rows.append(reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, spec, bits))
@@ -104,6 +126,7 @@ def run(args: argparse.Namespace) -> dict:
         "calibration_images": len(calib_images), "reconstruction_images": settings.image_count(len(calib_images)),
         "reconstruction_images_are": "the calibration images (none of them is evaluated)",
         "evaluation_images": len(labels), "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed,
+        "nonlinear": args.nonlinear, "nonlinear_bits": args.nonlinear_bits,
         "settings": settings.to_dict(),
         "qat_settings": None if qat is None else qat.to_dict(),
         "qat_images": None if qat is None else len(training),
@@ -114,10 +137,17 @@ def run(args: argparse.Namespace) -> dict:
 
 def to_markdown(res: dict) -> str:
     s = res["settings"]
+    nonlinear = res.get("nonlinear", "float")
+    kernels = "" if nonlinear == "float" else (
+        f"integer non-linear kernels `{nonlinear}` (inputs on "
+        f"{res['nonlinear_bits'] if res.get('nonlinear_bits') else 'max(bits, 6)'} bits) and integer residual adds "
+        "in every row (reconstruction trains with their float ops, QAT with the kernels "
+        + ("in the loop" if (res.get("qat_settings") or {}).get("kernels") == "ste" else "as float ops") + "); ")
     lines = [
-        f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), reconstructed on "
+        kernels + f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), reconstructed on "
         f"{res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, batch "
-        f"{s['batch_size']}, QDrop {s['drop_prob']}), evaluated on {res['evaluation_images']} other images of "
+        f"{s['batch_size']}, QDrop {s['drop_prob']}"
+        + (", patch embedding and head included" if s.get("ends") else ", blocks only") + f"), evaluated on {res['evaluation_images']} other images of "
         f"`{Path(res['eval_dir']).name}`; "
         + ("" if not res.get("qat_settings") else
            f"QAT on the {res['qat_images']} images of the folder that are not evaluated ({res['qat_settings']['steps']} "
@@ -152,11 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recon-iters", type=int, default=ReconstructionConfig.iters)
     p.add_argument("--recon-batch-size", type=int, default=ReconstructionConfig.batch_size)
     p.add_argument("--qdrop", type=float, default=0.0)
+    p.add_argument("--recon-ends", action=argparse.BooleanOptionalAction, default=ReconstructionConfig.ends,
+                   help="also reconstruct the patch embedding and the head (default on)")
     p.add_argument("--qat-steps", type=int, default=0, help="QAT steps from the calibrated model (default 0: no QAT row)")
     p.add_argument("--qat-batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--qat-lr", type=float, default=TrainConfig.lr)
     p.add_argument("--qat-quant-lr", type=float, default=TrainConfig.quant_lr)
     p.add_argument("--dgd-weight", type=float, default=TrainConfig.dgd_weight)
+    p.add_argument("--nonlinear", default="float", metavar="SPEC",
+                   help="integer non-linear kernels in every row: ivit, ibert, fqvit, mixed:RULE (default float)")
+    p.add_argument("--nonlinear-bits", type=int, metavar="N", help="kernel input bits (default: the bits, at least 6)")
+    p.add_argument("--qat-kernels", choices=TRAIN_KERNELS, default=TrainConfig.kernels,
+                   help=f"how the kernels run while QAT trains (default {TrainConfig.kernels})")
     args = p.parse_args(argv)
     return run_and_write(args, run, to_markdown, f"reconstruction_{args.model}")
 

@@ -77,6 +77,7 @@ def tiny_folder(tmp_path: Path) -> Path:
         (["quantize", "--reconstruct", "--recon-images", "5"], "--recon-images 5: only 1 calibration images"),
         (["quantize", "--reconstruct", "--qdrop", "1"], "--qdrop must be in [0, 1)"),
         (["quantize", "--recon-iters", "5", "--qdrop"], "--recon-iters, --qdrop only apply with --reconstruct"),
+        (["quantize", "--no-recon-ends"], "--recon-ends only apply with --reconstruct"),
     ],
 )
 def test_bad_input_exits_2_with_message(argv, message, tiny_folder, capsys):
@@ -365,7 +366,7 @@ def test_reconstruction_options_in_help(capsys):
         cli.main(["quantize", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     for flag in ("--reconstruct", "--recon-images N", "--recon-iters K", "--recon-batch-size B", "--recon-lr LR",
-                 "--recon-act-lr LR", "--qdrop [P]"):
+                 "--recon-act-lr LR", "--qdrop [P]", "--recon-ends, --no-recon-ends"):
         assert flag in out
 
 
@@ -386,12 +387,14 @@ def test_quantize_reconstruct_save_then_run_on_a_tiny_model(tiny_folder, tmp_pat
         assert rc == 0 and saved.is_file()
         report = json.loads((tmp_path / "q.json").read_text())
         recon = report["reconstruction"]
-        assert recon["images"] == 2 and recon["seconds"] > 0 and len(recon["blocks"]) == 2
+        assert recon["images"] == 2 and recon["seconds"] > 0
+        assert [b["name"] for b in recon["blocks"]] == ["patch_embed", "blocks.0", "blocks.1", "head"]  # ends: default
         assert recon["settings"]["iters"] == 3 and recon["settings"]["batch_size"] == 2
         assert recon["settings"]["drop_prob"] == 0.5 and recon["settings"]["seed"] == 0
         assert report["config"]["reconstruct"] is True and report["config"]["recon_iters"] == 3
         assert all(p["levels_used"] is not None for p in report["calibration"]["points"] if p["role"] != "residual")
-        assert "reconstruction: 2 blocks on 2 calibration images, 3 steps each" in stdout
+        assert recon["settings"]["ends"] is True and report["config"]["recon_ends"] is True
+        assert "reconstruction: 4 units (patch embedding and head included) on 2 calibration images, 3 steps each" in stdout
         rc, _, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2",
                          "--check-simulation", "--json", str(tmp_path / "r.json"), "-q"], capsys)
         assert rc == 0

@@ -80,9 +80,13 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recon-act-lr", type=float, metavar="LR", help=f"learning rate of the activation steps (default {ReconstructionConfig.act_lr:g})")
     g.add_argument("--qdrop", type=float, nargs="?", const=0.5, metavar="P",
                    help="QDrop: leave each activation unquantized with probability P while reconstructing (P default 0.5)")
+    g.add_argument("--recon-ends", action=argparse.BooleanOptionalAction,
+                   help="also reconstruct the patch embedding (against the FP first-block input) and the head (against the "
+                   f"FP logits) (default: {'on' if ReconstructionConfig.ends else 'off'}; --no-recon-ends: the blocks only)")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from vitquant.nn.nonlinear import TRAIN_KERNELS
     from vitquant.qat import TrainConfig
 
     d = TrainConfig()
@@ -102,6 +106,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-weight", type=float, metavar="W", help=f"weight of the cross-entropy with the labels (default {d.label_weight:g})")
     g.add_argument("--temperature", type=float, metavar="T", help=f"temperature of the logit distillation (default {d.temperature:g})")
     g.add_argument("--no-irm", action="store_true", help="without Q-ViT's information rectification of q and k")
+    g.add_argument("--train-kernels", choices=TRAIN_KERNELS, metavar="MODE",
+                   help="how the --nonlinear integer kernels run while training: ste (in the forward pass, the exact op's "
+                   f"gradient passed straight through) or float (the exact ops while training, the kernels after); default {d.kernels}")
     g.add_argument("--no-flip", action="store_true", help="without random horizontal flips of the training images")
     g.add_argument("--checkpoint", type=Path, metavar="FILE", help="write the training state to FILE (at the end, and every --checkpoint-every steps)")
     g.add_argument("--checkpoint-every", type=int, metavar="K", help="also write the checkpoint every K steps")
@@ -267,7 +274,7 @@ def _check_output_path(path: Path | None, flag: str = "--json") -> None:
 
 
 _RECON_FLAGS = {"recon_images": "images", "recon_iters": "iters", "recon_batch_size": "batch_size",
-                "recon_lr": "weight_lr", "recon_act_lr": "act_lr", "qdrop": "drop_prob"}
+                "recon_lr": "weight_lr", "recon_act_lr": "act_lr", "qdrop": "drop_prob", "recon_ends": "ends"}
 
 
 def _reconstruction_args(args: argparse.Namespace) -> dict:
@@ -323,7 +330,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
 _TRAIN_FLAGS = {"steps": "steps", "epochs": "epochs", "train_batch_size": "batch_size", "lr": "lr",
                 "quant_lr": "quant_lr", "weight_decay": "weight_decay", "warmup": "warmup", "kd_weight": "kd_weight",
                 "dgd_weight": "dgd_weight", "label_weight": "label_weight", "temperature": "temperature",
-                "checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every"}
+                "checkpoint": "checkpoint", "checkpoint_every": "checkpoint_every", "train_kernels": "kernels"}
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -368,8 +375,9 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         r = report["reconstruction"]
         before = sum(b["loss_before"] for b in r["blocks"])
         after = sum(b["loss_after"] for b in r["blocks"])
-        print(f"reconstruction: {len(r['blocks'])} blocks on {r['images']} calibration images, "
-              f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; block output error {before:.4g} -> {after:.4g} (sum)")
+        ends = " (patch embedding and head included)" if r["settings"].get("ends") else ""
+        print(f"reconstruction: {len(r['blocks'])} units{ends} on {r['images']} calibration images, "
+              f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; unit output error {before:.4g} -> {after:.4g} (sum)")
     if report.get("training"):
         _print_training(report["training"])
     if report.get("saved"):

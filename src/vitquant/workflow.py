@@ -88,6 +88,7 @@ class QuantizeJob:
     recon_lr: float = ReconstructionConfig.weight_lr  # rounding variables (AdaRound)
     recon_act_lr: float = ReconstructionConfig.act_lr  # activation steps (LSQ)
     qdrop: float = 0.0  # QDrop's probability of leaving an activation unquantized while reconstructing
+    recon_ends: bool = ReconstructionConfig.ends  # also the patch embedding and the head
     progress: bool = True
 
     def validate(self) -> None:
@@ -116,7 +117,8 @@ class QuantizeJob:
         """The reconstruction settings (validated; seeded with the job's seed)."""
         return ReconstructionConfig(
             images=self.recon_images, iters=self.recon_iters, batch_size=self.recon_batch_size,
-            weight_lr=self.recon_lr, act_lr=self.recon_act_lr, drop_prob=self.qdrop, seed=self.seed,
+            weight_lr=self.recon_lr, act_lr=self.recon_act_lr, drop_prob=self.qdrop, ends=self.recon_ends,
+            seed=self.seed,
         )
 
     def qconfig(self) -> QConfig:

@@ -330,3 +330,29 @@ def test_integer_softmax_in_a_calibrated_model(tiny, kind):
     assert kinds and set(kinds) == {IntTensor}
     assert torch.isfinite(out).all()
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.5
+
+
+def test_products_give_the_integer_product_and_with_gradients_the_float_one():
+    """QuantMatMul.products: the integer q@kᵀ (as integer_product) and, only when a gradient is wanted,
+    Q(q)@Q(kᵀ) with its gradient; the trainable LSQ stand-ins give the same integers."""
+    from vitquant.nn.matmul import QuantMatMul
+    from vitquant.quantizers.trainable import LSQActivation
+    from vitquant.quantizers.uniform import UniformQuantizer
+
+    g = torch.Generator().manual_seed(0)
+    q, kt = torch.randn(2, 3, 5, 8, generator=g), torch.randn(2, 3, 8, 5, generator=g)
+    mm = QuantMatMul("matmul_input", "matmul_input")
+    for point, scale in ((mm.a_quant, 0.1), (mm.b_quant, 0.07)):
+        point.set_quantizer(UniformQuantizer(4, torch.tensor(scale), torch.tensor(8.0)))
+        point.mode = Mode.QUANTIZE
+    with torch.no_grad():
+        ints, none = mm.products(q, kt)
+        assert none is None and torch.equal(ints.ints, mm.integer_product(q, kt).ints)
+        assert torch.allclose(ints.dequantize(), mm(q, kt), atol=1e-6)
+    fitted = [mm.a_quant.quantizer, mm.b_quant.quantizer]
+    mm.a_quant.quantizer, mm.b_quant.quantizer = (LSQActivation(f) for f in fitted)
+    qg = q.clone().requires_grad_(True)
+    trained, logits = mm.products(qg, kt)
+    assert torch.equal(trained.ints, ints.ints) and logits.requires_grad
+    logits.sum().backward()
+    assert qg.grad.abs().sum() > 0 and mm.a_quant.quantizer.scale.grad is not None

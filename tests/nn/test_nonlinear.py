@@ -367,3 +367,39 @@ def test_swap_nonlinear_on_plain_modules():
     assert [type(m) for m in model] == [QuantLayerNorm, nn.Linear, QuantGELU, QuantLayerNorm]
     assert model[2].approximate == "tanh"
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize(("family", "op"), CASES)
+def test_with_gradients_the_kernel_output_carries_the_float_ops_gradient(family, op):
+    """Straight-through: the forward is the kernel's output bit for bit, the backward the exact float op's
+    gradient on the same input (and the LayerNorm affine parameters' gradients)."""
+    x = INPUTS[op]()
+    m = _with_kernel(_module(op), family, x)
+    with torch.no_grad():
+        kernel_out = m(x)
+    xg = x.clone().requires_grad_(True)
+    out = m(xg)
+    assert out.requires_grad and torch.equal(out.detach(), kernel_out)
+    w = torch.randn(out.shape, generator=_gen(7))
+    (out * w).sum().backward()
+    xf = x.clone().requires_grad_(True)
+    ref = _module(op)
+    (ref.float_forward(xf) * w).sum().backward()
+    assert torch.equal(xg.grad, xf.grad)
+    if op == "layernorm":
+        assert torch.equal(m.weight.grad, ref.weight.grad) and torch.equal(m.bias.grad, ref.bias.grad)
+
+
+def test_integer_softmax_passes_the_gradient_of_the_float_softmax_of_its_surrogate():
+    m = _softmax_with(["ivit"])
+    prod = _product()
+    logits = prod.dequantize().requires_grad_(True)
+    out = m(prod, logits)
+    assert torch.equal(out.detach(), m(prod))  # the kernel's output
+    w = torch.randn(out.shape, generator=_gen(8))
+    (out * w).sum().backward()
+    ref = prod.dequantize().requires_grad_(True)
+    (ref.softmax(dim=-1) * w).sum().backward()
+    assert torch.equal(logits.grad, ref.grad)
+    with torch.no_grad():  # no gradient wanted: the surrogate is ignored
+        assert torch.equal(m(prod, logits), m(prod))

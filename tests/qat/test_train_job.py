@@ -38,13 +38,14 @@ def test_train_writes_the_quantize_report_with_a_training_section_and_resumes(ti
     report_file, checkpoint, program = tmp_path / "r.json", tmp_path / "ck.pt", tmp_path / "m.vqm"
     rc, out, _ = _run(_train_argv(tiny_job, "--checkpoint", str(checkpoint), "--json", str(report_file), "--levels",
                                   "--nonlinear", "ibert", "--save", str(program)), capsys)
-    assert rc == 0 and checkpoint.is_file() and program.is_file()  # integer kernels, off while training, back after
+    assert rc == 0 and checkpoint.is_file() and program.is_file()  # integer kernels in the loop (ste), then converted
     report = json.loads(report_file.read_text())
     training = report["training"]
     assert training["steps"] == 4 and training["images"] == 12 and training["held_out_images"] == 4
     assert training["folder"] == str(tiny_job.resolve()) and training["resumed_from"] is None
     assert len(training["history"]) == 4 and training["settings"]["lr"] == 1e-3 and training["trained"]["rectifiers"] == 4
     assert report["config"]["training"]["steps"] == 4 and report["config"]["train_data"] is None
+    assert training["settings"]["kernels"] == "ste"  # the default
     assert report["fp"]["images"] == report["quantized"]["images"] == 4  # evaluated on the held-out images
     assert report["saved"]["ops"] > 0 and report["nonlinear"]["counts"]
     assert all(p["levels_used"] is not None for p in report["calibration"]["points"] if p["role"] != "residual")  # 24-bit: not counted
@@ -82,6 +83,16 @@ def test_bad_training_input_exits_2_with_message(tiny_job, capsys, more, message
         argv[i:i + 2] = []
     rc, _, err = _run(argv + more, capsys)
     assert rc == 2 and message in err, err
+
+
+def test_train_kernels_float_trains_with_the_exact_ops(tiny_job, tmp_path, capsys):
+    report_file = tmp_path / "r.json"
+    rc, _, _ = _run(_train_argv(tiny_job, "--nonlinear", "ivit", "--train-kernels", "float", "--steps", "1",
+                                "--json", str(report_file)), capsys)
+    report = json.loads(report_file.read_text())
+    assert rc == 0 and report["training"]["settings"]["kernels"] == "float" and report["nonlinear"]["counts"]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(_train_argv(tiny_job, "--train-kernels", "int"))
 
 
 def test_no_training_image_is_an_evaluation_image(tiny_job, tmp_path, capsys):

@@ -45,7 +45,7 @@ def test_every_unit_is_reconstructed_into_ordinary_fitted_quantizers(tiny, kind)
     before = _fingerprint(calibrated.model)
     result = reconstruct(model, calibrated, x, FAST)
     assert all(torch.equal(a, b) for a, b in zip(before, _fingerprint(calibrated.model)))  # input untouched
-    units = [n for n, _ in adapter_for(model).units(model)]
+    units = [n for n, _ in adapter_for(model).reconstruction_units(model)]  # ends included by default
     assert [b.name for b in result.blocks] == units
     assert all(b.loss_after >= 0 and b.seconds > 0 for b in result.blocks)
     assert result.images == 8 and result.seconds > 0 and result.model is result.calibration.model
@@ -82,7 +82,7 @@ def test_reconstructed_model_converts_to_an_integer_program(tiny):
 
     qconfig = repq_vit_qconfig(4, 4, "bitlog2-half-17").with_nonlinear(NonlinearConfig.everywhere("ivit", 6))
     model, calibrated, x = _calibrated("vit", tiny, qconfig)
-    result = reconstruct(model, calibrated, x, FAST)
+    result = reconstruct(model, calibrated, x, replace(FAST, ends=False))  # blocks only (ends: test_reconstruction_ends)
     kernels = {m.active for m in result.model.modules() if getattr(m, "slots", None) is not None}
     assert kernels == {"ivit"}  # the kernels run again after the block trained with their float ops
     program = convert_vit(result.model)

@@ -7,7 +7,9 @@ run the explicit path:
 
 with ``softmax`` a :class:`~vitquant.nn.nonlinear.QuantSoftmax` (the float op unless given a kernel).
 An integer softmax kernel instead receives the exact integer product of the quantized q and kᵀ
-(:meth:`~vitquant.nn.matmul.QuantMatMul.integer_product`) with the bias and mask rounded onto its grid.
+(:meth:`~vitquant.nn.matmul.QuantMatMul.integer_product`) with the bias and mask rounded onto its grid;
+while training it also receives the float logits Q(q)·Q(kᵀ) + bias, whose float softmax gives the
+kernel's output its gradient (:func:`~vitquant.nn.nonlinear.straight_through`), down to q and k.
 
 Both matmuls are :class:`~vitquant.nn.matmul.QuantMatMul` modules (``qk`` and ``av``), so calibration
 can treat them like any other consumer of quantized inputs.
@@ -65,11 +67,13 @@ class AttentionPoints:
         if self.k_rectify is not None:
             k = self.k_rectify(k)
         q, kt = q * self.scale, k.transpose(-2, -1)  # type: ignore[attr-defined]
-        product = self.qk.integer_product(q, kt) if self.softmax.takes_integers else None
-        if product is not None:  # integer softmax: the exact q@kᵀ integers, the bias on their grid
+        products = self.qk.products(q, kt) if self.softmax.takes_integers else None
+        if products is not None:  # integer softmax: the exact q@kᵀ integers, the bias on their grid
+            product, logits = products  # logits: the float product, only when a gradient is wanted
             if add_bias is not None:
-                product = product + add_bias(torch.zeros(product.ints.shape, dtype=q.dtype))
-            attn = self.softmax(product)
+                product = product + add_bias(torch.zeros(product.ints.shape, dtype=q.dtype, device=q.device))
+                logits = None if logits is None else add_bias(logits)
+            attn = self.softmax(product, logits)  # straight-through the float softmax of the logits
         else:
             attn = self.qk(q, kt)
             if add_bias is not None:

@@ -13,6 +13,7 @@ from torch import nn
 from vitquant.errors import ConfigError
 from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.quantizers.trainable import LSQActivation
 from vitquant.quantizers.uniform import UniformQuantizer
 
 
@@ -43,19 +44,32 @@ class QuantMatMul(nn.Module):
         exactly in float64 (|a_int|, |b_int| <= 2^9 and at most 2^34 terms stay below 2^53), or
         ``None`` while either point is float (calibration). Both points must quantize with one
         uniform step along the contracted axis (per tensor or per head), else :class:`ConfigError`."""
+        products = self.products(a, b)
+        return None if products is None else products[0]
+
+    def products(self, a: torch.Tensor, b: torch.Tensor) -> tuple[IntTensor, torch.Tensor | None] | None:
+        """The integer product (:meth:`integer_product`) and, when a gradient is wanted, the float
+        product ``Q_a(a) @ Q_b(b)`` of the same quantized operands, with its gradient (the straight-through
+        surrogate of an integer softmax while training); ``None`` while either point is float."""
         if self.a_quant.mode is Mode.FLOAT or self.b_quant.mode is Mode.FLOAT:
             return None
-        a_int, a_scale = _integer_operand(self.a_quant, a, contracted=-1)
-        b_int, b_scale = _integer_operand(self.b_quant, b, contracted=-2)
-        return IntTensor(a_int @ b_int, a_scale * b_scale)
+        a_hat, b_hat = self.a_quant(a), self.b_quant(b)
+        with torch.no_grad():
+            a_int, a_scale = _integer_operand(self.a_quant, a_hat, contracted=-1)
+            b_int, b_scale = _integer_operand(self.b_quant, b_hat, contracted=-2)
+            product = IntTensor(a_int @ b_int, a_scale * b_scale)
+        wanted = torch.is_grad_enabled() and (a_hat.requires_grad or b_hat.requires_grad)
+        return product, (a_hat @ b_hat if wanted else None)
 
 
-def _integer_operand(point: QuantPoint, x: torch.Tensor, contracted: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _integer_operand(point: QuantPoint, x_hat: torch.Tensor, contracted: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integers, step) of the quantized operand ``x_hat``: a fitted uniform quantizer, or its trainable
+    LSQ stand-in while training (the same grid, the step detached)."""
     quantizer = point.quantizer
     scale = getattr(quantizer, "scale", None)
-    if not isinstance(quantizer, UniformQuantizer) or (scale.dim() >= -contracted and scale.shape[contracted] != 1):
+    if not isinstance(quantizer, (UniformQuantizer, LSQActivation)) or (scale.dim() >= -contracted and scale.shape[contracted] != 1):
         raise ConfigError(
             f"{point.point_name or point.role}: an integer softmax takes the integer product of q@kᵀ, which "
             f"needs q and k quantized uniformly with one step per tensor or per head (got {quantizer!r})"
         )
-    return quantizer.integer_view(point(x))
+    return quantizer.integer_view(x_hat)

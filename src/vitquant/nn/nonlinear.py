@@ -17,6 +17,16 @@ grid) as an :class:`~vitquant.nn.int_tensor.IntTensor`, as I-ViT does; the kerne
 
 Like a Linear, a kernel module is a calibration *consumer*: its input points are fitted in network
 order (``input_points``; all slots read the same operand, ``point_operands``).
+
+**Gradients** (quantization-aware training with the kernels in the loop, the Mixed Non-linear paper's
+QAT): a kernel's output has no gradient of its own (integer rounding throughout), so wherever a
+gradient is wanted the module passes it straight through the exact float op on the same input:
+
+    y = k(x) + (f(x) - f(x).detach())        forward: k(x) bit for bit;  ∂y/∂x = f'(x)
+
+(:func:`straight_through`). For a softmax kernel the float op's input is the fake-quantized logits
+Q(q)·Q(kᵀ) + bias (``surrogate``), equal to the integer product up to the bias's rounding, so the
+gradient reaches q and k through their quantizers' own straight-through rounding.
 """
 
 from __future__ import annotations
@@ -36,6 +46,19 @@ from vitquant.quantizers.spec import QuantSpec
 GELU_INPUT = "gelu_input"
 LAYERNORM_INPUT = "layernorm_input"
 KERNEL_INPUT_ROLES = (GELU_INPUT, LAYERNORM_INPUT)  # softmax kernels take integers: no point
+#: how the active kernels run while a model trains (:class:`~vitquant.reconstruction.block.TrainableBlock`):
+#: ``float`` the exact float ops instead (kernels off), ``ste`` the kernels with a straight-through gradient
+TRAIN_KERNELS = ("float", "ste")
+
+
+def straight_through(kernel_out: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """``kernel_out`` in the forward (bit for bit: ``exact - exact.detach()`` is exactly 0 for finite
+    values), the gradient of ``exact`` (the float op on the same input) in the backward."""
+    return kernel_out.detach() + (exact - exact.detach())
+
+
+def _wants_grad(x: torch.Tensor | None) -> bool:
+    return x is not None and torch.is_grad_enabled() and x.requires_grad
 
 
 class KernelSlot(nn.Module):
@@ -101,16 +124,25 @@ class QuantNonLinear:
     def kernel_args(self) -> tuple:
         return ()
 
-    def forward(self, x: torch.Tensor | IntTensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | IntTensor, surrogate: torch.Tensor | None = None) -> torch.Tensor:
         """The active kernel on ``x`` (integers as they are, or a float tensor through the slot's input
-        point); the float op when no kernel is active or its point is not fitted yet."""
+        point); the float op when no kernel is active or its point is not fitted yet. With gradients
+        wanted, the kernel's output carries the float op's gradient (:func:`straight_through`) on
+        ``surrogate`` (integer input: the same values as floats, with their gradient) or on ``x``."""
         slot = self.slots[self.active] if self.active is not None else None
         if isinstance(x, IntTensor):
             if slot is None or slot.input_quant is not None:
                 raise RuntimeError(f"{self.layer_name}: integer input but the active kernel takes floats")
-            return self.run_kernel(slot.kernel, x).to(torch.float32)
+            with torch.no_grad():
+                y = self.run_kernel(slot.kernel, x).to(torch.float32)
+            return straight_through(y, self.float_forward(surrogate)) if _wants_grad(surrogate) else y
         if slot is None or slot.input_quant is None or slot.input_quant.mode is Mode.FLOAT:
             return self.float_forward(x)
+        with torch.no_grad():
+            y = self._kernel_on_floats(slot, x)
+        return straight_through(y, self.float_forward(x)) if _wants_grad(x) else y
+
+    def _kernel_on_floats(self, slot: KernelSlot, x: torch.Tensor) -> torch.Tensor:
         point = slot.input_quant
         ints, scale = point.quantizer.integer_view(point(x))  # type: ignore[union-attr]
         if slot.kernel.elementwise and scale.numel() == 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vitquant.errors import ConfigError
+from vitquant.nn.nonlinear import TRAIN_KERNELS
 
 #: fields that may differ between a run and the run it resumes (where and how often to save)
 RESUME_FREE = ("checkpoint", "checkpoint_every", "resume")
@@ -39,6 +40,11 @@ class TrainConfig:
       ``label_weight`` · cross-entropy with the labels (:mod:`vitquant.qat.distill`);
     - ``irm``: Q-ViT's Information Rectification Module before the q and k quantizers
       (:mod:`vitquant.qat.irm`), folded into ``qkv`` at the end;
+    - ``kernels``: how the model's integer non-linear kernels (``--nonlinear``) run while training:
+      ``ste`` (default) in the forward pass, as the model is evaluated, with the exact float op's
+      gradient passed straight through (the Mixed Non-linear paper's QAT of the integer-only model);
+      ``float``: the exact float ops instead, the kernels active again afterwards. Without kernels
+      (``--nonlinear float``) both are the same;
     - ``flip``: random horizontal flips of the training images (seeded per step);
     - ``checkpoint``: a file written every ``checkpoint_every`` steps (None: only at the end) and at
       the end; ``resume``: continue from it;
@@ -57,6 +63,7 @@ class TrainConfig:
     label_weight: float = 0.0
     temperature: float = 1.0
     irm: bool = True
+    kernels: str = "ste"
     flip: bool = True
     checkpoint: Path | None = None
     checkpoint_every: int | None = None
@@ -81,6 +88,8 @@ class TrainConfig:
         if self.kd_weight == self.dgd_weight == self.label_weight == 0:
             raise ConfigError("nothing to train on: --kd-weight, --dgd-weight and --label-weight are all 0")
         _number(self.temperature, "--temperature", 0.0, strict=True)
+        if self.kernels not in TRAIN_KERNELS:
+            raise ConfigError(f"--train-kernels must be one of {', '.join(TRAIN_KERNELS)}, got {self.kernels!r}")
         if self.checkpoint_every is not None:
             _positive_int(self.checkpoint_every, "--checkpoint-every")
             if self.checkpoint is None:

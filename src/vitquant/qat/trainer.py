@@ -12,8 +12,13 @@ What trains (starting from the calibrated values, straight-through estimator eve
   affine, class and position tokens).
 
 The swap is block reconstruction's :class:`~vitquant.reconstruction.block.TrainableBlock` applied to
-the whole model; as there, integer non-linear kernels run as their float ops while training and are
-active again afterwards. The student runs in evaluation mode (dropout and drop-path off, as calibrated)
+the whole model. Integer non-linear kernels (``--nonlinear``) stay in the forward pass while training
+(``kernels="ste"``, the default: the model trains as it is evaluated, the Mixed Non-linear paper's QAT
+of the integer-only model), their output carrying the gradient of the exact float op on the same input
+(the softmax's on the fake-quantized q·kᵀ logits, so it reaches q and k;
+:func:`~vitquant.nn.nonlinear.straight_through`); or they run as their float ops and are active again
+afterwards (``kernels="float"``, as in reconstruction). The integer residual adds' points pass the
+gradient straight through like every other frozen point. The student runs in evaluation mode (dropout and drop-path off, as calibrated)
 but for the IRM, which uses batch statistics. The teacher is the full-precision model, prepared with
 every point off (its logits equal timm's).
 
@@ -179,7 +184,7 @@ class QATTrainer:
         self.student = copy.deepcopy(calibrated.model).eval()
         self.student.requires_grad_(False)
         self.rectifiers = install_rectifiers(self.student, self.calib_batches) if config.irm else []
-        self.swap = TrainableBlock(self.student, weight_source=LSQWeight)
+        self.swap = TrainableBlock(self.student, weight_source=LSQWeight, kernels=config.kernels)
         self.swap.install()
         self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=config.lr, weight_decay=0.0)
         self.teacher = prepare(copy.deepcopy(float_model).eval(), calibrated.qconfig)

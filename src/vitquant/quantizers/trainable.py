@@ -83,6 +83,13 @@ class LSQActivation(_Dropping):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._drop(x, lsq_quantize(x, self.scale, self.code_min, self.code_max))
 
+    def integer_view(self, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q - z, Δ) of an output ``x_hat = (q - z)·Δ`` (float64, no gradient), as
+        :meth:`UniformQuantizer.integer_view`: what an integer softmax takes while training. Elements
+        QDrop left unquantized are off the grid: rounded onto it."""
+        scale = self.scale.detach().double()
+        return torch.round(x_hat.detach().double() / scale), scale
+
     def harden(self) -> UniformQuantizer:
         """The fitted quantizer with the learned step (kept positive)."""
         scale = self.scale.detach().clamp(min=torch.finfo(torch.float32).tiny)

@@ -9,10 +9,13 @@ over channels and averaged over tokens and images (BRECQ's). V are the weights' 
 quantizers (:class:`~vitquant.quantizers.trainable.LSQActivation`); the rest stay frozen.
 
 :class:`TrainableBlock` is the explicit swap: ``install`` replaces the block's fitted quantizers with
-trainable stand-ins (and runs its integer non-linear kernels as their float ops, which have a
-gradient), ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones. The weights'
-stand-in is AdaRound's learned rounding here; quantization-aware training (:mod:`vitquant.qat`) swaps a
-whole model with LSQ weights (:class:`~vitquant.quantizers.trainable.LSQWeight`) instead.
+trainable stand-ins, ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones.
+Its integer non-linear kernels (``kernels``, :data:`~vitquant.nn.nonlinear.TRAIN_KERNELS`) run as their
+float ops meanwhile (``float``, reconstruction's choice) or stay in the forward pass with the float op's
+gradient passed straight through (``ste``, :func:`~vitquant.nn.nonlinear.straight_through`, what
+quantization-aware training uses by default); their input points are not trained either way. The
+weights' stand-in is AdaRound's learned rounding here; quantization-aware training (:mod:`vitquant.qat`)
+swaps a whole model with LSQ weights (:class:`~vitquant.quantizers.trainable.LSQWeight`) instead.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vitquant.errors import ConfigError
 from vitquant.nn.linear import WeightQuantMixin
-from vitquant.nn.nonlinear import QuantNonLinear
+from vitquant.nn.nonlinear import TRAIN_KERNELS, QuantNonLinear
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.trainable import AdaRoundWeight, LSQActivation, LSQWeight, trainable_activation
 from vitquant.quantizers.uniform import UniformQuantizer
@@ -52,7 +56,7 @@ def trainable_layers(block: nn.Module) -> list[WeightQuantMixin]:
 
 def _activation_points(block: nn.Module) -> list[QuantPoint]:
     """Fitted points that quantize in the block's forward (kernel input points excluded: the kernels
-    run as float ops while the block trains)."""
+    run as float ops while the block trains, or pass the float op's gradient straight through)."""
     kernel_points = {id(m) for k in block.modules() if isinstance(k, QuantNonLinear) for m in k.slots.modules()}
     return [
         m for m in block.modules()
@@ -62,13 +66,17 @@ def _activation_points(block: nn.Module) -> list[QuantPoint]:
 
 class TrainableBlock:
     """The swap of one block's (or a whole model's) quantizers for trainable ones (see the module
-    docstring); ``weight_source`` makes each weight's stand-in (AdaRound by default)."""
+    docstring); ``weight_source`` makes each weight's stand-in (AdaRound by default), ``kernels`` says how
+    the active integer kernels run while training (``float`` by default)."""
 
     def __init__(
         self, block: nn.Module, drop_prob: float = 0.0, generator: torch.Generator | None = None,
-        weight_source: WeightSource = AdaRoundWeight,
+        weight_source: WeightSource = AdaRoundWeight, kernels: str = "float",
     ) -> None:
+        if kernels not in TRAIN_KERNELS:
+            raise ConfigError(f"kernels while training must be one of {', '.join(TRAIN_KERNELS)}, got {kernels!r}")
         self.block = block
+        self.kernel_mode = kernels
         self.layers = trainable_layers(block)
         self.points = _activation_points(block)
         self.kernels = [m for m in block.modules() if isinstance(m, QuantNonLinear) and m.active is not None]
@@ -93,8 +101,9 @@ class TrainableBlock:
             layer.set_weight_rounding(rounding)
         for point, activation in zip(self.points, self.activations):
             point.quantizer = activation  # type: ignore[assignment]
-        for kernel in self.kernels:
-            kernel.activate(None)
+        if self.kernel_mode == "float":
+            for kernel in self.kernels:
+                kernel.activate(None)
 
     def harden(self) -> None:
         """Fitted quantizers with the learned values: each weight on its learned grid point, each
@@ -206,6 +215,6 @@ def _train(
             if schedule is not None:
                 schedule.step()
             if progress and (step % 10 == 0 or step == config.iters - 1):
-                bar.set_postfix(rec=f"{float(rec):.4g}", loss=f"{float(loss):.4g}")
+                bar.set_postfix(rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}")
     for m in modules:
         m.eval()

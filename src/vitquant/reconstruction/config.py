@@ -22,7 +22,10 @@ class ReconstructionConfig:
     - ``reg_weight`` λ of the rounding regulariser, off for the first ``warmup`` fraction of the
       steps, then with β annealed linearly from ``beta[0]`` to ``beta[1]``;
     - ``drop_prob``: QDrop's probability of leaving an activation unquantized (0: BRECQ);
-    - ``seed``: batches and QDrop masks (a block's generator is seeded with ``seed`` + its index).
+    - ``ends``: also reconstruct the patch embedding (first; target: the FP model's first-block input,
+      tokens and position embedding included) and the head (last: final norm, pooling, classifier;
+      target: the FP logits, squared error summed over the classes), besides the blocks (default on);
+    - ``seed``: batches and QDrop masks (a unit's generator is seeded with ``seed`` + its index).
     """
 
     images: int | None = None
@@ -34,6 +37,7 @@ class ReconstructionConfig:
     warmup: float = 0.2
     beta: tuple[float, float] = (20.0, 2.0)
     drop_prob: float = 0.0
+    ends: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -53,6 +57,8 @@ class ReconstructionConfig:
             raise ConfigError(f"reconstruction warmup must be in [0, 1), got {self.warmup}")
         if len(self.beta) != 2 or not all(b > 0 for b in self.beta):
             raise ConfigError(f"reconstruction beta must be two numbers > 0, got {self.beta}")
+        if not isinstance(self.ends, bool):
+            raise ConfigError(f"reconstruction ends must be True or False, got {self.ends!r}")
         if not 0.0 <= self.drop_prob < 1.0:
             raise ConfigError(f"--qdrop must be in [0, 1), got {self.drop_prob}")
 

@@ -1,16 +1,19 @@
 """Block reconstruction as a pipeline stage after calibration: calibrated model -> reconstructed model.
 
-The model adapter names the units (the transformer blocks, Swin's patch merging); they are
-reconstructed one by one, in order (:func:`~vitquant.reconstruction.block.reconstruct_block`):
+The model adapter names the units (:meth:`~vitquant.models.adapters.base.ModelAdapter.reconstruction_units`):
+the transformer blocks and Swin's patch merging, and with ``ends`` (the default) the patch embedding
+before them and the head after them. They are reconstructed one by one, in order
+(:func:`~vitquant.reconstruction.block.reconstruct_block`):
 
 1. the first unit's input on the reconstruction images, in the quantized model (everything before it
-   quantized) and in the full-precision model;
-2. per unit: the full-precision unit's output is the target; the quantized unit is trained on its
-   quantized input, hardened, and its output becomes the next unit's quantized input (so each block
-   sees the errors of the blocks before it, already reconstructed);
+   quantized) and in the full-precision model; with ``ends`` the images themselves;
+2. per unit: the full-precision unit's output is the target (the patch embedding's: the first block's
+   input with tokens and position embedding; the head's: the FP logits); the quantized unit is trained
+   on its quantized input, hardened, and its output becomes the next unit's quantized input (so each
+   unit sees the errors of the units before it, already reconstructed);
 3. the levels every point uses are counted again on the reconstruction images.
 
-Layers outside the units (patch embedding, classifier head) keep their calibrated quantizers. The
+Without ``ends`` the patch embedding and the head keep their calibrated quantizers. The
 calibrated model passed in is left untouched: the result holds a reconstructed copy, still a
 "calibrated model" (ordinary fitted quantizers, level reports, integer conversion).
 """
@@ -84,15 +87,17 @@ def reconstruct(
     qmodel = copy.deepcopy(calibrated.model).eval()
     qmodel.requires_grad_(False)
     float_model = float_model.eval()
-    q_units = adapter_for(qmodel).units(qmodel)
-    f_units = adapter_for(float_model).units(float_model)
+    q_units = adapter_for(qmodel).reconstruction_units(qmodel, config.ends)
+    f_units = adapter_for(float_model).reconstruction_units(float_model, config.ends)
     if not any(trainable_layers(unit) for _, unit in q_units):
-        raise ConfigError("reconstruction needs uniformly quantized weights in the model's blocks; this model has none")
+        raise ConfigError("reconstruction needs uniformly quantized weights in the model's units; this model has none")
     if [n for n, _ in q_units] != [n for n, _ in f_units]:
         raise ConfigError("the float model's blocks do not match the calibrated model's")
 
-    x_q = _unit_inputs(qmodel, q_units, images)
-    x_f = _unit_inputs(float_model, f_units, images)
+    if config.ends:  # the first unit is the patch embedding: it takes the images
+        x_q = x_f = images
+    else:
+        x_q, x_f = _unit_inputs(qmodel, q_units, images), _unit_inputs(float_model, f_units, images)
     blocks = []
     for i, ((name, q_unit), (_, f_unit)) in enumerate(zip(q_units, f_units)):
         target = _forward(f_unit, x_f)
@@ -104,5 +109,5 @@ def reconstruct(
 
     refreshed = recount(calibrated, qmodel, list(images.split(CHUNK)), "reconstruction images")
     seconds = time.perf_counter() - start
-    log.info("reconstructed %d blocks on %d images in %.1f s", len(blocks), images.shape[0], seconds)
+    log.info("reconstructed %d units on %d images in %.1f s", len(blocks), images.shape[0], seconds)
     return ReconstructionResult(qmodel, refreshed, config, int(images.shape[0]), seconds, blocks)

@@ -2,8 +2,9 @@
 
 An adapter is the single place that knows a family's module layout: which Linear layers exist, which
 role each quantization point has, which producer feeds which Linear (reparameterization sites), and
-the model's *units*: the consecutive blocks whose outputs the calibration passes cache. Nothing else
-in vitquant matches module names.
+the model's *units*: the consecutive blocks whose outputs the calibration passes cache, and the two
+ends around them (embedding, head: :mod:`vitquant.models.adapters.ends`), which block reconstruction
+trains too. Nothing else in vitquant matches module names.
 """
 
 from __future__ import annotations
@@ -49,6 +50,24 @@ class ModelAdapter(abc.ABC):
     def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The model's consecutive blocks, in order: the input of each is the output of the one before,
         with nothing in between (the calibration passes cache and replay their outputs)."""
+
+    @abc.abstractmethod
+    def embedding(self, model: nn.Module) -> nn.Module:
+        """Images -> the first unit's input, as the model's forward computes it (a
+        :class:`~vitquant.models.adapters.ends.ModelPart` over the model's own modules)."""
+
+    @abc.abstractmethod
+    def head(self, model: nn.Module) -> nn.Module:
+        """The last unit's output -> the logits, as the model's forward computes them (a ModelPart)."""
+
+    def reconstruction_units(self, model: nn.Module, ends: bool = True) -> list[tuple[str, nn.Module]]:
+        """What block reconstruction trains, in order: the :meth:`units`, and with ``ends`` the
+        embedding (``patch_embed``) before them and the head (``head``) after them; chained, they
+        compute the model's logits from its images."""
+        units = self.units(model)
+        if not ends:
+            return units
+        return [("patch_embed", self.embedding(model)), *units, ("head", self.head(model))]
 
 
 _ADAPTERS: list[ModelAdapter] = []

@@ -25,6 +25,7 @@ from vitquant.models.adapters.base import (
     swap_nonlinear,
     swap_remaining_linears,
 )
+from vitquant.models.adapters.ends import ModelPart, present
 from vitquant.nn.attention import QuantWindowAttention
 from vitquant.nn.blocks import QuantSwinBlock
 
@@ -88,6 +89,14 @@ class SwinAdapter(ModelAdapter):
                 out.append((f"layers.{s}.downsample", stage.downsample))
             out += [(f"layers.{s}.blocks.{b}", block) for b, block in enumerate(stage.blocks)]
         return out
+
+    def embedding(self, model: nn.Module) -> nn.Module:
+        """patch_embed (convolution and norm, NHWC output)."""
+        return ModelPart(present(model, "patch_embed"), lambda x: model.patch_embed(x))
+
+    def head(self, model: nn.Module) -> nn.Module:
+        """norm -> pooling -> fc."""
+        return ModelPart(present(model, "norm", "head"), lambda x: model.forward_head(model.norm(x)))
 
 
 register_adapter(SwinAdapter())

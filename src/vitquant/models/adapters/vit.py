@@ -24,6 +24,7 @@ from vitquant.models.adapters.base import (
     swap_nonlinear,
     swap_remaining_linears,
 )
+from vitquant.models.adapters.ends import ModelPart, present
 from vitquant.nn.attention import QuantViTAttention
 from vitquant.nn.blocks import QuantViTBlock
 
@@ -62,6 +63,16 @@ class ViTAdapter(ModelAdapter):
 
     def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+
+    def embedding(self, model: nn.Module) -> nn.Module:
+        """patch_embed -> class (and distillation) token, position embedding -> patch_drop -> norm_pre."""
+        return ModelPart(present(model, "patch_embed", "pos_drop", "patch_drop", "norm_pre"),
+                         lambda x: model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x)))))
+
+    def head(self, model: nn.Module) -> nn.Module:
+        """norm -> pooling -> fc_norm -> head (DeiT-distilled: the mean of head and head_dist)."""
+        return ModelPart(present(model, "norm", "fc_norm", "head", "head_dist"),
+                         lambda x: model.forward_head(model.norm(x)))
 
 
 register_adapter(ViTAdapter())

@@ -1,0 +1,72 @@
+"""The plumbing of ``benchmarks/reconstruction.py`` on the tiny ViT (its data loading replaced): every row
+with the integer kernels of ``--nonlinear``, the QAT row training with them in the loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture()
+def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The benchmark module with ``load_eval`` giving the tiny ViT, 4 calibration and 8 evaluation
+    images, and ``training_images`` 8 labelled tensors."""
+    from conftest import images, make_vit
+    from vitquant.qat import TensorImages
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_reconstruction", BENCHMARKS / "reconstruction.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = make_vit()
+    batches = [images(8, 32, seed=3)]
+    with torch.no_grad():
+        fp_logits = model(batches[0])
+    data = SimpleNamespace(eval_dir=tmp_path, calib_dir=tmp_path, evaluation=[])
+
+    def load_eval(args):
+        return model, "tiny random ViT", data, images(4, 32, seed=1), batches, torch.arange(8) % 10, fp_logits
+
+    monkeypatch.setattr(module, "load_eval", load_eval)
+    monkeypatch.setattr(module, "training_images", lambda args, d, m: TensorImages(images(8, 32, seed=2), torch.arange(8) % 10))
+    return module
+
+
+def test_nonlinear_rows_and_an_integer_only_qat_row(bench, tmp_path):
+    out = tmp_path / "out"
+    rc = bench.main(["--bits", "4", "--calib-size", "4", "--recon-iters", "2", "--recon-batch-size", "2",
+                     "--qat-steps", "2", "--qat-batch-size", "4", "--nonlinear", "ivit", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "reconstruction_deit_tiny.json").read_text())
+    assert res["nonlinear"] == "ivit" and res["qat_settings"]["kernels"] == "ste"
+    rows = res["rows"]
+    assert [r["row"].split(" + ")[-1] for r in rows[1:]] == [rows[1]["row"], "reconstruction", "QAT"]
+    for row in rows[1:]:  # every quantized row: I-ViT kernels and integer residual adds
+        nonlinear = row["qconfig"]["nonlinear"]
+        assert set(nonlinear["ops"].values()) == {"ivit", "integer"}
+    assert [b["name"] for b in rows[2]["reconstruction"]["blocks"]] == ["patch_embed", "blocks.0", "blocks.1", "head"]
+    assert rows[3]["training"]["steps"] == 2 and rows[3]["training"]["settings"]["kernels"] == "ste"
+    markdown = (out / "reconstruction_deit_tiny.md").read_text()
+    assert "integer non-linear kernels `ivit`" in markdown and "QAT with the kernels in the loop" in markdown
+    assert "patch embedding and head included), evaluated on 8 other images" in markdown
+
+
+def test_float_is_the_default_and_the_ends_can_be_left_out(bench, tmp_path):
+    args = ["--bits", "4", "--rows", "repq-vit", "--calib-size", "4", "--recon-iters", "1", "--recon-batch-size", "2",
+            "--no-recon-ends", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    res = json.loads((tmp_path / "reconstruction_deit_tiny.json").read_text())
+    assert res["settings"]["ends"] is False and len(res["rows"][2]["reconstruction"]["blocks"]) == 2
+    assert "blocks only" in (tmp_path / "reconstruction_deit_tiny.md").read_text()
+    assert res["nonlinear"] == "float" and res["qat_settings"] is None and len(res["rows"]) == 3
+    assert bench.nonlinear_config("mixed:output-sqnr", 4, None).rule == "output-sqnr"
+    assert bench.nonlinear_config("float", 4, None) is None
