@@ -61,11 +61,11 @@ def test_layout_ops_are_timms(arith):
     assert torch.equal(OPS["sum_tokens"]([arith.tensor(x)], {}, {}, ctx).to(torch.int64), x.sum(dim=1))
 
 
-def _zeroed(product):
-    """``integer_product`` with its integers zeroed (the scale kept): the softmax then receives the bias alone."""
-    def run(a: torch.Tensor, b: torch.Tensor) -> IntTensor:
-        p = product(a, b)
-        return IntTensor(torch.zeros_like(p.ints), p.scale)
+def _zeroed(products):
+    """``products`` with its integers zeroed (the scale kept): the softmax then receives the bias alone."""
+    def run(a: torch.Tensor, b: torch.Tensor) -> tuple[IntTensor, torch.Tensor | None]:
+        p, surrogate = products(a, b)
+        return IntTensor(torch.zeros_like(p.ints), p.scale), surrogate
     return run
 
 
@@ -80,14 +80,14 @@ def test_bias_and_mask_are_the_fake_quantized_models():
     assert len(biases) == len(blocks)
     captured, handles = {}, []
     for index, block in enumerate(blocks):
-        block.attn.qk.integer_product = _zeroed(block.attn.qk.integer_product)
+        block.attn.qk.products = _zeroed(block.attn.qk.products)
         handles.append(block.attn.softmax.register_forward_pre_hook(lambda m, args, i=index: captured.__setitem__(i, args[0])))
     try:
         with torch.no_grad():
             qmodel(images[:2])
     finally:
         for block, handle in zip(blocks, handles):
-            del block.attn.qk.integer_product  # the instance attribute: the method again
+            del block.attn.qk.products  # the instance attribute: the method again
             handle.remove()
     for index, block in enumerate(blocks):
         value = biases[index]
