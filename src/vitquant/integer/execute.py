@@ -20,6 +20,13 @@ from vitquant.integer.program import IntegerProgram
 from vitquant.kernels.arith import BACKENDS
 
 
+def quantize_image(images: torch.Tensor, scale: float, zero_point: int, bits: int) -> torch.Tensor:
+    """``clamp(round(image · (1/S)), -z, 2^b - 1 - z)`` in float32 (1/S rounded to float32 first), as the
+    model's first quantizer computes it: the codes minus the zero point, float32 integers."""
+    inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
+    return (images.to(torch.float32) * inv).round().clamp(-zero_point, 2**bits - 1 - zero_point)
+
+
 class StrictModeError(DtypeError):
     """A floating-point tensor appeared inside an integer-only run."""
 
@@ -51,9 +58,7 @@ class IntegerModel:
         if not torch.isfinite(images).all():
             raise ConfigError("images contain NaN or inf")
         p = self.program
-        inv = 1.0 / torch.tensor(p.input_scale, dtype=torch.float32)
-        q = (images.to(torch.float32) * inv).round().clamp(-p.input_zero_point, 2**p.input_bits - 1 - p.input_zero_point)
-        return q.to(self.ctx.arith.dtype)
+        return quantize_image(images, p.input_scale, p.input_zero_point, p.input_bits).to(self.ctx.arith.dtype)
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """Integer logits (``int64``, or float64 integers for the float backend)."""

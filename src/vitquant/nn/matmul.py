@@ -7,6 +7,8 @@ operands (``input_points``) and recomputes its output for candidate quantizers (
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -15,13 +17,19 @@ from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.uniform import UniformQuantizer
 
+if TYPE_CHECKING:
+    from vitquant.integer.exact import ExactStep
+
 
 class QuantMatMul(nn.Module):
     """``a @ b`` with quantization points ``a_quant`` and ``b_quant``.
 
     Operands are ``[..., heads, rows, cols]``: ``head_dim=1``; ``a`` has its channels (the contracted
-    axis) last, ``b`` on axis -2.
+    axis) last, ``b`` on axis -2. In the exact simulation (``exact``, see :mod:`vitquant.integer.exact`)
+    both operands arrive as the codes their producers emitted and the product is the program's op.
     """
+
+    exact: ExactStep | None = None
 
     def __init__(self, a_role: str, b_role: str) -> None:
         super().__init__()
@@ -36,6 +44,8 @@ class QuantMatMul(nn.Module):
         return operands[0] @ operands[1]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.exact is not None:
+            return self.exact(a, b)
         return self.a_quant(a) @ self.b_quant(b)
 
     def integer_product(self, a: torch.Tensor, b: torch.Tensor) -> IntTensor | None:
@@ -43,6 +53,9 @@ class QuantMatMul(nn.Module):
         exactly in float64 (|a_int|, |b_int| <= 2^9 and at most 2^34 terms stay below 2^53), or
         ``None`` while either point is float (calibration). Both points must quantize with one
         uniform step along the contracted axis (per tensor or per head), else :class:`ConfigError`."""
+        if self.exact is not None:  # the program's q @ kᵀ reads k: hand it the untransposed operand
+            step = self.exact
+            return IntTensor(step.run(*step.integers(a, b.transpose(-2, -1))), step.output_scale)
         if self.a_quant.mode is Mode.FLOAT or self.b_quant.mode is Mode.FLOAT:
             return None
         a_int, a_scale = _integer_operand(self.a_quant, a, contracted=-1)

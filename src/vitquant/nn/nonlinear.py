@@ -21,7 +21,7 @@ order (``input_points``; all slots read the same operand, ``point_operands``).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from vitquant.kernels.base import IntKernel, tabulated
 from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.spec import QuantSpec
+
+if TYPE_CHECKING:
+    from vitquant.integer.exact import ExactStep
 
 GELU_INPUT = "gelu_input"
 LAYERNORM_INPUT = "layernorm_input"
@@ -62,6 +65,7 @@ class QuantNonLinear:
     slots: nn.ModuleDict
     active: str | None
     layer_name: str
+    exact: ExactStep | None = None  # the exact simulation's step (vitquant.integer.exact), when switched on
 
     def _init_slots(self) -> None:
         self.slots = nn.ModuleDict()
@@ -103,7 +107,10 @@ class QuantNonLinear:
 
     def forward(self, x: torch.Tensor | IntTensor) -> torch.Tensor:
         """The active kernel on ``x`` (integers as they are, or a float tensor through the slot's input
-        point); the float op when no kernel is active or its point is not fitted yet."""
+        point); the float op when no kernel is active or its point is not fitted yet. In the exact
+        simulation: the program's requantization onto the point, then its kernel op."""
+        if self.exact is not None:
+            return self.exact(x)
         slot = self.slots[self.active] if self.active is not None else None
         if isinstance(x, IntTensor):
             if slot is None or slot.input_quant is not None:
