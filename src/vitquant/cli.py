@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0)")
     r.add_argument("--gemm", choices=("int", "float"), default="int",
                    help="matmuls: int (pure int64, default) or float (exact float GEMM of the integers, faster)")
-    r.add_argument("--check-simulation", action="store_true", help="also run the float64 twin and count bit-identical images")
+    r.add_argument("--check-simulation", action="store_true",
+                   help="also run the program's float64 twin and count the images whose integer logits equal the "
+                   "int64 run's (the executor against its own simulation; see README)")
     _add_bad_image_arg(r)
     r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")

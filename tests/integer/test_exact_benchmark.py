@@ -34,14 +34,15 @@ def test_benchmark_reports_images_bit_identical_to_the_exact_simulation():
     integer = IntegerModel(plan.program)
     batches = [images[:3], images[3:]]
     logits, twin, exact = bench.integer_against_simulations(qmodel, plan, integer, batches)
-    assert (twin, exact) == (len(images), len(images))
+    n = len(images)
+    assert twin == n and (exact.images, exact.identical, exact.within_one, exact.max_lsb) == (n, n, n, 0)
     assert torch.equal(logits, integer(images))
     assert not is_exact(qmodel)  # the calibrated model is the fake-quantized one again
     row = {"row": "W4A4", "attention": "bitlog2", "sim_top1": 1.0, "int_top1": 1.0, "int_agreement_sim": 1.0,
-           "int_agreement_fp": 1.0, "bit_identical_twin": twin, "bit_identical_exact": exact, "images": len(images),
+           "int_agreement_fp": 1.0, "bit_identical_twin": twin, "bit_identical_exact": exact.identical, "images": len(images),
            "file_ratio_fp": 0.2, "speed_ratio": {"simulated": 1.0, "int_gemm_int": 0.1, "int_gemm_float": 0.5}}
     res = {"model": "tiny", "calibration_images": 8, "seed": 0, "evaluation_images": 8, "eval_dir": "/x/y",
            "fp_top1": 1.0, "timing_batch": 2, "threads": 1, "torch": torch.__version__, "rows": [row],
            "command": "python benchmarks/integer.py"}
     table = bench.to_markdown(res)
-    assert "bit-identical to the exact simulation" in table and f"| {exact} / {len(images)} |" in table
+    assert "bit-identical to the exact simulation" in table and f"| {n} / {n} | {n} / {n} |" in table

@@ -4,6 +4,8 @@
 - :mod:`~vitquant.integer.ops`: the op set, written once for int64 and for its float64 twin;
 - :mod:`~vitquant.integer.convert`: a calibrated ViT/DeiT -> integer program (dyadic requantization,
   integer kernels, integer residual stream, BitLog2 attn@v as shifted sums);
+- :mod:`~vitquant.integer.exact`: the calibrated model switched to the program's arithmetic (its exact
+  simulation, bit for bit; needs the model, so timm: not imported here);
 - :mod:`~vitquant.integer.execute`: :class:`IntegerModel`, the strict integer executor (no timm);
 - :mod:`~vitquant.integer.fileformat`: the single-file container (``.vqm``).
 """

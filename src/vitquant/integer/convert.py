@@ -23,6 +23,10 @@ fake-quantized model computes in float:
 - the class token's logits are requantized per class onto one output scale (DeiT-distilled: the class
   and distillation tokens' logits on one scale, added, the average's halving folded into that scale).
 
+:func:`plan_vit` is the one derivation: it builds the program and records which module of the model
+computes each op, so that the same ops and constants (dyadic multipliers included) become the model's
+exact simulation (:mod:`vitquant.integer.exact`); :func:`convert_vit` returns its program.
+
 Accumulator bounds are derived from the code ranges and the worst case of the weights; anything that
 could reach 2^51 is rejected with :class:`~vitquant.errors.RangeError`. Formats without an integer
 path (AdaLog post-GELU, float non-linear ops or residual adds, average-pooled heads, register tokens)

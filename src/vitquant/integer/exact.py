@@ -19,6 +19,12 @@ simulation switches the *same* nn modules to the program's arithmetic:
 - the ops run on float64 integers (:data:`~vitquant.kernels.arith.FLOAT`), the program's twin, equal
   to the int64 run bit for bit: codes minus zero points times integer weights, exact below 2^53.
 
+Where the program requantizes before a layout change, the producer emits its consumers' codes: ``qkv``
+requantizes each channel onto the q, k or v point (before timm splits the heads), attn@v onto proj's
+input point (before the heads merge); the points ``qk.a_quant``, ``qk.b_quant``, ``av.b_quant`` and
+``proj.input_quant`` then only read codes back. Every other point's requantization runs in its
+consumer's step (a Linear, a kernel module, a residual add, the head).
+
 What the model itself still does in float: layout (timm's reshapes, the head's token selection, the
 final LayerNorm over all tokens rather than the class token only: it is per token), ``q · scale`` in
 front of q@kᵀ (undone exactly by the read-back above), and for DeiT-distilled the average
@@ -40,7 +46,7 @@ import torch
 from torch import nn
 
 from vitquant.errors import RangeError
-from vitquant.integer.execute import quantize_image
+from vitquant.integer.execute import prepare_constant, quantize_image
 from vitquant.integer.ops import OPS, Context
 from vitquant.integer.program import Op
 from vitquant.kernels.arith import FLOAT
@@ -121,8 +127,7 @@ def build_step(module: str, ops: Sequence[Op], tensors: dict[str, torch.Tensor],
         if name != "input" and bounds[name] >= 2**READ_BACK_BITS:
             raise RangeError(f"{module}: integers of {name} may reach {bounds[name]} (>= 2^{READ_BACK_BITS}); "
                              "they cannot cross a module boundary of the exact simulation exactly")
-    consts = {t: tensors[t] if tensors[t].is_floating_point() else tensors[t].to(torch.float64)
-              for op in ops for t in op.constants.values()}
+    consts = {t: prepare_constant(tensors[t], FLOAT) for op in ops for t in op.constants.values()}
     out_scale = scales[ops[-1].output]
     assert out_scale is not None
     return ExactStep(module, list(ops), inputs, [None if n == "input" else scales[n] for n in inputs],
@@ -172,3 +177,27 @@ def exact_integer_logits(qmodel: nn.Module, images: torch.Tensor, plan: VitPlan)
     with torch.no_grad():
         logits = qmodel(images).to(torch.float64)
     return read_back(logits, plan.program.output_scale, "the model's logits")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Integer logits of the exact simulation against the program's, per image: ``identical`` images
+    equal on every class, ``within_one`` at most one least significant bit (of the output scale) apart
+    on every class (identical ones included), ``max_lsb`` the largest difference. By construction every
+    image should be identical (see the module docstring); the other counts say how far a failure is."""
+
+    images: int
+    identical: int
+    within_one: int
+    max_lsb: int
+
+    def __add__(self, other: Agreement) -> Agreement:
+        return Agreement(self.images + other.images, self.identical + other.identical,
+                         self.within_one + other.within_one, max(self.max_lsb, other.max_lsb))
+
+    @classmethod
+    def of(cls, exact_ints: torch.Tensor, program_ints: torch.Tensor) -> Agreement:
+        """``exact_ints``, ``program_ints``: ``[images, classes]`` integers (any dtype)."""
+        diff = (exact_ints.to(torch.float64) - program_ints.to(torch.float64)).abs().amax(dim=-1)
+        return cls(int(diff.numel()), int((diff == 0).sum()), int((diff <= 1).sum()),
+                   int(diff.max()) if diff.numel() else 0)

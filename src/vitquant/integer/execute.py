@@ -17,7 +17,7 @@ import torch
 from vitquant.errors import ConfigError, DtypeError
 from vitquant.integer.ops import OPS, Context
 from vitquant.integer.program import IntegerProgram
-from vitquant.kernels.arith import BACKENDS
+from vitquant.kernels.arith import BACKENDS, Arith
 
 
 def quantize_image(images: torch.Tensor, scale: float, zero_point: int, bits: int) -> torch.Tensor:
@@ -25,6 +25,13 @@ def quantize_image(images: torch.Tensor, scale: float, zero_point: int, bits: in
     model's first quantizer computes it: the codes minus the zero point, float32 integers."""
     inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
     return (images.to(torch.float32) * inv).round().clamp(-zero_point, 2**bits - 1 - zero_point)
+
+
+def prepare_constant(t: torch.Tensor, arith: Arith) -> torch.Tensor:
+    """An integer constant in the backend's dtype (float constants, e.g. LayerNorm affine, stay float64)."""
+    if t.is_floating_point():
+        return t.to(torch.float64)
+    return t.to(arith.dtype)
 
 
 class StrictModeError(DtypeError):
@@ -43,13 +50,7 @@ class IntegerModel:
         self.program = program
         self.ctx = Context(BACKENDS[backend], gemm)
         self.strict = strict and self.ctx.arith.is_integer
-        self._consts = {name: self._prepare(t) for name, t in program.tensors.items()}
-
-    def _prepare(self, t: torch.Tensor) -> torch.Tensor:
-        """Integer constants in the backend's dtype (float constants, e.g. LayerNorm affine, stay float64)."""
-        if t.is_floating_point():
-            return t.to(torch.float64)
-        return t.to(self.ctx.arith.dtype)
+        self._consts = {name: prepare_constant(t, self.ctx.arith) for name, t in program.tensors.items()}
 
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """``clamp(round(image / S), -z, 2^b - 1 - z)`` as the model's first quantizer computes it (float32)."""
