@@ -137,7 +137,8 @@ def build_step(module: str, ops: Sequence[Op], tensors: dict[str, torch.Tensor],
 def enable_exact(qmodel: nn.Module, plan: VitPlan | None = None) -> VitPlan:
     """Switch the calibrated ViT ``qmodel`` to the exact simulation of its integer program (``plan``,
     default :func:`~vitquant.integer.convert.plan_vit`); returns the plan (its ``program`` is what
-    :func:`~vitquant.integer.convert.convert_vit` gives)."""
+    :func:`~vitquant.integer.convert.convert_vit` gives). The steps are a snapshot of the calibrated
+    quantizers and weights: after changing them, enable it again."""
     from vitquant.integer.convert import plan_vit
 
     plan = plan_vit(qmodel) if plan is None else plan
