@@ -78,7 +78,8 @@ class ExactStep:
 
     ``inputs[k]`` arrives as a real-valued tensor at ``input_scales[k]`` (broadcast against it in the
     module's layout), as an :class:`IntTensor` (its integers are taken as they are), or, for the image,
-    quantized as the program quantizes it (:func:`~vitquant.integer.execute.quantize_image`). ``__call__`` returns ``y_int · output_scale`` (float64)."""
+    quantized as the program quantizes it (:func:`~vitquant.integer.execute.quantize_image`).
+    ``__call__`` returns ``y_int · output_scale`` (float64)."""
 
     module: str
     ops: list[Op]
@@ -122,7 +123,9 @@ def build_step(module: str, ops: Sequence[Op], tensors: dict[str, torch.Tensor],
     produced = {op.output for op in ops}
     inputs: list[str] = []
     for op in ops:
-        inputs.extend(n for n in op.inputs if n not in produced and n not in inputs)
+        for n in op.inputs:
+            if n not in produced and n not in inputs:
+                inputs.append(n)
     for name in inputs + [ops[-1].output]:
         if name != "input" and bounds[name] >= 2**READ_BACK_BITS:
             raise RangeError(f"{module}: integers of {name} may reach {bounds[name]} (>= 2^{READ_BACK_BITS}); "
