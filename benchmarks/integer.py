@@ -4,8 +4,10 @@ Per row: calibrate (same 32 images, seed 0), convert to an integer program, save
 back and evaluate on the same other images as the FP and simulated (fake-quant) models:
 
 - top-1 of FP, simulated and integer models; top-1 agreement of the integer model with the simulated one;
-- bit-identical images: integer logits (int64) against the program's float64 twin, and against nothing
-  else: the simulated model keeps a float residual stream and exact scale ratios, so its logits differ;
+- bit-identical images: integer logits (int64) against the program's float64 twin, and against the exact
+  simulation of the calibrated model (:mod:`vitquant.integer.exact`: the same modules computing the
+  program's requantizations, kernels and integer residual stream in float64), which should be all of them;
+  the simulated (fake-quant) model itself keeps float32 and exact scale ratios, so its logits differ;
 - file size against the FP safetensors; throughput on one batch, as ratios to FP timed in turns with
   it (best of ``--repeats``): the simulated model, the strict integer executor (``gemm int``, pure int64,
   one timed run), the fast executor (``gemm float``: exact int8 and float GEMMs, float64 rounding, the
@@ -33,7 +35,8 @@ from recipes import load_eval
 from vitquant.calibration import quantize_model
 from vitquant.evaluation import FidelityMeter
 from vitquant.integer import IntegerModel, load
-from vitquant.integer.conversion import convert_model
+from vitquant.integer.convert import plan_vit
+from vitquant.integer.exact import Agreement, exact_integer_logits, exact_simulation
 from vitquant.models import resolve_model_name
 from vitquant.nonlinear import NonlinearConfig
 from vitquant.paths import default_weights
@@ -64,26 +67,38 @@ def _in_turns(models: dict, batch: torch.Tensor, rounds: dict[str, int]) -> dict
     return {name: batch.shape[0] / seconds for name, seconds in best.items()}
 
 
+def integer_against_simulations(qmodel: torch.nn.Module, plan, integer: IntegerModel,
+                                batches: list[torch.Tensor]) -> tuple[torch.Tensor, int, Agreement]:
+    """The integer program's logits (``ints · output scale``, float32) on every batch, how many images
+    give bit-identical integer logits in the program's float64 twin, and how the exact simulation of
+    ``qmodel`` agrees with them (``plan``: :func:`~vitquant.integer.convert.plan_vit` of it, ``integer``
+    runs ``plan.program``)."""
+    twin = IntegerModel(integer.program, backend="float")
+    logits, identical_twin, exact = [], 0, Agreement(0, 0, 0, 0)
+    with exact_simulation(qmodel, plan):
+        for images in batches:
+            ints = integer.run(images).double()
+            identical_twin += int((twin.run(images) == ints).all(dim=-1).sum())
+            exact = exact + Agreement.of(exact_integer_logits(qmodel, images, plan), ints)
+            logits.append(ints * integer.program.output_scale)
+    return torch.cat(logits).float(), identical_twin, exact
+
+
 def measure(args, name, model, calib_images, batches, labels, fp_logits, fp_bytes: int) -> dict:
     recipe, bits, options, choice, nl_bits, rule = ROWS[name]
     qconfig = build_qconfig(recipe, bits, bits, **options).with_nonlinear(NonlinearConfig.everywhere(choice, nl_bits, rule))
     log.info("%s: calibrating ...", name)
     result = quantize_model(model, calib_images, qconfig)
     sim_logits, _ = _logits(result.model, batches)
-    program = convert_model(result.model)
+    plan = plan_vit(result.model)
+    program = plan.program
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.vqm"
         program.save(path)
         file_bytes = path.stat().st_size
         integer = load(path)
-    twin = IntegerModel(integer.program, backend="float")
-    log.info("%s: integer executor on %d images ...", name, len(labels))
-    int_logits, identical = [], 0
-    for images in batches:
-        ints = integer.run(images)
-        identical += int((twin.run(images) == ints.double()).all(dim=-1).sum())
-        int_logits.append(ints.double() * integer.program.output_scale)
-    int_logits = torch.cat(int_logits).float()
+    log.info("%s: integer executor, its float64 twin and the exact simulation on %d images ...", name, len(labels))
+    int_logits, identical, exact = integer_against_simulations(result.model, plan, integer, batches)
     sim, ints = _accuracy(sim_logits, labels), _accuracy(int_logits, labels)
     vs_sim, vs_fp = FidelityMeter(), FidelityMeter()
     vs_sim.update(sim_logits, int_logits)
@@ -101,15 +116,18 @@ def measure(args, name, model, calib_images, batches, labels, fp_logits, fp_byte
         "nonlinear": result.nonlinear.to_dict()["counts"] if result.nonlinear else None,
         "sim_top1": sim.top1, "int_top1": ints.top1, "int_top5": ints.top5,
         "int_agreement_sim": vs_sim.top1_agreement, "int_agreement_fp": vs_fp.top1_agreement, "int_kl_fp": vs_fp.mean_kl,
-        "bit_identical_twin": identical, "images": len(labels), "ops": len(program.ops),
+        "bit_identical_twin": identical, "bit_identical_exact": exact.identical,
+        "exact_within_one_lsb": exact.within_one, "exact_max_lsb": exact.max_lsb,
+        "images": len(labels), "ops": len(program.ops),
         "file_bytes": file_bytes, "file_ratio_fp": file_bytes / fp_bytes,
         "speed_ratio": {"simulated": speed["sim"] / speed["fp"], "int_gemm_int": speed["int"] / speed["fp"],
                         "int_gemm_float": speed["fast"] / speed["fp"], "int_gemm_float_compiled": speed["compiled"] / speed["fp"]},
         "compile_seconds": compiled.compile_seconds, "fast_bit_identical_strict": fast_identical,
         "calibration_seconds": result.seconds, "qconfig": result.qconfig.to_dict(),
     }
-    log.info("%s: FP-relative speeds %s; integer top-1 %.2f %% (simulated %.2f %%), %d/%d bit-identical to its twin",
-             name, row["speed_ratio"], ints.top1, sim.top1, identical, len(labels))
+    log.info("%s: FP-relative speeds %s; integer top-1 %.2f %% (simulated %.2f %%), %d/%d bit-identical to its twin, "
+             "%d/%d to the exact simulation", name, row["speed_ratio"], ints.top1, sim.top1, identical, len(labels),
+             exact.identical, len(labels))
     return row
 
 
@@ -137,15 +155,16 @@ def to_markdown(res: dict) -> str:
         f"{commit_note(res)}.",
         "",
         "| row | attention | top-1 simulated % | top-1 integer % | agreement int/sim % | agreement int/FP % "
-        "| bit-identical to twin | file / FP | speed sim | speed int (strict) | speed int (fast) | speed int (fast, compiled) "
-        "| compile s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| bit-identical to twin | bit-identical to the exact simulation | file / FP | speed sim | speed int (strict) "
+        "| speed int (fast) | speed int (fast, compiled) | compile s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         s = r["speed_ratio"]
+        exact = f"{r['bit_identical_exact']} / {r['images']}" if "bit_identical_exact" in r else "-"  # older results
         lines.append(
             f"| {r['row']} | {r['attention']} | {r['sim_top1']:.2f} | {r['int_top1']:.2f} | {r['int_agreement_sim']:.2f} | "
-            f"{r['int_agreement_fp']:.2f} | {r['bit_identical_twin']} / {r['images']} | {r['file_ratio_fp']:.2f} | "
+            f"{r['int_agreement_fp']:.2f} | {r['bit_identical_twin']} / {r['images']} | {exact} | {r['file_ratio_fp']:.2f} | "
             f"{s['simulated']:.2f}x | {s['int_gemm_int']:.3f}x | {s['int_gemm_float']:.3f}x | "
             f"{s['int_gemm_float_compiled']:.3f}x | {r['compile_seconds']:.0f} |"
         )
@@ -157,7 +176,9 @@ def to_markdown(res: dict) -> str:
         + ("gave the strict executor's integers on the timed batch in every row" if identical else
            "DIFFERED from the strict executor on the timed batch")
         + "; compile s: its first, compiling, run (torch.compile, with the compile cache as found). Both rows: "
-        "integer kernels chosen per layer (mixed, output-sqnr rule).",
+        "integer kernels chosen per layer (mixed, output-sqnr rule). Bit-identical: integer logits equal on every "
+        "class, against the program's float64 twin and against the calibrated model in its exact simulation "
+        "(`vitquant.integer.exact`); top-1 simulated and agreement int/sim are the fake-quant model's.",
         "",
         f"Command: `{res['command'].strip()}`",
     ]

@@ -7,6 +7,8 @@
 - :mod:`~vitquant.integer.convert_swin`: a calibrated Swin -> integer program (windows, shifts, relative
   position bias and shift mask on the q·kᵀ grid, patch merging, pooled head);
 - :mod:`~vitquant.integer.conversion`: :func:`convert_model`, either family (imported lazily: it needs timm);
+- :mod:`~vitquant.integer.exact`: the calibrated model switched to the program's arithmetic (its exact
+  simulation, bit for bit; needs the model, so timm: not imported here);
 - :mod:`~vitquant.integer.execute`: :class:`IntegerModel`, the strict integer executor (no timm);
 - :mod:`~vitquant.integer.fileformat`: the single-file container (``.vqm``).
 """

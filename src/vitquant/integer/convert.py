@@ -23,6 +23,10 @@ fake-quantized model computes in float:
 - the class token's logits are requantized per class onto one output scale (DeiT-distilled: the class
   and distillation tokens' logits on one scale, added, the average's halving folded into that scale).
 
+:func:`plan_vit` is the one derivation: it builds the program and records which module of the model
+computes each op, so that the same ops and constants (dyadic multipliers included) become the model's
+exact simulation (:mod:`vitquant.integer.exact`); :func:`convert_vit` returns its program.
+
 Accumulator bounds are derived from the code ranges and the worst case of the weights; anything that
 could reach 2^51 is rejected with :class:`~vitquant.errors.RangeError`. Formats without an integer
 path (AdaLog post-GELU, float non-linear ops or residual adds, average-pooled heads, register tokens)
@@ -32,13 +36,15 @@ are refused with :class:`~vitquant.errors.ConfigError`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vitquant.errors import ConfigError, RangeError
+from vitquant.integer.exact import EMBEDDING, ExactStep, build_step
 from vitquant.integer.ops import pack_nibbles
 from vitquant.integer.program import IntegerProgram, Op
 from vitquant.kernels.arith import FLOAT
@@ -67,10 +73,28 @@ class Value:
 
 
 class _Builder:
+    """Emits the program's ops and records, for the exact simulation, each value's scale and bound and
+    which module of the model computes each op (:meth:`owned`; ops outside any are the model's own
+    layout steps: heads, token selection)."""
+
     def __init__(self) -> None:
         self.ops: list[Op] = []
         self.tensors: dict[str, torch.Tensor] = {}
+        self.scales: dict[str, torch.Tensor | None] = {}
+        self.bounds: dict[str, int] = {}
+        self.owners: dict[str, list[Op]] = {}
+        self._owner: str | None = None
         self._count = 0
+
+    @contextmanager
+    def owned(self, module: str | None) -> Iterator[None]:
+        """Ops emitted meanwhile are computed by ``module`` (its name in the model; ``None``: by the
+        model's own code) in the exact simulation."""
+        outer, self._owner = self._owner, module
+        try:
+            yield
+        finally:
+            self._owner = outer
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -86,7 +110,11 @@ class _Builder:
         _check_bound(bound, f"{kind} ({hint})")
         names = {role: self.const(f"{hint}.{role}", t) for role, t in (consts or {}).items()}
         out = output or self.name(hint)
-        self.ops.append(Op(kind, tuple(v.name if isinstance(v, Value) else v for v in inputs), out, attrs or {}, names))
+        op = Op(kind, tuple(v.name if isinstance(v, Value) else v for v in inputs), out, attrs or {}, names)
+        self.ops.append(op)
+        self.scales[out], self.bounds[out] = scale, bound
+        if self._owner is not None:
+            self.owners.setdefault(self._owner, []).append(op)
         return Value(out, scale, bound)
 
     # ------------------------------------------------------------------ requantization
@@ -200,8 +228,24 @@ def _residual_quantizer(add: nn.Module, hint: str) -> FixedPointQuantizer:
     return q
 
 
+@dataclass
+class VitPlan:
+    """The integer program of a calibrated ViT and the exact simulation of it: for each module that
+    computes a part of the program (by name; :data:`~vitquant.integer.exact.EMBEDDING` for the model's
+    class token and position embedding), the :class:`~vitquant.integer.exact.ExactStep` it runs."""
+
+    program: IntegerProgram
+    steps: dict[str, ExactStep]
+
+
 def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     """The integer program of a calibrated timm ``VisionTransformer`` (integer kernels and residual adds)."""
+    return plan_vit(qmodel).program
+
+
+def plan_vit(qmodel: nn.Module) -> VitPlan:
+    """The program of :func:`convert_vit` and, from the same ops and constants, the exact simulation's
+    steps (:mod:`vitquant.integer.exact`): the one place the dyadic constants are derived."""
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(qmodel, VisionTransformer):
@@ -222,15 +266,17 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     if conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.kernel_size[0] != conv.kernel_size[1]:
         raise ConfigError("the patch embedding must be a square, non-overlapping, unpadded convolution")
     x = Value("input", point.scale.double().reshape(()), int(max(point.zero_point.abs(), point.qmax - point.zero_point)))
-    x = b.emit("patchify", [x], "patch_embed", x.scale, x.bound, attrs={"patch": conv.kernel_size[0]})
-    x = b.linear(x, conv, "patch_embed.proj")
-    x = b.residual(x, qmodel.blocks[0].add_attn, "patch_embed.out")
-    s0 = x.scale
-    prefix = torch.cat([qmodel.cls_token, qmodel.dist_token], dim=1) if distilled else qmodel.cls_token
-    token = torch.round(prefix.detach().double() / s0).to(torch.int64)
-    x = b.emit("prepend_token", [x], "cls_token", s0, max(x.bound, int(token.abs().max())), consts={"token": token})
-    pos = torch.round(qmodel.pos_embed.detach().double() / s0).to(torch.int64)
-    x = b.emit("add_const", [x], "pos_embed", s0, x.bound + int(pos.abs().max()), consts={"value": pos})
+    with b.owned("patch_embed.proj"):
+        x = b.emit("patchify", [x], "patch_embed", x.scale, x.bound, attrs={"patch": conv.kernel_size[0]})
+        x = b.linear(x, conv, "patch_embed.proj")
+    with b.owned(EMBEDDING):
+        x = b.residual(x, qmodel.blocks[0].add_attn, "patch_embed.out")
+        s0 = x.scale
+        prefix = torch.cat([qmodel.cls_token, qmodel.dist_token], dim=1) if distilled else qmodel.cls_token
+        token = torch.round(prefix.detach().double() / s0).to(torch.int64)
+        x = b.emit("prepend_token", [x], "cls_token", s0, max(x.bound, int(token.abs().max())), consts={"token": token})
+        pos = torch.round(qmodel.pos_embed.detach().double() / s0).to(torch.int64)
+        x = b.emit("add_const", [x], "pos_embed", s0, x.bound + int(pos.abs().max()), consts={"value": pos})
 
     # ---------------------------------------------------------------- blocks
     tokens = int(qmodel.patch_embed.num_patches) + int(qmodel.num_prefix_tokens)
@@ -242,24 +288,35 @@ def convert_vit(qmodel: nn.Module) -> IntegerProgram:
     # ---------------------------------------------------------------- head
     heads = [(qmodel.head, "head")] + ([(qmodel.head_dist, "head_dist")] if distilled else [])
     accs = []
-    for index, (head, name) in enumerate(heads):  # LayerNorm is per token: the taken tokens only
+    # LayerNorm is per token: the program normalizes the taken tokens only, the model (in the exact
+    # simulation too) all of them, then takes its tokens
+    for index, (head, name) in enumerate(heads):
         t = b.emit("take_token", [x], f"token{index}", x.scale, x.bound, attrs={"index": index})
-        t = _layernorm(b, t, qmodel.norm, "norm" if index == 0 else f"norm.token{index}")
-        t = b.requant_to_point(t, head.input_quant, None, f"{name}.in")
-        accs.append(b.linear(t, head, name))
+        with b.owned("norm" if index == 0 else None):
+            t = _layernorm(b, t, qmodel.norm, "norm" if index == 0 else f"norm.token{index}")
+        with b.owned(name):
+            t = b.requant_to_point(t, head.input_quant, None, f"{name}.in")
+            accs.append(b.linear(t, head, name))
     out_scale = float(min(float(a.scale.min()) for a in accs))
     limit = torch.tensor(2**40)
     scale = torch.tensor(out_scale, dtype=torch.float64)
     if distilled:  # (head + head_dist) / 2: both on one scale, added, the halving in the output scale
-        logits = [b.requant(a, scale, -limit, limit, f"{name}.logits") for a, (_, name) in zip(accs, heads)]
+        logits = []
+        for a, (_, name) in zip(accs, heads):
+            with b.owned(name):  # the model's (head + head_dist) / 2 adds and halves in float64
+                logits.append(b.requant(a, scale, -limit, limit, f"{name}.logits"))
         b.emit("add", logits, "logits", scale, 2 * int(limit), output="logits")
         out_scale /= 2
     else:
-        b.requant(accs[0], scale, -limit, limit, "logits", output="logits")
-    return IntegerProgram(
+        with b.owned("head"):
+            b.requant(accs[0], scale, -limit, limit, "logits", output="logits")
+    program = IntegerProgram(
         b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
         info={"model": type(qmodel).__name__, "residual_bits": _residual_quantizer(qmodel.blocks[0].add_attn, "blocks.0").bits},
     )
+    image = (program.input_scale, program.input_zero_point, program.input_bits)
+    steps = {module: build_step(module, ops, b.tensors, b.scales, b.bounds, image) for module, ops in b.owners.items()}
+    return VitPlan(program, steps)
 
 
 def check_integer_path(b: _Builder, qmodel: nn.Module) -> None:
@@ -302,9 +359,10 @@ def _layernorm(b: _Builder, x: Value, norm: QuantNonLinear, hint: str) -> Value:
 
 
 def _attention_branch(b: _Builder, x: Value, block: nn.Module, hint: str, tokens: int) -> Value:
-    h = _layernorm(b, x, block.norm1, f"{hint}.norm1")
+    with b.owned(f"{hint}.norm1"):
+        h = _layernorm(b, x, block.norm1, f"{hint}.norm1")
     y = attention(b, h, block.attn, hint, tokens)
-    return _residual_add(b, x, y, block.add_attn, hint + ".attn")
+    return _residual_add(b, x, y, block.add_attn, hint + ".attn", f"{hint}.add_attn")
 
 
 #: emits the addition of a bias onto the q·kᵀ integers (Value at S_q·S_k per head) and returns the sum
@@ -316,8 +374,9 @@ def attention(b: _Builder, h: Value, attn: nn.Module, hint: str, tokens: int, bi
     head (plus ``bias`` on its grid, Swin), the softmax kernel, attn·v, proj."""
     heads = attn.num_heads
     d = attn.qkv.weight.shape[0] // (3 * heads)  # timm's Swin WindowAttention keeps no head_dim
-    h = b.requant_to_point(h, attn.qkv.input_quant, None, f"{hint}.attn.qkv.in")
-    h = b.linear(h, attn.qkv, f"{hint}.attn.qkv")
+    with b.owned(f"{hint}.attn.qkv"):  # qkv emits the codes of q, k and v (per channel, before the heads split)
+        h = b.requant_to_point(h, attn.qkv.input_quant, None, f"{hint}.attn.qkv.in")
+        h = b.linear(h, attn.qkv, f"{hint}.attn.qkv")
     # q (scaled by attn.scale before its point), k and v, per head, laid out [3, H, d] on the channels
     scales, invs, zeros, qmax = [], [], [], []
     for point, factor in ((attn.qk.a_quant, attn.scale), (attn.qk.b_quant, 1.0), (attn.av.b_quant, 1.0)):
@@ -332,23 +391,29 @@ def attention(b: _Builder, h: Value, attn: nn.Module, hint: str, tokens: int, bi
 
     zero = per_channel(zeros)
     top = torch.tensor(qmax).repeat_interleave(heads * d)
-    qkv = b.requant(h, per_channel(scales), -zero, top - zero, f"{hint}.attn.qkv.out", inv_scale=per_channel(invs))
-    q, k, v = (b.emit("heads", [qkv], f"{hint}.attn.{n}", None, qkv.bound, attrs={"heads": heads, "which": w})
-               for w, n in enumerate("qkv"))
+    with b.owned(f"{hint}.attn.qkv"):
+        qkv = b.requant(h, per_channel(scales), -zero, top - zero, f"{hint}.attn.qkv.out", inv_scale=per_channel(invs))
+    # per head: q as the model hands it to its point (times attn.scale), k, v
     s_q = (scales[0] * attn.scale).reshape(1, heads, 1, 1)
     s_k = scales[1].reshape(1, heads, 1, 1)
     s_v = scales[2].reshape(1, heads, 1, 1)
-    logits = b.emit("matmul", [q, k], f"{hint}.attn.qk", s_q * s_k, d * q.bound * k.bound, attrs={"transpose_b": True})
-    if bias is not None:
-        logits = bias(b, logits)
+    q, k, v = (b.emit("heads", [qkv], f"{hint}.attn.{n}", s, qkv.bound, attrs={"heads": heads, "which": w})
+               for w, (n, s) in enumerate(zip("qkv", (s_q, s_k, s_v))))
+    with b.owned(f"{hint}.attn.qk"):
+        logits = b.emit("matmul", [q, k], f"{hint}.attn.qk", s_q * s_k, d * q.bound * k.bound, attrs={"transpose_b": True})
+        if bias is not None:
+            logits = bias(b, logits)
     slot, attrs = b.kernel(attn.softmax, f"{hint}.attn.softmax")
     _, p_scale = slot.kernel(torch.zeros(1, 4, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64), FLOAT)
-    probs = b.emit("softmax", [logits], f"{hint}.attn.softmax", p_scale, 2**16, attrs=attrs,
-                   consts={"scale": (s_q * s_k).reshape(-1)})
-    ctx = _attention_values(b, probs, v, attn, s_v, heads, f"{hint}.attn.av", tokens)
-    ctx = b.requant_to_point(ctx, attn.proj.input_quant, None, f"{hint}.attn.proj.in")
+    with b.owned(f"{hint}.attn.softmax"):
+        probs = b.emit("softmax", [logits], f"{hint}.attn.softmax", p_scale, 2**16, attrs=attrs,
+                       consts={"scale": (s_q * s_k).reshape(-1)})
+    with b.owned(f"{hint}.attn.av"):  # attn@v emits the codes of proj's input (per head, before the merge)
+        ctx = _attention_values(b, probs, v, attn, s_v, heads, f"{hint}.attn.av", tokens)
+        ctx = b.requant_to_point(ctx, attn.proj.input_quant, None, f"{hint}.attn.proj.in")
     ctx = b.emit("merge_heads", [ctx], f"{hint}.attn.merge", ctx.scale, ctx.bound)
-    return b.linear(ctx, attn.proj, f"{hint}.attn.proj")
+    with b.owned(f"{hint}.attn.proj"):
+        return b.linear(ctx, attn.proj, f"{hint}.attn.proj")
 
 
 def _attention_values(b: _Builder, probs: Value, v: Value, attn: nn.Module, s_v: torch.Tensor, heads: int, hint: str,
@@ -412,22 +477,28 @@ def level_table(q: Quantizer, heads: int, p_scale: float, y_max: int, hint: str)
 
 def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
     mlp = block.mlp
-    h = _layernorm(b, x, block.norm2, f"{hint}.norm2")
-    h = b.requant_to_point(h, mlp.fc1.input_quant, None, f"{hint}.mlp.fc1.in")
-    h = b.linear(h, mlp.fc1, f"{hint}.mlp.fc1")
+    with b.owned(f"{hint}.norm2"):
+        h = _layernorm(b, x, block.norm2, f"{hint}.norm2")
+    with b.owned(f"{hint}.mlp.fc1"):
+        h = b.requant_to_point(h, mlp.fc1.input_quant, None, f"{hint}.mlp.fc1.in")
+        h = b.linear(h, mlp.fc1, f"{hint}.mlp.fc1")
     slot, attrs = b.kernel(mlp.act, f"{hint}.mlp.act")
-    g = b.requant_to_point(h, slot.input_quant, None, f"{hint}.mlp.act.in")
-    gq = slot.input_quant.quantizer
-    domain = torch.arange(int(gq.code_min), int(gq.code_max) + 1, dtype=torch.float64)
-    table, g_scale = slot.kernel(domain, gq.scale.double(), FLOAT)  # elementwise: its exact output range
-    g = b.emit("gelu", [g], f"{hint}.mlp.act", g_scale, int(table.abs().max()), attrs=attrs,
-               consts={"scale": gq.scale.double().reshape(())})
-    g = b.requant_to_point(g, mlp.fc2.input_quant, None, f"{hint}.mlp.fc2.in")
-    y = b.linear(g, mlp.fc2, f"{hint}.mlp.fc2")
-    return _residual_add(b, x, y, block.add_mlp, hint + ".mlp")
+    with b.owned(f"{hint}.mlp.act"):
+        g = b.requant_to_point(h, slot.input_quant, None, f"{hint}.mlp.act.in")
+        gq = slot.input_quant.quantizer
+        domain = torch.arange(int(gq.code_min), int(gq.code_max) + 1, dtype=torch.float64)
+        table, g_scale = slot.kernel(domain, gq.scale.double(), FLOAT)  # elementwise: its exact output range
+        g = b.emit("gelu", [g], f"{hint}.mlp.act", g_scale, int(table.abs().max()), attrs=attrs,
+                   consts={"scale": gq.scale.double().reshape(())})
+    with b.owned(f"{hint}.mlp.fc2"):
+        g = b.requant_to_point(g, mlp.fc2.input_quant, None, f"{hint}.mlp.fc2.in")
+        y = b.linear(g, mlp.fc2, f"{hint}.mlp.fc2")
+    return _residual_add(b, x, y, block.add_mlp, hint + ".mlp", f"{hint}.add_mlp")
 
 
-def _residual_add(b: _Builder, x: Value, y: Value, add: nn.Module, hint: str) -> Value:
-    xr = b.residual(x, add, f"{hint}.skip")
-    yr = b.residual(y, add, f"{hint}.out")
-    return b.emit("add", [xr, yr], f"{hint}.add", xr.scale, xr.bound + yr.bound)
+def _residual_add(b: _Builder, x: Value, y: Value, add: nn.Module, hint: str, module: str) -> Value:
+    """``Q_r(x) + Q_r(y)``: both operands onto the add's fixed-point codes, added (computed by ``module``)."""
+    with b.owned(module):
+        xr = b.residual(x, add, f"{hint}.skip")
+        yr = b.residual(y, add, f"{hint}.out")
+        return b.emit("add", [xr, yr], f"{hint}.add", xr.scale, xr.bound + yr.bound)

@@ -137,7 +137,7 @@ def _swin_block(b: _Builder, x: Value, block: nn.Module, hint: str, height: int,
     y = b.emit("window_reverse", [y], f"{hint}.unwindows", y.scale, y.bound, attrs={**grid, "window": [wh, ww]})
     if sh or sw:
         y = b.emit("roll", [y], f"{hint}.unshift", y.scale, y.bound, attrs={**grid, "shifts": [sh, sw]})
-    x = _residual_add(b, x, y, block.add_attn, hint + ".attn")
+    x = _residual_add(b, x, y, block.add_attn, hint + ".attn", f"{hint}.add_attn")
     return _mlp_branch(b, x, block, hint)
 
 

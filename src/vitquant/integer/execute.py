@@ -22,7 +22,21 @@ from vitquant.errors import ConfigError
 from vitquant.integer.fast import FastProgram
 from vitquant.integer.ops import OPS, Context, StrictModeError
 from vitquant.integer.program import IntegerProgram
-from vitquant.kernels.arith import BACKENDS
+from vitquant.kernels.arith import BACKENDS, Arith
+
+
+def quantize_image(images: torch.Tensor, scale: float, zero_point: int, bits: int) -> torch.Tensor:
+    """``clamp(round(image · (1/S)), -z, 2^b - 1 - z)`` in float32 (1/S rounded to float32 first), as the
+    model's first quantizer computes it: the codes minus the zero point, float32 integers."""
+    inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
+    return (images.to(torch.float32) * inv).round().clamp(-zero_point, 2**bits - 1 - zero_point)
+
+
+def prepare_constant(t: torch.Tensor, arith: Arith) -> torch.Tensor:
+    """An integer constant in the backend's dtype (float constants, e.g. LayerNorm affine, stay float64)."""
+    if t.is_floating_point():
+        return t.to(torch.float64)
+    return t.to(arith.dtype)
 
 
 class IntegerModel:
@@ -40,7 +54,7 @@ class IntegerModel:
         self.program = program
         self.ctx = Context(BACKENDS[backend], gemm)
         self.strict = strict and self.ctx.arith.is_integer
-        self._consts = {name: self._prepare(t) for name, t in program.tensors.items()}
+        self._consts = {name: prepare_constant(t, self.ctx.arith) for name, t in program.tensors.items()}
         fast = self.ctx.arith.is_integer and gemm == "float"
         self._fast = FastProgram(program, self._consts, compile=compile) if fast else None
 
@@ -49,12 +63,6 @@ class IntegerModel:
         """Seconds of the first compiled run (tracing, compiling and one run), None before it or without compile."""
         return None if self._fast is None else self._fast.compile_seconds
 
-    def _prepare(self, t: torch.Tensor) -> torch.Tensor:
-        """Integer constants in the backend's dtype (float constants, e.g. LayerNorm affine, stay float64)."""
-        if t.is_floating_point():
-            return t.to(torch.float64)
-        return t.to(self.ctx.arith.dtype)
-
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """``clamp(round(image / S), -z, 2^b - 1 - z)`` as the model's first quantizer computes it (float32)."""
         if not images.is_floating_point() or images.dim() != 4:
@@ -62,9 +70,7 @@ class IntegerModel:
         if not torch.isfinite(images).all():
             raise ConfigError("images contain NaN or inf")
         p = self.program
-        inv = 1.0 / torch.tensor(p.input_scale, dtype=torch.float32)
-        q = (images.to(torch.float32) * inv).round().clamp(-p.input_zero_point, 2**p.input_bits - 1 - p.input_zero_point)
-        return q.to(self.ctx.arith.dtype)
+        return quantize_image(images, p.input_scale, p.input_zero_point, p.input_bits).to(self.ctx.arith.dtype)
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """Integer logits (``int64``, or float64 integers for the float backend)."""

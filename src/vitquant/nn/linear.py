@@ -13,6 +13,8 @@ weight, or a weight-search candidate), so the shift stays exact whenever the wei
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,9 @@ from torch import nn
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.base import Quantizer
 from vitquant.quantizers.spec import QuantSpec
+
+if TYPE_CHECKING:
+    from vitquant.integer.exact import ExactStep
 
 
 class WeightQuantMixin:
@@ -30,6 +35,7 @@ class WeightQuantMixin:
     weight_quantizer: Quantizer | None
     mode: Mode
     layer_name: str
+    exact: ExactStep | None = None  # the exact simulation's step (vitquant.integer.exact), when switched on
 
     def _init_weight_quant(self) -> None:
         self.weight_spec = None
@@ -77,6 +83,8 @@ class WeightQuantMixin:
         return self.consume_weight(operands[0], self.effective_weight())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exact is not None:  # requant onto the input codes, integer weights: the program's ops
+            return self.exact(x)
         return self.consume_weight(self.input_quant(x), self.effective_weight())  # type: ignore[attr-defined]
 
     def effective_weight(self) -> torch.Tensor:
@@ -135,6 +143,13 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
         new._init_weight_quant()
         new.input_quant = QuantPoint(input_role, channel_dim=1)
         return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exact is None:
+            return super().forward(x)
+        y = self.exact(x)  # the program's patches @ weightᵀ: [B, N, C] -> the convolution's [B, C, H/p, W/p]
+        p = self.kernel_size
+        return y.transpose(1, 2).reshape(x.shape[0], -1, x.shape[-2] // p[0], x.shape[-1] // p[1])
 
     def consume_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.input_shift:  # zero padding would not be shifted: the fold is defined for Linear only

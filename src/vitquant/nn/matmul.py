@@ -7,6 +7,8 @@ operands (``input_points``) and recomputes its output for candidate quantizers (
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -16,13 +18,19 @@ from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.trainable import LSQActivation
 from vitquant.quantizers.uniform import UniformQuantizer
 
+if TYPE_CHECKING:
+    from vitquant.integer.exact import ExactStep
+
 
 class QuantMatMul(nn.Module):
     """``a @ b`` with quantization points ``a_quant`` and ``b_quant``.
 
     Operands are ``[..., heads, rows, cols]``: ``head_dim=1``; ``a`` has its channels (the contracted
-    axis) last, ``b`` on axis -2.
+    axis) last, ``b`` on axis -2. In the exact simulation (``exact``, see :mod:`vitquant.integer.exact`)
+    both operands arrive as the codes their producers emitted and the product is the program's op.
     """
+
+    exact: ExactStep | None = None
 
     def __init__(self, a_role: str, b_role: str) -> None:
         super().__init__()
@@ -37,6 +45,8 @@ class QuantMatMul(nn.Module):
         return operands[0] @ operands[1]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.exact is not None:
+            return self.exact(a, b)
         return self.a_quant(a) @ self.b_quant(b)
 
     def integer_product(self, a: torch.Tensor, b: torch.Tensor) -> IntTensor | None:
@@ -50,7 +60,11 @@ class QuantMatMul(nn.Module):
     def products(self, a: torch.Tensor, b: torch.Tensor) -> tuple[IntTensor, torch.Tensor | None] | None:
         """The integer product (:meth:`integer_product`) and, when a gradient is wanted, the float
         product ``Q_a(a) @ Q_b(b)`` of the same quantized operands, with its gradient (the straight-through
-        surrogate of an integer softmax while training); ``None`` while either point is float."""
+        surrogate of an integer softmax while training); ``None`` while either point is float. In the exact
+        simulation: the program's q @ kᵀ (no surrogate)."""
+        if self.exact is not None:  # the program's q @ kᵀ reads k: hand it the untransposed operand
+            step = self.exact
+            return IntTensor(step.run(*step.integers(a, b.transpose(-2, -1))), step.output_scale), None
         if self.a_quant.mode is Mode.FLOAT or self.b_quant.mode is Mode.FLOAT:
             return None
         a_hat, b_hat = self.a_quant(a), self.b_quant(b)

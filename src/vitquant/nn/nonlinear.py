@@ -31,7 +31,7 @@ gradient reaches q and k through their quantizers' own straight-through rounding
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,9 @@ from vitquant.kernels.base import IntKernel, tabulated
 from vitquant.nn.int_tensor import IntTensor
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.quantizers.spec import QuantSpec
+
+if TYPE_CHECKING:
+    from vitquant.integer.exact import ExactStep
 
 GELU_INPUT = "gelu_input"
 LAYERNORM_INPUT = "layernorm_input"
@@ -85,6 +88,7 @@ class QuantNonLinear:
     slots: nn.ModuleDict
     active: str | None
     layer_name: str
+    exact: ExactStep | None = None  # the exact simulation's step (vitquant.integer.exact), when switched on
 
     def _init_slots(self) -> None:
         self.slots = nn.ModuleDict()
@@ -128,7 +132,10 @@ class QuantNonLinear:
         """The active kernel on ``x`` (integers as they are, or a float tensor through the slot's input
         point); the float op when no kernel is active or its point is not fitted yet. With gradients
         wanted, the kernel's output carries the float op's gradient (:func:`straight_through`) on
-        ``surrogate`` (integer input: the same values as floats, with their gradient) or on ``x``."""
+        ``surrogate`` (integer input: the same values as floats, with their gradient) or on ``x``. In the exact simulation: the program's requantization onto the point, then its
+        kernel op."""
+        if self.exact is not None:
+            return self.exact(x)
         slot = self.slots[self.active] if self.active is not None else None
         if isinstance(x, IntTensor):
             if slot is None or slot.input_quant is not None:

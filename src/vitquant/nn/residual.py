@@ -16,6 +16,8 @@ Like a Linear it is a calibration *consumer* (``input_points``, ``consume``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -24,9 +26,14 @@ from vitquant.quantizers.spec import QuantSpec
 
 RESIDUAL = "residual"  # role of the residual point
 
+if TYPE_CHECKING:
+    from vitquant.integer.exact import ExactStep
+
 
 class QuantResidualAdd(nn.Module):
     """``x + y``, or ``Q_r(x) + Q_r(y)`` once given a residual spec (:meth:`set_spec`)."""
+
+    exact: ExactStep | None = None  # the exact simulation's step (vitquant.integer.exact), when switched on
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,6 +61,8 @@ class QuantResidualAdd(nn.Module):
         return operands[0] + operands[1]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.exact is not None:  # both operands requantized from their producers' integers, added
+            return self.exact(x, y)
         point = self.residual_quant
         if point is None or point.mode is Mode.FLOAT:
             return x + y
