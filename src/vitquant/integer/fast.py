@@ -39,6 +39,7 @@ tested bit-identical too.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,13 +101,15 @@ class Range:
 
 @dataclass(frozen=True)
 class Step:
-    """One prepared op: ``run(*inputs)`` and the ``range`` of its output (None: not known statically);
-    ``fuses``: ``run`` is a chain of elementwise passes with no Python branch on a value, which
-    ``torch.compile`` fuses into a few loops (compiling GEMMs, sums and layout ops gains nothing)."""
+    """One prepared op: ``run(*inputs)`` and the ``range`` of its output (None: not known statically).
+    ``traceable``: ``run`` has no Python branch on a value (all but the strict ops); ``fuses``: it is a
+    chain of element-wise passes that ``torch.compile`` fuses into a few loops (a GEMM, a sum or a
+    reshape alone gains nothing from it)."""
 
     run: Callable[..., torch.Tensor]
     range: Range | None
     fuses: bool = False
+    traceable: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,8 @@ def _fast(*kinds: str) -> Callable[[Prepare], Prepare]:
 
 def strict_step(op: Inputs) -> Step:
     """The strict op on int64 (gemm "float", bounds measured), for an op without static input ranges."""
-    return Step(lambda *args: OPS[op.kind]([a.to(torch.int64) for a in args], op.consts, op.attrs, STRICT), None)
+    return Step(lambda *args: OPS[op.kind]([a.to(torch.int64) for a in args], op.consts, op.attrs, STRICT), None,
+                traceable=False)
 
 
 # ---------------------------------------------------------------------------------------- requantization
@@ -248,7 +252,7 @@ def _kernel_step(kernel: PreparedKernel, op: Inputs) -> Step:
     fn = kernel.apply if proven else kernel
     out_range = Range.within(kernel.bound)
     arith, out = op.arith, storage(out_range)
-    return Step(lambda x: fn(x.to(arith.dtype)).to(out), out_range, fuses=proven)
+    return Step(lambda x: fn(x.to(arith.dtype)).to(out), out_range, fuses=proven, traceable=proven)
 
 
 def _family(op: Inputs, kind: str):
@@ -396,11 +400,36 @@ class Prepared:
     steps: tuple[tuple[Step, tuple[str, ...], str, tuple[str, ...]], ...]
 
     def compiled(self) -> Prepared:
-        """The same steps, those that fuse compiled by ``torch.compile``, one graph per op: the ops of
-        one kind share their code, so layers that differ only in constants share compiled graphs."""
-        steps = tuple((Step(torch.compile(s.run, fullgraph=True), s.range) if s.fuses else s, *rest)
-                      for s, *rest in self.steps)
-        return Prepared(steps)
+        """The same program with its chains compiled by ``torch.compile``: a chain is a run of traceable
+        steps, each reading the previous one's output, the only reader of it (requantizations join the
+        op before them, a kernel the requantization after it, ...), compiled as one graph (a lone step
+        only when it fuses). Chains of the same ops share their code, so the layers share compiled graphs."""
+        steps = []
+        for group in self._chains():
+            first, last = self.steps[group[0]], self.steps[group[-1]]
+            if len(group) == 1 and not first[0].fuses:
+                steps.append(first)
+                continue
+            internal = {self.steps[i][2] for i in group[:-1]}
+            external = list(dict.fromkeys(n for i in group for n in self.steps[i][1] if n not in internal))
+            links = tuple((self.steps[i][0], tuple(None if n in internal else external.index(n) for n in self.steps[i][1]))
+                          for i in group)
+            release = tuple(n for i in group for n in self.steps[i][3] if n not in internal)
+            run = torch.compile(chain(links), fullgraph=True)
+            steps.append((Step(run, last[0].range), tuple(external), last[2], release))
+        return Prepared(tuple(steps))
+
+    def _chains(self) -> list[list[int]]:
+        readers = Counter(name for _, inputs, _, _ in self.steps for name in inputs)
+        groups: list[list[int]] = []
+        for i, (step, inputs, _, _) in enumerate(self.steps):
+            if groups and step.traceable and self.steps[groups[-1][-1]][0].traceable:
+                previous = self.steps[groups[-1][-1]][2]
+                if previous in inputs and readers[previous] == 1 and inputs.count(previous) == 1:
+                    groups[-1].append(i)
+                    continue
+            groups.append([i])
+        return groups
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         env = {"input": x}
@@ -412,6 +441,19 @@ class Prepared:
             for name in release:
                 del env[name]
         return env["logits"].to(torch.int64)
+
+
+def chain(links: tuple[tuple[Step, tuple[int | None, ...]], ...]) -> Callable[..., torch.Tensor]:
+    """One function running steps in order; a step's input ``None`` is the previous step's output, an
+    int the index of the function's argument."""
+
+    def run(*args: torch.Tensor) -> torch.Tensor:
+        out = None
+        for step, inputs in links:
+            out = step.run(*[out if i is None else args[i] for i in inputs])
+        return out
+
+    return run
 
 
 def releases(program: IntegerProgram) -> list[tuple[str, ...]]:
