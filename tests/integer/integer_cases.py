@@ -18,7 +18,8 @@ import conftest
 def qconfig_for(case: str):
     """``w8a8-uniform``: 8-bit uniform attention map, I-BERT kernels; ``w4a4-bitlog2``: BitLog2 Half_17,
     I-ViT kernels at 6 bits; ``w8a8-mixed``: FQ-ViT softmax/LayerNorm (PTF inputs) with I-BERT GELU;
-    ``w8a8-sqrt2|adalog|twin``: 4-bit log√2, AdaLog or twin-uniform attention maps (table attn@v), I-BERT."""
+    ``w8a8-sqrt2|adalog|twin``: 4-bit log√2, AdaLog or twin-uniform attention maps (table attn@v), I-BERT;
+    ``w4a4-adalog-gelu``: as w4a4-bitlog2 with AdaLog's shifted post-GELU (table lookup before fc2)."""
     if case == "w8a8-uniform":
         return build_qconfig("repq-vit", 8, 8, attn_quant="uniform").with_nonlinear(NonlinearConfig.everywhere("ibert", 8))
     if case == "w4a4-bitlog2":
@@ -28,6 +29,8 @@ def qconfig_for(case: str):
         return repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(nl)
     if case == "w8a8-distilled":  # DeiT-distilled: two tokens, two heads averaged
         return build_qconfig("repq-vit", 8, 8, attn_quant="uniform").with_nonlinear(NonlinearConfig.everywhere("ivit", 8))
+    if case == "w4a4-adalog-gelu":  # BitLog2 attention, AdaLog post-GELU (shifted GELU), I-ViT kernels at 6 bits
+        return build_qconfig("bitlog2-half-17", 4, 4, post_gelu="adalog").with_nonlinear(NonlinearConfig.everywhere("ivit", 6))
     if case in ("w8a8-sqrt2", "w8a8-adalog", "w8a8-twin"):  # attention maps given as tables (4 bits)
         scheme = {"w8a8-sqrt2": "sqrt2-17", "w8a8-adalog": "adalog", "w8a8-twin": "twin-uniform"}[case]
         qconfig = build_qconfig("repq-vit", 8, 8, attn_quant=scheme, attn_bits=4)

@@ -139,12 +139,11 @@ def _calibrate(qconfig, kind="vit"):
     ("qconfig", "message"),
     [
         (repq_vit_qconfig(8, 8, "sqrt2-17"), "float"),  # float kernels: not integer-only
-        (build_qconfig("adalog", 4, 4).with_nonlinear(NonlinearConfig.everywhere("ibert", 6)), "input shift"),
         (build_qconfig("ptq4vit", 8, 8, attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert")), "uniform"),
         (repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig(ops=dict.fromkeys(("softmax", "gelu", "layernorm"), "ibert"))),
          "residual add runs in float"),
     ],
-    ids=["float-kernels", "adalog", "ptq4vit-twin-gelu", "float-residual"],
+    ids=["float-kernels", "ptq4vit-twin-gelu", "float-residual"],
 )
 def test_conversion_refuses_what_has_no_integer_path(qconfig, message):
     qmodel, x = _calibrate(qconfig)

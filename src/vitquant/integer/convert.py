@@ -21,7 +21,10 @@ fake-quantized model computes in float:
   comparisons with per-head thresholds, its level from a table of integers (the level's mantissa on one
   common shift), one integer matmul (:func:`level_table`, op ``table_av``);
 - the class token's logits are requantized per class onto one output scale (DeiT-distilled: the class
-  and distillation tokens' logits on one scale, added, the average's halving folded into that scale).
+  and distillation tokens' logits on one scale, added, the average's halving folded into that scale);
+- AdaLog's post-GELU (``Q(GELU(x) + c)`` with fc2's bias less ``c·Ŵ·1``): the GELU kernel, the shift
+  and the quantizer folded into one integer table over the GELU's input codes (:func:`shifted_gelu_table`,
+  op ``lookup``), fc2 an integer matmul of the looked-up levels.
 
 :func:`plan_vit` is the one derivation: it builds the program and records which module of the model
 computes each op, so that the same ops and constants (dyadic multipliers included) become the model's
@@ -29,7 +32,7 @@ exact simulation (:mod:`vitquant.integer.exact`); :func:`convert_vit` returns it
 
 Accumulator bounds are derived from the code ranges and the worst case of the weights; anything that
 could reach 2^51 is rejected with :class:`~vitquant.errors.RangeError`. Formats without an integer
-path (AdaLog post-GELU, float non-linear ops or residual adds, average-pooled heads, register tokens)
+path (float non-linear ops or residual adds, per-channel post-GELU tables, average-pooled heads, register tokens)
 are refused with :class:`~vitquant.errors.ConfigError`.
 """
 
@@ -53,12 +56,14 @@ from vitquant.nn.linear import WeightQuantMixin
 from vitquant.nn.nonlinear import QuantNonLinear
 from vitquant.nn.quant_point import Mode, QuantPoint
 from vitquant.nn.residual import QuantResidualAdd
+from vitquant.nn.shift import ShiftedActivation
 from vitquant.quantizers.base import Quantizer
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer
 from vitquant.quantizers.fixed_point import FixedPointQuantizer
 from vitquant.quantizers.uniform import UniformQuantizer
 
-SHIFT_REFUSAL = "an input shift (AdaLog post-GELU) has no integer path yet; use a uniform post-GELU quantizer"
+SHIFT_REFUSAL = ("an input shift has an integer path only behind a shifted GELU (AdaLog post-GELU) of the same MLP; "
+                 "use a uniform post-GELU quantizer")
 EXACT_BITS = 51  # every integer of the program stays below 2^51 (float64 twin exact, int64 far from overflow)
 MULTIPLIER_BITS = 31  # capped per site so that bound · m < 2^51
 
@@ -152,11 +157,14 @@ class _Builder:
         return self.requant(x, q.scale.double().reshape(()), -top, top, hint, inv_scale=q.inv_scale.double().reshape(()))
 
     # ------------------------------------------------------------------ layers
-    def linear(self, x: Value, layer: nn.Module, hint: str, weight: torch.Tensor | None = None) -> Value:
-        """``x @ W_intᵀ + b_int`` of a calibrated QuantLinear/QuantConv2d (``weight``: its 2-D view)."""
+    def linear(self, x: Value, layer: nn.Module, hint: str, weight: torch.Tensor | None = None,
+               shifted_input: bool = False) -> Value:
+        """``x @ W_intᵀ + b_int`` of a calibrated QuantLinear/QuantConv2d (``weight``: its 2-D view).
+        ``shifted_input``: ``x`` already holds the shifted activation's codes (:func:`shifted_gelu_table`),
+        and the bias is the layer's own less ``c·Ŵ·1``, as the model computes it."""
         if not isinstance(layer, WeightQuantMixin) or layer.weight_quantizer is None:
             raise ConfigError(f"{hint}: the layer is not calibrated")
-        if layer.input_shift:
+        if layer.input_shift and not shifted_input:
             raise ConfigError(f"{hint}: {SHIFT_REFUSAL}")
         if not isinstance(layer.weight_quantizer, UniformQuantizer):
             raise ConfigError(f"{hint}: weights must be uniformly quantized, got {layer.weight_quantizer!r}")
@@ -329,8 +337,17 @@ def check_integer_path(b: _Builder, qmodel: nn.Module) -> None:
     for name, module in modules:
         if isinstance(module, QuantResidualAdd):
             _residual_quantizer(module, name)
-        elif isinstance(module, WeightQuantMixin) and module.input_shift:
+        elif isinstance(module, WeightQuantMixin) and module.input_shift and not _behind_shifted_gelu(qmodel, name, module):
             raise ConfigError(f"{name}: {SHIFT_REFUSAL}")
+
+
+def _behind_shifted_gelu(qmodel: nn.Module, name: str, layer: nn.Module) -> bool:
+    """Whether ``layer`` is an MLP's fc2 whose activation is the :class:`ShiftedActivation` of its shift
+    (AdaLog's post-GELU reparameterization), which :func:`shifted_gelu_table` converts."""
+    if not name.endswith("mlp.fc2"):
+        return False
+    act = getattr(qmodel.get_submodule(name.rsplit(".", 1)[0]), "act", None)
+    return isinstance(act, ShiftedActivation) and isinstance(act.act, QuantNonLinear) and act.shift == layer.input_shift
 
 
 def _check_identity(block: nn.Module, i: int) -> None:
@@ -475,6 +492,28 @@ def level_table(q: Quantizer, heads: int, p_scale: float, y_max: int, hint: str)
     return thresholds, levels, shift, scale
 
 
+def shifted_gelu_table(slot: nn.Module, shift: float, point: QuantPoint, hint: str) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """A shifted GELU and the quantizer after it (AdaLog's post-GELU: ``x̂ = Q(GELU(x) + c)``) as one table
+    over the GELU's input codes ``low..high`` (at most 2^b entries), built from the integer kernel and the
+    quantizer exactly as the simulation computes them (kernel in float64, ``fl32(y·S_y) + c``, ``Q``):
+    ``(table, low, scale)`` with int64 entries ``L`` (each level's mantissa on one common shift) and
+    ``x̂ = scale · L``. A per-channel quantizer, or levels spanning 62 bits, has no such table."""
+    gq = slot.input_quant.quantizer
+    q = point.quantizer
+    if q is None or q.scale.numel() != 1:
+        raise ConfigError(f"{hint}: the post-GELU quantizer needs one scale per tensor for an integer table")
+    low, high = int(gq.code_min), int(gq.code_max)
+    y, y_scale = slot.kernel(torch.arange(low, high + 1, dtype=torch.float64), gq.scale.double(), FLOAT)
+    v = (y * y_scale).to(torch.float32) + shift  # QuantGELU's output, then ShiftedActivation's + c
+    view = q.to_integer(v)
+    shifts = torch.zeros_like(view.mantissa) if view.shift is None else view.shift
+    top = int(shifts.max())
+    if int(view.mantissa.abs().max()).bit_length() + top - int(shifts.min()) >= 62:
+        raise RangeError(f"{hint}: the post-GELU quantizer's levels span more than 62 bits; no exact integer table")
+    table = view.mantissa << (top - shifts)
+    return table, low, (view.scale.double().reshape(()) * 2.0**-top)
+
+
 def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
     mlp = block.mlp
     with b.owned(f"{hint}.norm2"):
@@ -482,6 +521,16 @@ def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
     with b.owned(f"{hint}.mlp.fc1"):
         h = b.requant_to_point(h, mlp.fc1.input_quant, None, f"{hint}.mlp.fc1.in")
         h = b.linear(h, mlp.fc1, f"{hint}.mlp.fc1")
+    if isinstance(mlp.act, ShiftedActivation):  # AdaLog post-GELU: GELU + c and fc2's codes in one table
+        slot, _ = b.kernel(mlp.act.act, f"{hint}.mlp.act.act")
+        with b.owned(f"{hint}.mlp.act"):
+            g = b.requant_to_point(h, slot.input_quant, None, f"{hint}.mlp.act.in")
+            table, low, scale = shifted_gelu_table(slot, mlp.act.shift, mlp.fc2.input_quant, f"{hint}.mlp.act")
+            g = b.emit("lookup", [g], f"{hint}.mlp.act", scale, int(table.abs().max()), attrs={"low": low},
+                       consts={"table": table})
+        with b.owned(f"{hint}.mlp.fc2"):
+            y = b.linear(g, mlp.fc2, f"{hint}.mlp.fc2", shifted_input=True)
+        return _residual_add(b, x, y, block.add_mlp, hint + ".mlp", f"{hint}.add_mlp")
     slot, attrs = b.kernel(mlp.act, f"{hint}.mlp.act")
     with b.owned(f"{hint}.mlp.act"):
         g = b.requant_to_point(h, slot.input_quant, None, f"{hint}.mlp.act.in")

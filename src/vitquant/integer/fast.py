@@ -294,6 +294,18 @@ def gelu(op: Inputs) -> Step:
     return Step(lambda x: lookup(table, x, -r.lo), out_range, fuses=True)
 
 
+@_fast("lookup")
+def table_lookup(op: Inputs) -> Step:
+    """The op's own table, looked up (the strict op where the input's range is not within it)."""
+    table, low = op.consts["table"], int(op.attrs["low"])
+    r = op.ranges[0]
+    if r is None or r.lo < low or r.hi >= low + table.numel():
+        return strict_step(op)
+    out_range = Range.of(table)
+    table = table.to(storage(out_range))
+    return Step(lambda x: lookup(table, x, -low), out_range, fuses=True)
+
+
 # ---------------------------------------------------------------------------------------- attn @ v
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vitquant.errors import DtypeError
+from vitquant.errors import DtypeError, RangeError
 from vitquant.kernels.arith import BACKENDS, Arith
 from vitquant.kernels.base import make_kernel, tabulated
 from vitquant.kernels.gemm import int_matmul
@@ -175,6 +175,19 @@ def gelu(args, consts, attrs, ctx):
     if x.numel() == 0:
         return x
     return tabulated(_kernel(attrs, "gelu"), x, consts["scale"], ctx.arith, int(x.min()), int(x.max()))[0]
+
+
+@register_op("lookup", ("table",))
+def lookup(args, consts, attrs, ctx):
+    """``table[x - low]``: an elementwise map of integers given by its values on ``low .. low + len - 1``
+    (a range the converter proved holds every input), e.g. GELU, shift and AdaLog code of a post-GELU
+    point folded into one table over the GELU input codes. An input outside the range is an error."""
+    x = args[0]
+    table = ctx.arith.tensor(consts["table"])
+    index = (x - int(attrs["low"])).to(torch.int64)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= table.numel()):
+        raise RangeError(f"lookup: input outside the table's range {attrs['low']}..{int(attrs['low']) + table.numel() - 1}")
+    return torch.take(table, index)
 
 
 @register_op("softmax", ("scale",))

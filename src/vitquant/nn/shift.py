@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from vitquant.integer.exact import ExactStep
 
 
 class ShiftedActivation(nn.Module):
     """``act(x) + shift``; with ``shift = -min act`` the output is non-negative (GELU: 0.16997...)."""
+
+    exact: ExactStep | None = None  # the exact simulation's step (vitquant.integer.exact), when switched on
 
     def __init__(self, act: nn.Module, shift: float) -> None:
         super().__init__()
@@ -15,6 +22,8 @@ class ShiftedActivation(nn.Module):
         self.shift = float(shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exact is not None:  # the GELU input's requantization, then the program's table of fc2's levels
+            return self.exact(x)
         return self.act(x) + self.shift
 
     def extra_repr(self) -> str:
