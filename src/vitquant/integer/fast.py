@@ -366,23 +366,24 @@ def prepend_token(op: Inputs) -> Step:
     return Step(lambda x: torch.cat([token.expand(x.shape[0], -1, -1), x.to(out)], dim=1), out_range)
 
 
-@_fast("add_const")
-def add_const(op: Inputs) -> Step:
+def _add_constant(op: Inputs, add: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Step:
+    """``add(x, value)`` of the op's constant ``value``, both in the storage dtype of the output range."""
     value = op.consts["value"]
     out_range = None if op.ranges[0] is None else op.ranges[0] + Range.of(value)
     out = storage(out_range)
     value = value.to(out)
-    return Step(lambda x: x.to(out) + value, out_range)
+    return Step(lambda x: add(x.to(out), value), out_range)
+
+
+@_fast("add_const")
+def add_const(op: Inputs) -> Step:
+    return _add_constant(op, torch.add)
 
 
 @_fast("window_bias")
 def window_bias(op: Inputs) -> Step:
     """The per-window logit bias of Swin (relative position bias and shift mask on the q·kᵀ grid)."""
-    value = op.consts["value"]
-    out_range = None if op.ranges[0] is None else op.ranges[0] + Range.of(value)
-    out = storage(out_range)
-    value = value.to(out)
-    return Step(lambda x: (x.to(out).reshape(-1, *value.shape) + value).reshape(x.shape), out_range)
+    return _add_constant(op, lambda x, value: (x.reshape(-1, *value.shape) + value).reshape(x.shape))
 
 
 @_fast("sum_tokens")
