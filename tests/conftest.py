@@ -84,6 +84,24 @@ def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+def real_deit(calib_images: int, eval_images: int) -> tuple:
+    """The real DeiT-Tiny and the shared ImageNet sample (skips the test when either is absent): (float model,
+    calibration records, evaluation records, calibration batch, evaluation batch), drawn with seed 0."""
+    from vitquant.data import eval_transform, list_images, load_batch, split_calibration_eval
+    from vitquant.models import create_model
+    from vitquant.paths import default_sample_images, default_weights
+
+    sample = default_sample_images()
+    if sample is None or default_weights("deit_tiny_patch16_224") is None:
+        pytest.skip("shared DeiT-Tiny weights or ImageNet sample not present")
+    torch.manual_seed(0)
+    model, _ = create_model("deit_tiny")
+    records = list_images(sample)
+    calib, evaluation = split_calibration_eval(records, records, calib_images, eval_images, seed=0)
+    transform = eval_transform(model)
+    return model, calib, evaluation, load_batch(calib, transform), load_batch(evaluation, transform)
+
+
 MODEL_FACTORIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     "vit": (make_vit, VIT_IMG),
     "deit_distilled": (make_deit_distilled, VIT_IMG),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import conftest
+
 from vitquant.calibration import quantize_model
-from vitquant.data import eval_transform, list_images, load_batch, split_calibration_eval
-from vitquant.paths import default_sample_images, default_weights
 from vitquant.qconfig import repq_vit_qconfig
 
 pytestmark = pytest.mark.real_model
@@ -23,19 +23,9 @@ EVAL_IMAGES = 64
 @pytest.fixture(scope="module")
 def deit():
     """(float model, calibration batch, evaluation batch, float top-1 predictions)."""
-    sample = default_sample_images()
-    if sample is None or default_weights("deit_tiny_patch16_224") is None:
-        pytest.skip("shared DeiT-Tiny weights or ImageNet sample not present")
-    from vitquant.models import create_model
-
-    torch.manual_seed(0)
-    model, _ = create_model("deit_tiny")
-    records = list_images(sample)
-    calib, evaluation = split_calibration_eval(records, records, CALIB_IMAGES, EVAL_IMAGES, seed=0)
+    model, calib, evaluation, calib_x, eval_x = conftest.real_deit(CALIB_IMAGES, EVAL_IMAGES)
     assert len(evaluation) == EVAL_IMAGES
     assert not {r.path for r in calib} & {r.path for r in evaluation}
-    transform = eval_transform(model)
-    calib_x, eval_x = load_batch(calib, transform), load_batch(evaluation, transform)
     assert calib_x.shape == (CALIB_IMAGES, 3, 224, 224)
     with torch.no_grad():
         fp_pred = model(eval_x).argmax(dim=1)

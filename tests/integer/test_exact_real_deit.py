@@ -13,12 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import conftest
+
 from vitquant.calibration import quantize_model
-from vitquant.data import eval_transform, list_images, load_batch, split_calibration_eval
 from vitquant.integer.exact import Agreement, exact_integer_logits, exact_simulation
 from vitquant.integer.execute import IntegerModel
 from vitquant.nonlinear import NonlinearConfig
-from vitquant.paths import default_sample_images, default_weights
 from vitquant.recipes import build_qconfig
 
 pytestmark = pytest.mark.real_model
@@ -28,17 +28,7 @@ EVAL_IMAGES = 4
 
 
 def test_real_deit_tiny_exact_simulation_is_bit_identical_to_the_program():
-    sample = default_sample_images()
-    if sample is None or default_weights("deit_tiny_patch16_224") is None:
-        pytest.skip("shared DeiT-Tiny weights or ImageNet sample not present")
-    from vitquant.models import create_model
-
-    torch.manual_seed(0)
-    model, _ = create_model("deit_tiny")
-    records = list_images(sample)
-    calib, evaluation = split_calibration_eval(records, records, CALIB_IMAGES, EVAL_IMAGES, seed=0)
-    transform = eval_transform(model)
-    calib_x, eval_x = load_batch(calib, transform), load_batch(evaluation, transform)
+    model, _, _, calib_x, eval_x = conftest.real_deit(CALIB_IMAGES, EVAL_IMAGES)
     qconfig = build_qconfig("repq-vit", 8, 8, attn_quant="uniform", search="percentile")
     qmodel = quantize_model(model, calib_x, qconfig.with_nonlinear(NonlinearConfig.everywhere("ibert", 8))).model
     with torch.no_grad():

@@ -17,26 +17,15 @@ from vitquant.qconfig import repq_vit_qconfig
 from vitquant.quantizers import UniformQuantizer, quantizer_from_state
 from vitquant.quantizers.trainable import FrozenActivation, LSQActivation, LSQWeight
 
+from qat_cases import calibrated_case, make_trainer as _trainer
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def case():
     """The tiny ViT, calibrated at W4A4 on 6 images, and 24 training images of 10 classes."""
-    from conftest import images, make_vit
-
-    torch.manual_seed(0)
-    model = make_vit()
-    calib = images(6, 32, seed=1)
-    result = quantize_model(model, calib, repq_vit_qconfig(4, 4, "bitlog2-half-17"))
-    train = TensorImages(images(24, 32, seed=2), torch.arange(24) % 10)
-    return model, result, calib, train
-
-
-def _trainer(case, **settings) -> QATTrainer:
-    model, result, calib, train = case
-    config = TrainConfig(**{"steps": 6, "batch_size": 4, "lr": 1e-3, "quant_lr": 1e-3, "label_weight": 0.5, **settings})
-    return QATTrainer(model, result, train, config, calib)
+    return calibrated_case(repq_vit_qconfig(4, 4, "bitlog2-half-17"))
 
 
 def _state(trainer: QATTrainer) -> dict[str, torch.Tensor]:

@@ -17,6 +17,8 @@ from vitquant.qat import QATTrainer, TensorImages, TrainConfig, kd_loss
 from vitquant.qconfig import repq_vit_qconfig
 from vitquant.quantizers.trainable import LSQActivation
 
+from qat_cases import calibrated_case, make_trainer as _trainer
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -28,20 +30,7 @@ def _qconfig(family: str):
 def case(request):
     """The tiny ViT calibrated at W4A4 with every softmax, GELU, LayerNorm and residual add integer
     (``request.param``'s kernels), and 24 training images of 10 classes."""
-    from conftest import images, make_vit
-
-    torch.manual_seed(0)
-    model = make_vit()
-    calib = images(6, 32, seed=1)
-    result = quantize_model(model, calib, _qconfig(request.param))
-    train = TensorImages(images(24, 32, seed=2), torch.arange(24) % 10)
-    return model, result, calib, train
-
-
-def _trainer(case, **settings) -> QATTrainer:
-    model, result, calib, train = case
-    config = TrainConfig(**{"steps": 6, "batch_size": 4, "lr": 1e-3, "quant_lr": 1e-3, "label_weight": 0.5, **settings})
-    return QATTrainer(model, result, train, config, calib)
+    return calibrated_case(_qconfig(request.param))
 
 
 def _kernels(model: torch.nn.Module) -> list[str | None]:
