@@ -28,6 +28,7 @@ from vitquant.data import load_batch, make_loader
 from vitquant.data.transforms import eval_transform
 from vitquant.evaluation import FidelityMeter
 from vitquant.models import create_model, resolve_model_name
+from vitquant.compare.plan import parse_variant
 from vitquant.recipes import build_qconfig
 from vitquant.workflow import QuantizeJob, resolve_data
 
@@ -35,10 +36,10 @@ log = logging.getLogger("vitquant.benchmark")
 DEFAULT_ROWS = ["repq-vit", "bitlog2-half-17", "adalog", "ptq4vit", "bitlog2-half-17+post_gelu=adalog"]
 
 
-def parse_row(row: str) -> tuple[str, dict[str, str]]:
-    recipe, *opts = row.split("+")
-    options = dict(o.split("=", 1) for o in opts)
-    return recipe, options
+def parse_row(row: str) -> tuple[str, dict[str, str | int]]:
+    """``recipe+key=value+...`` -> (recipe, typed options), as ``vitquant compare`` reads a variant."""
+    recipe, options = parse_variant(row)
+    return recipe, dict(options)
 
 
 def measure_row(model, calib_images, batches, labels, fp_logits, qconfig, name: str, bits: int) -> tuple[dict, object]:

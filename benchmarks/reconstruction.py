@@ -99,8 +99,9 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model, weights_source, data, calib_images, batches, labels, fp_logits = load_eval(args)
     fp = _accuracy(fp_logits, labels)
-    settings = ReconstructionConfig(images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
-                                    drop_prob=args.qdrop, ends=args.recon_ends, seed=args.seed)
+    settings = ReconstructionConfig(images=args.recon_images, iters=max(1, args.recon_iters), batch_size=args.recon_batch_size,
+                                    reg_weight=args.recon_reg_weight, drop_prob=args.qdrop, ends=args.recon_ends,
+                                    seed=args.seed)
     qat = None
     if args.qat_steps:
         qat = TrainConfig(steps=args.qat_steps, batch_size=args.qat_batch_size, lr=args.qat_lr,
@@ -117,17 +118,18 @@ def run(args: argparse.Namespace) -> dict:
                 qconfig = qconfig.with_nonlinear(nonlinear)
             row, calibrated = measure_row(model, calib_images, batches, labels, fp_logits, qconfig, spec, bits)
             rows.append({**row, "reconstruction_seconds": None})
-            rows.append(reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, spec, bits))
+            if args.recon_iters:
+                rows.append(reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, spec, bits))
             if qat is not None:
                 rows.append(qat_row(model, calibrated, calib_images, training, batches, labels, fp_logits, qat, spec, bits))
     return {
         "command": "python benchmarks/reconstruction.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(args.model), "weights": weights_source,
-        "calibration_images": len(calib_images), "reconstruction_images": settings.image_count(len(calib_images)),
+        "calibration_images": len(calib_images), "reconstruction_images": settings.image_count(len(calib_images)) if args.recon_iters else None,
         "reconstruction_images_are": "the calibration images (none of them is evaluated)",
         "evaluation_images": len(labels), "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed,
         "nonlinear": args.nonlinear, "nonlinear_bits": args.nonlinear_bits,
-        "settings": settings.to_dict(),
+        "settings": settings.to_dict() if args.recon_iters else None,
         "qat_settings": None if qat is None else qat.to_dict(),
         "qat_images": None if qat is None else len(training),
         "qat_images_are": "every image of the folder that is not evaluated (the calibration images among them)",
@@ -143,12 +145,13 @@ def to_markdown(res: dict) -> str:
         f"{res['nonlinear_bits'] if res.get('nonlinear_bits') else 'max(bits, 6)'} bits) and integer residual adds "
         "in every row (reconstruction trains with their float ops, QAT with the kernels "
         + ("in the loop" if (res.get("qat_settings") or {}).get("kernels") == "ste" else "as float ops") + "); ")
+    recon = "no reconstruction" if s is None else (
+        f"reconstructed on {res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, "
+        f"batch {s['batch_size']}, λ {s['reg_weight']:g}, QDrop {s['drop_prob']}"
+        + (", patch embedding and head included" if s.get("ends") else ", blocks only") + ")")
     lines = [
-        kernels + f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), reconstructed on "
-        f"{res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, batch "
-        f"{s['batch_size']}, QDrop {s['drop_prob']}"
-        + (", patch embedding and head included" if s.get("ends") else ", blocks only") + f"), evaluated on {res['evaluation_images']} other images of "
-        f"`{Path(res['eval_dir']).name}`; "
+        kernels + f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), {recon}, "
+        f"evaluated on {res['evaluation_images']} other images of `{Path(res['eval_dir']).name}`; "
         + ("" if not res.get("qat_settings") else
            f"QAT on the {res['qat_images']} images of the folder that are not evaluated ({res['qat_settings']['steps']} "
            f"steps of {res['qat_settings']['batch_size']} images, lr {res['qat_settings']['lr']:g} / quantizer steps "
@@ -179,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3], help="W/A bit widths (default 4 3)")
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
     p.add_argument("--recon-images", type=int, help="default: every calibration image")
-    p.add_argument("--recon-iters", type=int, default=ReconstructionConfig.iters)
+    p.add_argument("--recon-iters", type=int, default=ReconstructionConfig.iters, help="0: no reconstruction rows")
+    p.add_argument("--recon-reg-weight", type=float, default=ReconstructionConfig.reg_weight,
+                   help="λ of the AdaRound rounding regulariser")
     p.add_argument("--recon-batch-size", type=int, default=ReconstructionConfig.batch_size)
     p.add_argument("--qdrop", type=float, default=0.0)
     p.add_argument("--recon-ends", action=argparse.BooleanOptionalAction, default=ReconstructionConfig.ends,
@@ -194,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nonlinear-bits", type=int, metavar="N", help="kernel input bits (default: the bits, at least 6)")
     p.add_argument("--qat-kernels", choices=TRAIN_KERNELS, default=TrainConfig.kernels,
                    help=f"how the kernels run while QAT trains (default {TrainConfig.kernels})")
+    p.add_argument("--stem", help="results file name without suffix (default reconstruction_<model>)")
     args = p.parse_args(argv)
-    return run_and_write(args, run, to_markdown, f"reconstruction_{args.model}")
+    return run_and_write(args, run, to_markdown, args.stem or f"reconstruction_{args.model}")
 
 
 if __name__ == "__main__":

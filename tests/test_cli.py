@@ -62,6 +62,7 @@ def tiny_folder(tmp_path: Path) -> Path:
         (["quantize", "--a-bits", "9"], "--a-bits must be between 2 and 8"),
         (["quantize", "--attn-quant", "bitlog2-third-17"], "unknown attention quantizer 'bitlog2-third-17'"),
         (["quantize", "--a-bits", "8"], "--attn-bits"),
+        (["quantize", "--ends-bits", "9"], "--ends-bits must be between 2 and 8"),
         (["quantize", "--recipe", "nope"], "unknown recipe 'nope'"),
         (["quantize", "--post-gelu", "nope"], "unknown post-GELU quantizer 'nope'"),
         (["quantize", "--search", "nope"], "unknown search 'nope'"),
@@ -240,6 +241,24 @@ def _use_tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(workflow, "create_model", tiny_job_model)
     monkeypatch.setattr(session, "create_model", tiny_job_model)
+
+
+def test_main_job_with_ends_bits_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """--ends-bits 8 at W3A3: the report's levels give the ends their own roles, at 8 bits."""
+    _use_tiny_model(monkeypatch)
+    out = tmp_path / "report.json"
+    rc, _, _ = _run(["quantize", "--w-bits", "3", "--a-bits", "3", "--recipe", "bitlog2-single-17", "--ends-bits", "8",
+                     "--calib-data", str(tiny_folder), "--calib-size", "1", "--batch-size", "2", "--json", str(out), "-q"],
+                    capsys)
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["ends_bits"] == 8
+    roles = report["config"]["qconfig"]["roles"]
+    assert {roles[r]["bits"] for r in ("patch_embed_weight", "head_weight", "head_input")} == {8}
+    assert roles["weight"]["bits"] == 3 and roles["linear_input"]["bits"] == 3
+    levels = report["levels"]
+    assert levels["head_weight"]["points"] == 1 and levels["patch_embed_weight"]["points"] == 1
+    assert 1 <= levels["head_input"]["levels_used_min"] <= levels["head_input"]["max_levels"] == 256
 
 
 def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):

@@ -95,3 +95,28 @@ def test_attention_options_at_8_bits_do_not_need_the_recipes_own_scheme_to_fit(r
     if recipe.startswith("bitlog2"):
         with pytest.raises(ConfigError, match="at most"):
             build_qconfig(recipe, 8, 8)
+
+
+def test_ends_roles_fall_back_to_their_parents_until_set():
+    cfg = build_qconfig("bitlog2-half-17", 3, 3)
+    assert cfg.spec_for("head.weight", qc.HEAD_WEIGHT) == cfg.specs[qc.WEIGHT]
+    assert cfg.spec_for("patch_embed.proj.weight", qc.PATCH_EMBED_WEIGHT) == cfg.specs[qc.WEIGHT]
+    assert cfg.spec_for("head.input_quant", qc.HEAD_INPUT) == cfg.specs[qc.LINEAR_INPUT]
+    assert not set(qc.PARENT_ROLES) & set(cfg.to_dict()["roles"])  # unset: not recorded
+
+    ends = build_qconfig("bitlog2-half-17", 3, 3, ends_bits=8)
+    for role, parent in qc.PARENT_ROLES.items():
+        spec = ends.spec_for("x", role)
+        assert spec.bits == 8 and spec.granularity == cfg.specs[parent].granularity
+        assert ends.to_dict()["roles"][role]["bits"] == 8
+    assert ends.specs[qc.WEIGHT].bits == 3 and ends.specs[qc.LINEAR_INPUT].bits == 3
+    assert ends.overrides == cfg.overrides  # roles, not name patterns: any model family
+
+
+def test_ends_bits_errors():
+    with pytest.raises(ConfigError, match="bit"):
+        build_qconfig("bitlog2-half-17", 4, 4, ends_bits=1)
+    with pytest.raises(ConfigError, match="--ends-bits"):
+        QuantizeJob(ends_bits=9).validate()
+    with pytest.raises(ConfigError, match="unknown roles"):
+        build_qconfig().with_roles(tail_weight=qc.UniformSpec(bits=8))

@@ -46,6 +46,9 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
         "(seed spellings such as BitLog2_Half_17 work too)",
     )
     g.add_argument("--attn-bits", type=int, metavar="N", help="bits of the attention-map quantizer (default: --a-bits)")
+    g.add_argument("--ends-bits", type=int, metavar="N",
+                   help="bits of the patch-embedding weight and the classifier head's weight and input "
+                        "(default: --w-bits / --a-bits like every layer; published W3A3 results keep them at 8)")
     g.add_argument("--post-gelu", metavar="NAME", help=f"replace the recipe's post-GELU quantizer: {', '.join(POST_GELU_QUANTIZERS)}")
     g.add_argument("--search", metavar="NAME", help=f"search of every activation point: {', '.join(SEARCHES)}")
     g.add_argument("--metric", metavar="NAME", help=f"metric of the searches: {', '.join(METRIC_NAMES)}")
@@ -300,6 +303,7 @@ def _quantize_fields(args: argparse.Namespace) -> dict:
         attn_quant=args.attn_quant,
         attn_bits=getattr(args, "attn_bits", None),
         post_gelu=getattr(args, "post_gelu", None),
+        ends_bits=getattr(args, "ends_bits", None),
         search=getattr(args, "search", None),
         metric=getattr(args, "metric", None),
         nonlinear=getattr(args, "nonlinear", "float"),

@@ -33,6 +33,12 @@ POST_GELU = "post_gelu"  # input of fc2
 LINEAR_INPUT = "linear_input"  # other Linear inputs (attention proj, head)
 MATMUL_INPUT = "matmul_input"  # q, kᵀ (q @ kᵀ) and v (attn @ v)
 ROLES = (WEIGHT, PATCH_EMBED_INPUT, POST_LAYERNORM, POST_SOFTMAX, POST_GELU, LINEAR_INPUT, MATMUL_INPUT)
+# Refined roles of the model's two ends: a QConfig may set them; unset, they take their parent role's spec.
+PATCH_EMBED_WEIGHT = "patch_embed_weight"  # weight of the patch-embedding conv
+HEAD_WEIGHT = "head_weight"  # weight of the classifier head
+HEAD_INPUT = "head_input"  # input of the classifier head
+PARENT_ROLES = MappingProxyType({PATCH_EMBED_WEIGHT: WEIGHT, HEAD_WEIGHT: WEIGHT, HEAD_INPUT: LINEAR_INPUT})
+ALL_ROLES = (*ROLES, *PARENT_ROLES)
 
 # ---------------------------------------------------------------- attention schemes by name
 ATTENTION_SCHEMES = (
@@ -138,6 +144,9 @@ class QConfig:
         missing = [r for r in ROLES if r not in self.specs]
         if missing:
             raise ConfigError(f"QConfig misses specs for roles {missing}")
+        unknown = sorted(set(self.specs) - set(ALL_ROLES))
+        if unknown:
+            raise ConfigError(f"unknown roles {unknown}; roles: {', '.join(ALL_ROLES)}")
         if self.search_images < 1 or self.operand_rounds < 1:
             raise ConfigError("search_images and operand_rounds must be at least 1")
         object.__setattr__(self, "specs", MappingProxyType(dict(self.specs)))
@@ -150,9 +159,15 @@ class QConfig:
         for pattern, spec in self.overrides.items():
             if fnmatch.fnmatchcase(point_name, pattern):
                 return spec
-        if role not in self.specs:
-            raise ConfigError(f"no quantizer spec for role {role!r}")
-        return self.specs[role]
+        return self.role_spec(role)
+
+    def role_spec(self, role: str) -> QuantSpec:
+        """The spec of ``role``; a refined role left unset (:data:`PARENT_ROLES`) takes its parent's."""
+        if role in self.specs:
+            return self.specs[role]
+        if role in PARENT_ROLES:
+            return self.specs[PARENT_ROLES[role]]
+        raise ConfigError(f"no quantizer spec for role {role!r}")
 
     def with_overrides(self, overrides: Mapping[str, QuantSpec]) -> QConfig:
         return replace(self, overrides={**self.overrides, **overrides})
@@ -161,10 +176,15 @@ class QConfig:
         return replace(self, nonlinear=nonlinear)
 
     def with_roles(self, **specs: QuantSpec) -> QConfig:
-        unknown = sorted(set(specs) - set(ROLES))
-        if unknown:
-            raise ConfigError(f"unknown roles {unknown}; roles: {', '.join(ROLES)}")
-        return replace(self, specs={**self.specs, **specs})
+        return replace(self, specs={**self.specs, **specs})  # unknown roles: ConfigError on construction
+
+    def with_ends(self, bits: int) -> QConfig:
+        """The model's two ends at ``bits``: the patch-embedding weight, the head's weight and the head's
+        input, each with its role's current spec at the new width (the weights per output channel).
+        Published W3A3 pipelines keep the first and last layers at 8 bits; RepQ-ViT quantizes the
+        patch-embedding and head weights like every other (our default)."""
+        return self.with_roles(**{role: replace(self.role_spec(role), bits=bits)
+                                  for role in (PATCH_EMBED_WEIGHT, HEAD_WEIGHT, HEAD_INPUT)})
 
     def all_specs(self) -> list[QuantSpec]:
         return [*self.specs.values(), *self.overrides.values()]

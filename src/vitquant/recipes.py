@@ -131,12 +131,14 @@ def build_qconfig(
     post_gelu: str | None = None,
     search: str | None = None,
     metric: str | None = None,
+    ends_bits: int | None = None,
 ) -> QConfig:
     """The recipe's QConfig with explicit choices replacing parts of it.
 
     ``attn_quant`` / ``post_gelu`` replace those roles' quantizers (keeping the recipe's search and
     metric for the role); ``attn_bits`` the attention map's bit width; ``search`` / ``metric`` apply to
-    every activation point (not the weights, which are fitted on their own values).
+    every activation point (not the weights, which are fitted on their own values); ``ends_bits`` the
+    width of the patch-embedding weight and the head's weight and input (:meth:`QConfig.with_ends`).
     """
     fn = _RECIPES[normalize_recipe_name(recipe)][0]
     bits = a_bits if attn_bits is None else attn_bits
@@ -159,4 +161,4 @@ def build_qconfig(
         if metric is not None:
             changes["metric"] = check_metric(metric)
         cfg = cfg.with_roles(**{role: replace(cfg.specs[role], **changes) for role in ACTIVATION_ROLES})
-    return cfg
+    return cfg if ends_bits is None else cfg.with_ends(ends_bits)

@@ -45,7 +45,7 @@ from vitquant.evaluation.distributed import (
 from vitquant.models import create_model, resolve_model_name
 from vitquant.nonlinear import NonlinearConfig, default_bits
 from vitquant.paths import default_sample_images, source_commit
-from vitquant.qconfig import POST_SOFTMAX, ROLES, QConfig, normalize_scheme_name
+from vitquant.qconfig import ALL_ROLES, POST_SOFTMAX, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
 from vitquant.recipes import build_qconfig, normalize_recipe_name
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
@@ -65,6 +65,7 @@ class QuantizeJob:
     attn_quant: str | None = None  # None: the recipe's
     attn_bits: int | None = None
     post_gelu: str | None = None
+    ends_bits: int | None = None  # None: the ends (patch-embedding weight, head) as the rest
     search: str | None = None
     metric: str | None = None
     nonlinear: str = "float"  # float | ivit | ibert | fqvit | mixed
@@ -96,6 +97,8 @@ class QuantizeJob:
         check_bits(self.a_bits, "--a-bits")
         if self.attn_bits is not None:
             check_bits(self.attn_bits, "--attn-bits")
+        if self.ends_bits is not None:
+            check_bits(self.ends_bits, "--ends-bits")
         if self.nonlinear_bits is not None:
             check_bits(self.nonlinear_bits, "--nonlinear-bits")
         self.recipe = normalize_recipe_name(self.recipe)
@@ -124,7 +127,7 @@ class QuantizeJob:
     def qconfig(self) -> QConfig:
         qconfig = build_qconfig(
             self.recipe, self.w_bits, self.a_bits, attn_quant=self.attn_quant, attn_bits=self.attn_bits,
-            post_gelu=self.post_gelu, search=self.search, metric=self.metric,
+            post_gelu=self.post_gelu, search=self.search, metric=self.metric, ends_bits=self.ends_bits,
         )
         bits = default_bits(self.a_bits) if self.nonlinear_bits is None else self.nonlinear_bits
         return qconfig.with_nonlinear(NonlinearConfig.everywhere(self.nonlinear, bits, self.mixed_rule))
@@ -221,7 +224,7 @@ def save_integer_program(qmodel: torch.nn.Module, path: Path, info: dict[str, An
 
 
 def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
-    return {role: result.role_summary(role) for role in ROLES if any(p.role == role for p in result.points)}
+    return {role: result.role_summary(role) for role in ALL_ROLES if any(p.role == role for p in result.points)}
 
 
 def _evaluate_share(

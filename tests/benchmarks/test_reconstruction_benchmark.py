@@ -70,3 +70,16 @@ def test_float_is_the_default_and_the_ends_can_be_left_out(bench, tmp_path):
     assert res["nonlinear"] == "float" and res["qat_settings"] is None and len(res["rows"]) == 3
     assert bench.nonlinear_config("mixed:output-sqnr", 4, None).rule == "output-sqnr"
     assert bench.nonlinear_config("float", 4, None) is None
+
+
+def test_qat_only_rows_with_the_ends_at_8_bits_under_another_name(bench, tmp_path):
+    """``--recon-iters 0``: no reconstruction row; a row's ``ends_bits=8`` reaches the QConfig as a number."""
+    args = ["--bits", "3", "--rows", "bitlog2-single-17+ends_bits=8", "--calib-size", "4", "--recon-iters", "0",
+            "--qat-steps", "1", "--qat-batch-size", "4", "--stem", "qat_only", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    res = json.loads((tmp_path / "qat_only.json").read_text())
+    assert [r["row"] for r in res["rows"]] == ["FP32", "bitlog2-single-17+ends_bits=8", "bitlog2-single-17+ends_bits=8 + QAT"]
+    assert res["settings"] is None and res["reconstruction_images"] is None
+    roles = res["rows"][1]["qconfig"]["roles"]
+    assert roles["head_weight"]["bits"] == 8 and roles["weight"]["bits"] == 3
+    assert "no reconstruction, evaluated on 8 other images" in (tmp_path / "qat_only.md").read_text()

@@ -45,7 +45,8 @@ def test_w4a4_every_attention_scheme(tiny, kind, scheme):
     names = [p.name for p in result.points]
     assert len(names) == len(set(names))
     assert set(names) == points | weights
-    assert {p.name for p in result.points if p.role == qconfig.WEIGHT} == weights
+    weight_roles = (qconfig.WEIGHT, qconfig.PATCH_EMBED_WEIGHT, qconfig.HEAD_WEIGHT)
+    assert {p.name for p in result.points if p.role in weight_roles} == weights
 
     for report in result.points:
         assert report.levels_used is not None, report.name
@@ -203,3 +204,25 @@ def test_point_reports_carry_the_fitted_parameters(tiny):
     assert kinds[qconfig.WEIGHT] == "uniform" and kinds[qconfig.POST_SOFTMAX] == "log_sqrt2"
     points = json.loads(json.dumps(result.to_dict()["points"], allow_nan=False))
     assert [p["params"] for p in points] == [p.params for p in result.points]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ends_at_8_bits_and_the_rest_at_3(tiny, kind):
+    """``with_ends(8)``: the patch-embedding weight and the head's weight and input at 8 bits (256
+    levels), every other weight and activation as the recipe says; unset, the ends are like the rest."""
+    model = tiny.model(kind)
+    x = tiny.images(8, kind)
+    base = repq_vit_qconfig(3, 3, "bitlog2-single-17")
+    plain = {p.name: p for p in quantize_model(model, x, base).points}
+    ends = {p.name: p for p in quantize_model(model, x, base.with_ends(8)).points}
+    assert plain.keys() == ends.keys()
+    head = "head.fc" if kind == "swin" else "head"
+    expected = {"patch_embed.proj.weight": qconfig.PATCH_EMBED_WEIGHT, f"{head}.weight": qconfig.HEAD_WEIGHT,
+                f"{head}.input_quant": qconfig.HEAD_INPUT}
+    for name, report in ends.items():
+        assert report.role == plain[name].role
+        if name in expected:
+            assert report.role == expected[name] and plain[name].bits == 3, report
+            assert report.bits == 8 and report.max_levels == 256 and 1 <= report.levels_used <= 256, report
+        else:
+            assert report.bits == plain[name].bits and report.max_levels == plain[name].max_levels, report

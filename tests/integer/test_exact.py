@@ -18,7 +18,8 @@ from vitquant.integer.exact import (
 from vitquant.integer.execute import IntegerModel
 from vitquant.integer.program import Op
 
-CASES = ["w8a8-uniform", "w4a4-bitlog2", "w8a8-mixed", "w8a8-sqrt2", "w8a8-adalog", "w8a8-twin", "w8a8-distilled"]
+CASES = ["w8a8-uniform", "w4a4-bitlog2", "w8a8-mixed", "w8a8-sqrt2", "w8a8-adalog", "w8a8-twin", "w8a8-distilled",
+         "w3a3-ends8"]
 #: ops the model's own code does (timm's reshapes, token selection, DeiT-distilled's average of two heads)
 LAYOUT_OPS = {"heads", "merge_heads", "take_token"}
 

@@ -17,7 +17,7 @@ from integer_cases import calibrated
 CASES = ["w8a8-uniform", "w4a4-bitlog2", "w8a8-mixed", "w8a8-sqrt2", "w8a8-adalog", "w8a8-twin", "w8a8-distilled"]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [*CASES, "w3a3-ends8"])
 def test_integer_run_equals_float_twin_bit_for_bit(case):
     _, _, program, _, images = calibrated(case)
     ints = IntegerModel(program, backend="int").run(images)

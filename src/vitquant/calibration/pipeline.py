@@ -45,7 +45,7 @@ from vitquant.nonlinear.config import input_spec
 from vitquant.nonlinear.mixed import NonlinearReport, apply_choices, choose, kernel_layers, measure
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 from vitquant.nn.residual import RESIDUAL, QuantResidualAdd
-from vitquant.qconfig import POST_SOFTMAX, WEIGHT, QConfig
+from vitquant.qconfig import POST_SOFTMAX, QConfig
 from vitquant.quantizers.spec import QuantSpec, make_spec, param_shape, rows_of
 from vitquant.quantizers.summary import summarize_state
 from vitquant.quantizers.uniform import UniformQuantizer
@@ -153,7 +153,7 @@ def prepare(model: nn.Module, qconfig: QConfig) -> nn.Module:
                 module.set_spec(make_spec("fixed_point", bits=nonlinear.residual_bits))
         elif isinstance(module, WeightQuantMixin):
             module.layer_name = name
-            module.weight_spec = qconfig.spec_for(f"{name}.weight", WEIGHT)
+            module.weight_spec = qconfig.spec_for(f"{name}.weight", module.weight_role)
     for name, point in quant_points(model):
         point.point_name = name
         if point.role not in (*KERNEL_INPUT_ROLES, RESIDUAL):  # spec set with the kernel or the add
@@ -169,7 +169,7 @@ def _weight_reports(model: nn.Module, evaluations: dict[str, tuple[int, float]])
             reports.append(
                 PointReport(
                     name=f"{name}.weight",
-                    role=WEIGHT,
+                    role=module.weight_role,
                     quantizer=module.weight_spec.name if module.weight_spec else "?",
                     bits=quantizer.bits,
                     max_levels=quantizer.max_levels,

@@ -35,6 +35,7 @@ class WeightQuantMixin:
     weight_quantizer: Quantizer | None
     mode: Mode
     layer_name: str
+    weight_role: str = "weight"  # the QConfig role of the weight (the adapter refines the model's ends)
     exact: ExactStep | None = None  # the exact simulation's step (vitquant.integer.exact), when switched on
 
     def _init_weight_quant(self) -> None:
@@ -103,8 +104,9 @@ class QuantLinear(WeightQuantMixin, nn.Linear):
     out_channel_axis = -1  # the output axis of the weight's rows
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, input_role: str) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, input_role: str, weight_role: str = "weight") -> QuantLinear:
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        new.weight_role = weight_role
         new.weight = linear.weight
         new.bias = linear.bias
         new._init_weight_quant()
@@ -125,7 +127,7 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
     out_channel_axis = 1
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, input_role: str) -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, input_role: str, weight_role: str = "weight") -> QuantConv2d:
         new = cls(
             conv.in_channels,
             conv.out_channels,
@@ -140,6 +142,7 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
         )
         new.weight = conv.weight
         new.bias = conv.bias
+        new.weight_role = weight_role
         new._init_weight_quant()
         new.input_quant = QuantPoint(input_role, channel_dim=1)
         return new

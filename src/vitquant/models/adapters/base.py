@@ -86,30 +86,33 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
     raise ConfigError(f"unsupported model class {type(model).__name__}; supported families: {families}")
 
 
-def swap_linear(parent: nn.Module, attr: str, role: str) -> QuantLinear:
-    """Replace ``parent.<attr>`` (an ``nn.Linear``) by a :class:`QuantLinear` whose input has ``role``."""
+def swap_linear(parent: nn.Module, attr: str, role: str, weight_role: str = qconfig.WEIGHT) -> QuantLinear:
+    """Replace ``parent.<attr>`` (an ``nn.Linear``) by a :class:`QuantLinear` whose input has ``role``
+    and whose weight has ``weight_role``."""
     linear = getattr(parent, attr)
     if not isinstance(linear, nn.Linear):
         raise ConfigError(f"expected nn.Linear at .{attr} of {type(parent).__name__}, got {type(linear).__name__}")
-    new = QuantLinear.from_float(linear, role)
+    new = QuantLinear.from_float(linear, role, weight_role)
     setattr(parent, attr, new)
     return new
 
 
 def swap_patch_embed(model: nn.Module) -> None:
-    """Replace the patch-embedding conv ``model.patch_embed.proj`` (input role: patch_embed_input)."""
+    """Replace the patch-embedding conv ``model.patch_embed.proj`` (roles: patch_embed_input,
+    patch_embed_weight)."""
     conv = getattr(getattr(model, "patch_embed", None), "proj", None)
     if not isinstance(conv, nn.Conv2d):
         raise ConfigError(f"{type(model).__name__} has no patch_embed.proj Conv2d")
-    model.patch_embed.proj = QuantConv2d.from_float(conv, qconfig.PATCH_EMBED_INPUT)
+    model.patch_embed.proj = QuantConv2d.from_float(conv, qconfig.PATCH_EMBED_INPUT, qconfig.PATCH_EMBED_WEIGHT)
 
 
 def swap_remaining_linears(model: nn.Module) -> None:
-    """Quantize every Linear not handled by the family adapter (classifier heads) as a plain linear input."""
+    """Quantize every Linear not handled by the family adapter: the classifier heads (roles: head_input,
+    head_weight)."""
     for parent in list(model.modules()):
         for attr, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                swap_linear(parent, attr, qconfig.LINEAR_INPUT)
+                swap_linear(parent, attr, qconfig.HEAD_INPUT, qconfig.HEAD_WEIGHT)
 
 
 def swap_nonlinear(model: nn.Module) -> None:
