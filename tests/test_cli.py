@@ -78,6 +78,8 @@ def tiny_folder(tmp_path: Path) -> Path:
         (["quantize", "--reconstruct", "--recon-images", "5"], "--recon-images 5: only 1 calibration images"),
         (["quantize", "--reconstruct", "--qdrop", "1"], "--qdrop must be in [0, 1)"),
         (["quantize", "--recon-iters", "5", "--qdrop"], "--recon-iters, --qdrop only apply with --reconstruct"),
+        (["quantize", "--recipe", "bitlog2-recon", "--no-reconstruct", "--recon-iters", "5"],
+         "--recon-iters only apply with --reconstruct"),
         (["quantize", "--no-recon-ends"], "--recon-ends only apply with --reconstruct"),
     ],
 )
@@ -261,6 +263,17 @@ def test_main_job_with_ends_bits_on_a_tiny_model(tiny_folder, tmp_path, capsys, 
     assert 1 <= levels["head_input"]["levels_used_min"] <= levels["head_input"]["max_levels"] == 256
 
 
+@pytest.mark.parametrize("command", ["quantize", "train"])
+def test_a_recipe_that_reconstructs_takes_the_reconstruction_flags(command):
+    """--recipe bitlog2-recon reconstructs without --reconstruct (its flags accepted); --no-reconstruct wins."""
+    parse = cli.build_parser().parse_args
+    fields = cli._quantize_fields(parse([command, "--recipe", "bitlog2-recon", "--recon-iters", "3"]))
+    assert fields["reconstruct"] is True and fields["recon_iters"] == 3
+    assert cli._quantize_fields(parse([command, "--recipe", "bitlog2-recon", "--no-reconstruct"]))["reconstruct"] is False
+    assert cli._quantize_fields(parse([command, "--recipe", "adalog"]))["reconstruct"] is False
+    assert cli._quantize_fields(parse([command, "--recipe", "adalog", "--reconstruct"]))["reconstruct"] is True
+
+
 def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
     """The whole main job with --nonlinear mixed, on a tiny random ViT instead of the real weights."""
     import torch
@@ -384,7 +397,7 @@ def test_reconstruction_options_in_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["quantize", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for flag in ("--reconstruct", "--recon-images N", "--recon-iters K", "--recon-batch-size B", "--recon-lr LR",
+    for flag in ("--reconstruct, --no-reconstruct", "--recon-images N", "--recon-iters K", "--recon-batch-size B", "--recon-lr LR",
                  "--recon-act-lr LR", "--qdrop [P]", "--recon-ends, --no-recon-ends"):
         assert flag in out
 

@@ -120,3 +120,28 @@ def test_ends_bits_errors():
         QuantizeJob(ends_bits=9).validate()
     with pytest.raises(ConfigError, match="unknown roles"):
         build_qconfig().with_roles(tail_weight=qc.UniformSpec(bits=8))
+
+
+def test_bitlog2_recon_recipe_reconstructs_with_bitlog2_on_adalogs_calibration():
+    from vitquant.recipes import recipe_reconstructs
+
+    assert recipe_reconstructs("bitlog2-recon") and not recipe_reconstructs("adalog")
+    adalog = build_qconfig("adalog", 4, 4)
+    w4 = build_qconfig("bitlog2-recon", 4, 4)
+    attn = w4.specs[qc.POST_SOFTMAX]
+    assert attn.name == "BitLog2_Half_17" and attn.bits == 4 and attn.search == "fpcs"
+    assert {r: s for r, s in w4.specs.items() if r != qc.POST_SOFTMAX} == {r: s for r, s in adalog.specs.items() if r != qc.POST_SOFTMAX}
+    w3 = build_qconfig("bitlog2-recon", 3, 3)  # Half reaches only 2^-4 at 3 bits: Single; the ends at 8 bits
+    assert w3.specs[qc.POST_SOFTMAX].name == "BitLog2_Single_17" and w3.specs[qc.POST_SOFTMAX].bits == 3
+    assert {w3.role_spec(r).bits for r in qc.PARENT_ROLES} == {8} and w3.specs[qc.WEIGHT].bits == 3
+    assert build_qconfig("bitlog2-recon", 3, 3, attn_bits=4).specs[qc.POST_SOFTMAX].name == "BitLog2_Half_17"
+
+    job = QuantizeJob(recipe="bitlog2-recon")
+    job.validate()
+    assert job.reconstruct is True
+    off = QuantizeJob(recipe="bitlog2-recon", reconstruct=False)
+    off.validate()
+    assert off.reconstruct is False
+    plain = QuantizeJob()
+    plain.validate()
+    assert plain.reconstruct is False

@@ -73,9 +73,10 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     from vitquant.reconstruction import ReconstructionConfig
 
     g = p.add_argument_group("reconstruction (after calibration, on the calibration images)")
-    g.add_argument("--reconstruct", action="store_true",
+    g.add_argument("--reconstruct", action=argparse.BooleanOptionalAction,
                    help="block reconstruction (BRECQ/QDrop): per block, learn the weights' rounding (AdaRound) and the "
-                   "uniform activation steps (LSQ) against the FP block's output")
+                   "uniform activation steps (LSQ) against the FP block's output (default: as the recipe says; "
+                   "bitlog2-recon reconstructs)")
     g.add_argument("--recon-images", type=int, metavar="N", help="images to reconstruct on (default: every calibration image, up to 1024; at most --calib-size)")
     g.add_argument("--recon-iters", type=int, metavar="K", help=f"steps per block (default {ReconstructionConfig.iters})")
     g.add_argument("--recon-batch-size", type=int, metavar="B", help=f"images per step (default {ReconstructionConfig.batch_size})")
@@ -283,12 +284,17 @@ _RECON_FLAGS = {"recon_images": "images", "recon_iters": "iters", "recon_batch_s
 
 
 def _reconstruction_args(args: argparse.Namespace) -> dict:
-    """The QuantizeJob fields of the reconstruction flags given; a flag without --reconstruct is an error."""
+    """The QuantizeJob fields of the reconstruction flags given; a flag without reconstruction (neither
+    --reconstruct nor a recipe that reconstructs) is an error."""
+    from vitquant.recipes import recipe_reconstructs
+
     given = {k: getattr(args, k) for k in _RECON_FLAGS if getattr(args, k, None) is not None}
-    reconstruct = getattr(args, "reconstruct", False)
+    reconstruct = getattr(args, "reconstruct", None)
+    if reconstruct is None:
+        reconstruct = recipe_reconstructs(getattr(args, "recipe", "bitlog2-half-17"))
     if given and not reconstruct:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ConfigError(f"{flags} only apply with --reconstruct")
+        raise ConfigError(f"{flags} only apply with --reconstruct (or a recipe that reconstructs)")
     return {"reconstruct": reconstruct, **given}
 
 

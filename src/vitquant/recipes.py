@@ -12,6 +12,10 @@ post-GELU quantizers, and the search and metric of every activation point.
   consumer's output MSE; post-LayerNorm inputs as in RepQ-ViT.
 - ``ptq4vit`` (ECCV 2022): twin-uniform attention map and post-GELU input, per-head matmul operands,
   every activation by the alternating search on the Hessian-guided metric; no reparameterization.
+- ``bitlog2-recon``: the best combination measured (``benchmarks/reconstruction.py``): AdaLog's searched
+  calibration with a BitLog2 attention map, then block reconstruction (a recipe may ask for the
+  reconstruction stage: ``vitquant quantize --recipe bitlog2-recon`` reconstructs unless
+  ``--no-reconstruct``).
 """
 
 from __future__ import annotations
@@ -40,14 +44,17 @@ from vitquant.quantizers.uniform import UniformSpec
 from vitquant.search.registry import check_metric, check_search
 
 Recipe = Callable[[int, int, int], QConfig]  # (w_bits, a_bits, attention-map bits) -> QConfig
-_RECIPES: dict[str, tuple[Recipe, str]] = {}
+_RECIPES: dict[str, tuple[Recipe, str, bool]] = {}  # name -> (QConfig builder, summary, reconstructs)
 ACTIVATION_ROLES = (PATCH_EMBED_INPUT, POST_LAYERNORM, POST_SOFTMAX, POST_GELU, LINEAR_INPUT, MATMUL_INPUT)
 POST_GELU_QUANTIZERS = ("uniform", "adalog", "twin-uniform")
 
 
-def register_recipe(name: str, summary: str) -> Callable[[Recipe], Recipe]:
+def register_recipe(name: str, summary: str, reconstruct: bool = False) -> Callable[[Recipe], Recipe]:
+    """Register ``fn`` under ``name``; ``reconstruct``: the recipe's pipeline adds block reconstruction
+    after calibration (the job's default, which ``--no-reconstruct`` / ``--reconstruct`` override)."""
+
     def wrap(fn: Recipe) -> Recipe:
-        _RECIPES[name] = (fn, summary)
+        _RECIPES[name] = (fn, summary, reconstruct)
         return fn
 
     return wrap
@@ -59,6 +66,11 @@ def recipe_names() -> list[str]:
 
 def recipe_summary(name: str) -> str:
     return _RECIPES[normalize_recipe_name(name)][1]
+
+
+def recipe_reconstructs(name: str) -> bool:
+    """Whether the recipe's pipeline reconstructs the blocks after calibration."""
+    return _RECIPES[normalize_recipe_name(name)][2]
 
 
 def normalize_recipe_name(name: str) -> str:
@@ -111,6 +123,27 @@ def ptq4vit(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
         operand_rounds=2,
     )
     return cfg
+
+
+@register_recipe(
+    "bitlog2-recon",
+    "AdaLog's searched calibration with a BitLog2 attention map (Half_17; Single_17 and 8-bit ends below 4 bits), "
+    "then block reconstruction",
+    reconstruct=True,
+)
+def bitlog2_recon(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
+    """``adalog`` with BitLog2 on the attention map, then reconstruction (the pipeline's stage).
+
+    BitLog2 Half_17 at 4 bits and more; below, Single_17: Half's 2^(-k/2) levels reach only 2^-4 at
+    3 bits (9 levels), under which almost every probability of a 197-token row falls, where Single's
+    2^-k reach 2^-8. Below 4 bits the patch-embedding weight and the head's weight and input stay at
+    8 bits (:meth:`QConfig.with_ends`). Measured on DeiT-Tiny: ``benchmarks/reconstruction.py``.
+    """
+    cfg = adalog(w_bits, a_bits, attn_bits)
+    scheme = "bitlog2-half-17" if attn_bits >= 4 else "bitlog2-single-17"
+    old = cfg.specs[POST_SOFTMAX]
+    cfg = cfg.with_roles(**{POST_SOFTMAX: attention_spec(scheme, attn_bits, search=old.search, metric=old.metric)})
+    return cfg.with_ends(8) if min(w_bits, a_bits) < 4 else cfg
 
 
 def post_gelu_spec(name: str, bits: int, **options: object) -> QuantSpec:

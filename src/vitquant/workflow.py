@@ -47,7 +47,7 @@ from vitquant.nonlinear import NonlinearConfig, default_bits
 from vitquant.paths import default_sample_images, source_commit
 from vitquant.qconfig import ALL_ROLES, POST_SOFTMAX, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
-from vitquant.recipes import build_qconfig, normalize_recipe_name
+from vitquant.recipes import build_qconfig, normalize_recipe_name, recipe_reconstructs
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class QuantizeJob:
     save: Path | None = None  # write the integer program (.vqm) of the calibrated model
     device: str = "cpu"  # cpu | cuda (under torchrun: this process's GPU, cuda:LOCAL_RANK)
     on_bad_image: str = "error"  # error | skip: what an undecodable image does
-    reconstruct: bool = False  # block reconstruction after calibration, on the calibration images
+    reconstruct: bool | None = None  # block reconstruction after calibration (None: as the recipe says)
     recon_images: int | None = None  # None: every calibration image, up to 1024
     recon_iters: int = ReconstructionConfig.iters
     recon_batch_size: int = ReconstructionConfig.batch_size
@@ -102,6 +102,8 @@ class QuantizeJob:
         if self.nonlinear_bits is not None:
             check_bits(self.nonlinear_bits, "--nonlinear-bits")
         self.recipe = normalize_recipe_name(self.recipe)
+        if self.reconstruct is None:
+            self.reconstruct = recipe_reconstructs(self.recipe)
         if self.attn_quant is not None:
             self.attn_quant = normalize_scheme_name(self.attn_quant)
         if self.batch_size < 1:
