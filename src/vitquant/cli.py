@@ -390,6 +390,9 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         ends = " (patch embedding and head included)" if r["settings"].get("ends") else ""
         print(f"reconstruction: {len(r['blocks'])} units{ends} on {r['images']} calibration images, "
               f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; unit output error {before:.4g} -> {after:.4g} (sum)")
+        kept = [b["name"] for b in r["blocks"] if b.get("reverted")]
+        if kept:
+            print(f"  worse after hardening, kept as calibrated: {', '.join(kept)}")
     if report.get("training"):
         _print_training(report["training"])
     if report.get("saved"):

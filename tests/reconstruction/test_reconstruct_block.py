@@ -75,7 +75,7 @@ def test_reconstruction_lowers_the_block_error(case):
     report = reconstruct_block(block, x_q, target, ReconstructionConfig(iters=40, batch_size=8, weight_lr=5e-2, act_lr=1e-3), seed=0)
     assert report.loss_before == pytest.approx(block_error(case[1], x_q, target))
     assert report.loss_after == pytest.approx(block_error(block, x_q, target))
-    assert report.loss_after < 0.8 * report.loss_before
+    assert report.loss_after < 0.8 * report.loss_before and not report.reverted
     assert (report.layers, report.steps, report.frozen) == (4, 7, 1)
     # hardened: ordinary fitted quantizers, weights on their grid
     for m in block.modules():
@@ -97,3 +97,18 @@ def test_reconstruction_is_deterministic_for_a_seed(case):
         runs.append(_state(b))
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_a_unit_worse_after_hardening_keeps_its_calibrated_quantizers(case):
+    """Learning rates far too high wreck the steps: the hardened block is worse, so it is reverted to
+    exactly the calibrated weights and quantizers (same outputs), and the report says so."""
+    import copy
+
+    _, block, x_q, target = case
+    wrecked = copy.deepcopy(block)
+    report = reconstruct_block(wrecked, x_q, target, ReconstructionConfig(iters=5, batch_size=8, weight_lr=10.0, act_lr=10.0), seed=0)
+    assert report.reverted and report.loss_after == pytest.approx(report.loss_before)
+    assert all(torch.equal(a, b) for a, b in zip(_state(wrecked), _state(block)))
+    with torch.no_grad():
+        assert torch.equal(wrecked(x_q), block(x_q))
+    assert report.to_dict()["reverted"] is True

@@ -9,7 +9,11 @@ over channels and averaged over tokens and images (BRECQ's). V are the weights' 
 quantizers (:class:`~vitquant.quantizers.trainable.LSQActivation`); the rest stay frozen.
 
 :class:`TrainableBlock` is the explicit swap: ``install`` replaces the block's fitted quantizers with
-trainable stand-ins, ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones.
+trainable stand-ins, ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones,
+``revert`` (after ``harden``) the original weights and quantizers. A unit whose error on the
+reconstruction images is higher after hardening than before (a short schedule can leave many rounding
+variables between 0 and 1, where the hard rounding then differs from the soft one) is reverted: it
+keeps its calibrated quantizers, and its report says so (``reverted``).
 Its integer non-linear kernels (``kernels``, :data:`~vitquant.nn.nonlinear.TRAIN_KERNELS`) run as their
 float ops meanwhile (``float``, reconstruction's choice) or stay in the forward pass with the float op's
 gradient passed straight through (``ste``, :func:`~vitquant.nn.nonlinear.straight_through`, what
@@ -81,6 +85,7 @@ class TrainableBlock:
         self.points = _activation_points(block)
         self.kernels = [m for m in block.modules() if isinstance(m, QuantNonLinear) and m.active is not None]
         self.saved_points = [p.quantizer for p in self.points]
+        self.saved_weights = [(layer.weight.detach().clone(), layer.weight_quantizer) for layer in self.layers]
         self.saved_kernels = [m.active for m in self.kernels]
         self.roundings = [weight_source(layer.weight_quantizer, layer.weight) for layer in self.layers]  # type: ignore[arg-type]
         self.activations = [trainable_activation(p.quantizer, drop_prob, generator) for p in self.points]  # type: ignore[arg-type]
@@ -126,6 +131,15 @@ class TrainableBlock:
             point.quantizer = quantizer
         self._restore_kernels()
 
+    def revert(self) -> None:
+        """After :meth:`harden`: the weights and fitted quantizers the block had before :meth:`install`."""
+        for layer, (weight, quantizer) in zip(self.layers, self.saved_weights):
+            with torch.no_grad():
+                layer.weight.copy_(weight)
+            layer.set_weight_quantizer(quantizer)  # type: ignore[arg-type]
+        for point, quantizer in zip(self.points, self.saved_points):
+            point.set_quantizer(quantizer)  # type: ignore[arg-type]
+
     def _restore_kernels(self) -> None:
         for kernel, family in zip(self.kernels, self.saved_kernels):
             kernel.activate(family)
@@ -142,6 +156,7 @@ class BlockReport:
     steps: int  # activation steps trained (LSQ)
     frozen: int  # activation quantizers kept as calibrated
     seconds: float
+    reverted: bool = False  # the hardened result was worse than before: calibrated quantizers kept
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -178,8 +193,13 @@ def reconstruct_block(
         raise
     swap.harden()
     after = block_error(block, inputs, targets)
+    reverted = after > before
+    if reverted:
+        swap.revert()
+        after = block_error(block, inputs, targets)
     frozen = len(swap.activations) - len(swap.step_parameters())
-    return BlockReport(name, before, after, len(swap.layers), len(swap.step_parameters()), frozen, time.perf_counter() - start)
+    return BlockReport(name, before, after, len(swap.layers), len(swap.step_parameters()), frozen,
+                       time.perf_counter() - start, reverted)
 
 
 def _train(

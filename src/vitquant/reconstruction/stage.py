@@ -102,7 +102,8 @@ def reconstruct(
     for i, ((name, q_unit), (_, f_unit)) in enumerate(zip(q_units, f_units)):
         target = _forward(f_unit, x_f)
         report = reconstruct_block(q_unit, x_q, target, config, config.seed + i, name, progress)
-        log.info("%s: error %.4g -> %.4g (%.1f s)", name, report.loss_before, report.loss_after, report.seconds)
+        log.info("%s: error %.4g -> %.4g (%.1f s)%s", name, report.loss_before, report.loss_after, report.seconds,
+                 " (worse after hardening: calibrated quantizers kept)" if report.reverted else "")
         blocks.append(report)
         x_q, x_f = _forward(q_unit, x_q), target
     del x_q, x_f
