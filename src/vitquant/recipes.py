@@ -134,9 +134,9 @@ def ptq4vit(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
 def bitlog2_recon(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     """``adalog`` with BitLog2 on the attention map, then reconstruction (the pipeline's stage).
 
-    BitLog2 Half_17 at 4 bits and more; below, Single_17: Half's 2^(-k/2) levels reach only 2^-4 at
-    3 bits (9 levels), under which almost every probability of a 197-token row falls, where Single's
-    2^-k reach 2^-8. Below 4 bits the patch-embedding weight and the head's weight and input stay at
+    BitLog2 Half_17 at 4 bits and more; below, Single_17: at 3 bits Half's 9 levels reach down only to
+    1/24 (about 2^-4.6), under which almost every probability of a 197-token row falls, where Single's
+    reach 2^-8. Below 4 bits the patch-embedding weight and the head's weight and input stay at
     8 bits (:meth:`QConfig.with_ends`). Measured on DeiT-Tiny: ``benchmarks/reconstruction.py``.
     """
     cfg = adalog(w_bits, a_bits, attn_bits)
