@@ -48,7 +48,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attn-bits", type=int, metavar="N", help="bits of the attention-map quantizer (default: --a-bits)")
     g.add_argument("--ends-bits", type=int, metavar="N",
                    help="bits of the patch-embedding weight and the classifier head's weight and input "
-                        "(default: --w-bits / --a-bits like every layer; published W3A3 results keep them at 8)")
+                        "(default: --w-bits / --a-bits like every layer; bitlog2-recon keeps them at 8 below 4 bits)")
     g.add_argument("--post-gelu", metavar="NAME", help=f"replace the recipe's post-GELU quantizer: {', '.join(POST_GELU_QUANTIZERS)}")
     g.add_argument("--search", metavar="NAME", help=f"search of every activation point: {', '.join(SEARCHES)}")
     g.add_argument("--metric", metavar="NAME", help=f"metric of the searches: {', '.join(METRIC_NAMES)}")

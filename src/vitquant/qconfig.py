@@ -181,8 +181,8 @@ class QConfig:
     def with_ends(self, bits: int) -> QConfig:
         """The model's two ends at ``bits``: the patch-embedding weight, the head's weight and the head's
         input, each with its role's current spec at the new width (the weights per output channel).
-        Published W3A3 pipelines keep the first and last layers at 8 bits; RepQ-ViT quantizes the
-        patch-embedding and head weights like every other (our default)."""
+        Unset, RepQ-ViT's choice holds: the patch-embedding and head weights and the head input at the
+        width of every other weight and input."""
         return self.with_roles(**{role: replace(self.role_spec(role), bits=bits)
                                   for role in (PATCH_EMBED_WEIGHT, HEAD_WEIGHT, HEAD_INPUT)})
 

@@ -112,3 +112,5 @@ def test_a_unit_worse_after_hardening_keeps_its_calibrated_quantizers(case):
     with torch.no_grad():
         assert torch.equal(wrecked(x_q), block(x_q))
     assert report.to_dict()["reverted"] is True
+    with pytest.raises(RuntimeError, match="revertible"):  # QAT's whole-model swap keeps no copy of the weights
+        TrainableBlock(copy.deepcopy(block)).revert()

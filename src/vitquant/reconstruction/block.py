@@ -71,11 +71,12 @@ def _activation_points(block: nn.Module) -> list[QuantPoint]:
 class TrainableBlock:
     """The swap of one block's (or a whole model's) quantizers for trainable ones (see the module
     docstring); ``weight_source`` makes each weight's stand-in (AdaRound by default), ``kernels`` says how
-    the active integer kernels run while training (``float`` by default)."""
+    the active integer kernels run while training (``float`` by default), ``revertible`` whether
+    :meth:`revert` can undo :meth:`harden` (it keeps a copy of the weights)."""
 
     def __init__(
         self, block: nn.Module, drop_prob: float = 0.0, generator: torch.Generator | None = None,
-        weight_source: WeightSource = AdaRoundWeight, kernels: str = "float",
+        weight_source: WeightSource = AdaRoundWeight, kernels: str = "float", revertible: bool = False,
     ) -> None:
         if kernels not in TRAIN_KERNELS:
             raise ConfigError(f"kernels while training must be one of {', '.join(TRAIN_KERNELS)}, got {kernels!r}")
@@ -85,7 +86,10 @@ class TrainableBlock:
         self.points = _activation_points(block)
         self.kernels = [m for m in block.modules() if isinstance(m, QuantNonLinear) and m.active is not None]
         self.saved_points = [p.quantizer for p in self.points]
-        self.saved_weights = [(layer.weight.detach().clone(), layer.weight_quantizer) for layer in self.layers]
+        # revertible: a copy of the weights (harden() overwrites them) for revert()
+        self.saved_weights = (
+            [(layer.weight.detach().clone(), layer.weight_quantizer) for layer in self.layers] if revertible else None
+        )
         self.saved_kernels = [m.active for m in self.kernels]
         self.roundings = [weight_source(layer.weight_quantizer, layer.weight) for layer in self.layers]  # type: ignore[arg-type]
         self.activations = [trainable_activation(p.quantizer, drop_prob, generator) for p in self.points]  # type: ignore[arg-type]
@@ -132,7 +136,10 @@ class TrainableBlock:
         self._restore_kernels()
 
     def revert(self) -> None:
-        """After :meth:`harden`: the weights and fitted quantizers the block had before :meth:`install`."""
+        """After :meth:`harden`: the weights and fitted quantizers the block had before :meth:`install`
+        (only for a swap made ``revertible``)."""
+        if self.saved_weights is None:
+            raise RuntimeError("revert() needs a TrainableBlock made with revertible=True")
         for layer, (weight, quantizer) in zip(self.layers, self.saved_weights):
             with torch.no_grad():
                 layer.weight.copy_(weight)
@@ -184,7 +191,7 @@ def reconstruct_block(
     start = time.perf_counter()
     before = block_error(block, inputs, targets)
     generator = torch.Generator().manual_seed(seed)
-    swap = TrainableBlock(block, config.drop_prob, generator)
+    swap = TrainableBlock(block, config.drop_prob, generator, revertible=True)
     swap.install()
     try:
         _train(swap, inputs, targets, config, generator, name, progress)
