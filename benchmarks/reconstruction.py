@@ -99,9 +99,9 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model, weights_source, data, calib_images, batches, labels, fp_logits = load_eval(args)
     fp = _accuracy(fp_logits, labels)
-    settings = ReconstructionConfig(images=args.recon_images, iters=max(1, args.recon_iters), batch_size=args.recon_batch_size,
-                                    reg_weight=args.recon_reg_weight, drop_prob=args.qdrop, ends=args.recon_ends,
-                                    seed=args.seed)
+    settings = None if not args.recon_iters else ReconstructionConfig(
+        images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
+        reg_weight=args.recon_reg_weight, drop_prob=args.qdrop, ends=args.recon_ends, seed=args.seed)
     qat = None
     if args.qat_steps:
         qat = TrainConfig(steps=args.qat_steps, batch_size=args.qat_batch_size, lr=args.qat_lr,
@@ -118,18 +118,18 @@ def run(args: argparse.Namespace) -> dict:
                 qconfig = qconfig.with_nonlinear(nonlinear)
             row, calibrated = measure_row(model, calib_images, batches, labels, fp_logits, qconfig, spec, bits)
             rows.append({**row, "reconstruction_seconds": None})
-            if args.recon_iters:
+            if settings is not None:
                 rows.append(reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, spec, bits))
             if qat is not None:
                 rows.append(qat_row(model, calibrated, calib_images, training, batches, labels, fp_logits, qat, spec, bits))
     return {
         "command": "python benchmarks/reconstruction.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(args.model), "weights": weights_source,
-        "calibration_images": len(calib_images), "reconstruction_images": settings.image_count(len(calib_images)) if args.recon_iters else None,
+        "calibration_images": len(calib_images), "reconstruction_images": None if settings is None else settings.image_count(len(calib_images)),
         "reconstruction_images_are": "the calibration images (none of them is evaluated)",
         "evaluation_images": len(labels), "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed,
         "nonlinear": args.nonlinear, "nonlinear_bits": args.nonlinear_bits,
-        "settings": settings.to_dict() if args.recon_iters else None,
+        "settings": None if settings is None else settings.to_dict(),
         "qat_settings": None if qat is None else qat.to_dict(),
         "qat_images": None if qat is None else len(training),
         "qat_images_are": "every image of the folder that is not evaluated (the calibration images among them)",

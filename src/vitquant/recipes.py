@@ -141,9 +141,14 @@ def bitlog2_recon(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     """
     cfg = adalog(w_bits, a_bits, attn_bits)
     scheme = "bitlog2-half-17" if attn_bits >= 4 else "bitlog2-single-17"
-    old = cfg.specs[POST_SOFTMAX]
-    cfg = cfg.with_roles(**{POST_SOFTMAX: attention_spec(scheme, attn_bits, search=old.search, metric=old.metric)})
+    cfg = cfg.with_roles(**{POST_SOFTMAX: _attention_like(cfg, scheme, attn_bits)})
     return cfg.with_ends(8) if min(w_bits, a_bits) < 4 else cfg
+
+
+def _attention_like(cfg: QConfig, name: str, bits: int) -> QuantSpec:
+    """The attention quantizer ``name`` at ``bits`` with the search and metric of ``cfg``'s own."""
+    old = cfg.specs[POST_SOFTMAX]
+    return attention_spec(name, bits, search=old.search, metric=old.metric)
 
 
 def post_gelu_spec(name: str, bits: int, **options: object) -> QuantSpec:
@@ -180,9 +185,7 @@ def build_qconfig(
     cfg = fn(w_bits, a_bits, bits if attn_quant is None else min(bits, 4))
     roles: dict[str, QuantSpec] = {}
     if attn_quant is not None:
-        old = cfg.specs[POST_SOFTMAX]
-        keep = {"search": old.search, "metric": old.metric}
-        roles[POST_SOFTMAX] = attention_spec(normalize_scheme_name(attn_quant), bits, **keep)
+        roles[POST_SOFTMAX] = _attention_like(cfg, normalize_scheme_name(attn_quant), bits)
     if post_gelu is not None:
         old = cfg.specs[POST_GELU]
         roles[POST_GELU] = post_gelu_spec(post_gelu, a_bits, search=old.search, metric=old.metric)

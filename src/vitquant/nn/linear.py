@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitquant.nn.quant_point import Mode, QuantPoint
+from vitquant.qconfig import WEIGHT
 from vitquant.quantizers.base import Quantizer
 from vitquant.quantizers.spec import QuantSpec
 
@@ -35,7 +36,7 @@ class WeightQuantMixin:
     weight_quantizer: Quantizer | None
     mode: Mode
     layer_name: str
-    weight_role: str = "weight"  # the QConfig role of the weight (the adapter refines the model's ends)
+    weight_role: str = WEIGHT  # the QConfig role of the weight (the adapter refines the model's ends)
     exact: ExactStep | None = None  # the exact simulation's step (vitquant.integer.exact), when switched on
 
     def _init_weight_quant(self) -> None:
@@ -104,7 +105,7 @@ class QuantLinear(WeightQuantMixin, nn.Linear):
     out_channel_axis = -1  # the output axis of the weight's rows
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, input_role: str, weight_role: str = "weight") -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, input_role: str, weight_role: str = WEIGHT) -> QuantLinear:
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         new.weight_role = weight_role
         new.weight = linear.weight
@@ -127,7 +128,7 @@ class QuantConv2d(WeightQuantMixin, nn.Conv2d):
     out_channel_axis = 1
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, input_role: str, weight_role: str = "weight") -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, input_role: str, weight_role: str = WEIGHT) -> QuantConv2d:
         new = cls(
             conv.in_channels,
             conv.out_channels,
