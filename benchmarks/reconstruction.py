@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> dict:
     fp = _accuracy(fp_logits, labels)
     settings = None if not args.recon_iters else ReconstructionConfig(
         images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
-        reg_weight=args.recon_reg_weight, drop_prob=args.qdrop, ends=args.recon_ends, seed=args.seed)
+        reg_weight=args.recon_reg_weight, weight_lr=args.recon_lr, act_lr=args.recon_act_lr, drop_prob=args.qdrop,
+        ends=args.recon_ends, seed=args.seed)
     qat = None
     if args.qat_steps:
         qat = TrainConfig(steps=args.qat_steps, batch_size=args.qat_batch_size, lr=args.qat_lr,
@@ -186,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recon-reg-weight", type=float, default=ReconstructionConfig.reg_weight,
                    help="λ of the AdaRound rounding regulariser")
     p.add_argument("--recon-batch-size", type=int, default=ReconstructionConfig.batch_size)
+    p.add_argument("--recon-lr", type=float, default=ReconstructionConfig.weight_lr,
+                   help="Adam learning rate of the rounding variables")
+    p.add_argument("--recon-act-lr", type=float, default=ReconstructionConfig.act_lr,
+                   help="Adam learning rate of the activation steps")
     p.add_argument("--qdrop", type=float, default=0.0)
     p.add_argument("--recon-ends", action=argparse.BooleanOptionalAction, default=ReconstructionConfig.ends,
                    help="also reconstruct the patch embedding and the head (default on)")
