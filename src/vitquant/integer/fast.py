@@ -42,6 +42,7 @@ bit-identical too.
 from __future__ import annotations
 
 import time
+import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -496,9 +497,19 @@ class Prepared:
         return env["logits"].to(torch.int64)
 
 
+#: one code object per chain structure (see :func:`chain`)
+_CHAIN_CODES: dict[tuple, types.CodeType] = {}
+
+
 def chain(links: tuple[tuple[Step, tuple[int | None, ...]], ...]) -> Callable[..., torch.Tensor]:
     """One function running steps in order; a step's input ``None`` is the previous step's output, an
-    int the index of the function's argument."""
+    int the index of the function's argument.
+
+    ``torch.compile`` keeps its graphs per code object and, when a call misses them, recompiles with
+    the sizes that changed since the last call made dynamic. The function's code object is therefore
+    one per chain *structure* (its steps' code and wiring): the chains of different layers that match
+    share compiled graphs, while chains of other ops, with other shapes, do not turn the shapes of
+    these graphs dynamic (slower kernels)."""
 
     def run(*args: torch.Tensor) -> torch.Tensor:
         out = None
@@ -506,7 +517,11 @@ def chain(links: tuple[tuple[Step, tuple[int | None, ...]], ...]) -> Callable[..
             out = step.run(*[out if i is None else args[i] for i in inputs])
         return out
 
-    return run
+    key = tuple((getattr(step.run, "__code__", step.run), inputs) for step, inputs in links)
+    code = _CHAIN_CODES.get(key)
+    if code is None:
+        code = _CHAIN_CODES[key] = run.__code__.replace(co_name=f"chain_{len(_CHAIN_CODES)}")
+    return types.FunctionType(code, run.__globals__, code.co_name, None, run.__closure__)
 
 
 def releases(program: IntegerProgram) -> list[tuple[str, ...]]:
