@@ -160,6 +160,29 @@ def test_bitlog2_and_table_av_equal_the_strict_ops():
     _assert_same(_step("table_av", [y, v], [y_range, v_range], consts), [y, v], OPS["table_av"]([y, v], consts, {}, STRICT))
 
 
+@pytest.mark.parametrize("out_bits", [8, 16])
+@pytest.mark.parametrize("scales", [[2e-4, 0.01, 1e-9], [0.05]])
+def test_ibert_softmax_table_equals_the_strict_softmax(scales, out_bits):
+    """The tabulated i-exp against the strict I-BERT softmax: per-head scales with rounding shifts r = 0
+    and r > 0 (up to 2^40 logit units clamped), inputs at ±(2^40 - 1), equal rows, one-element rows."""
+    gen = torch.Generator().manual_seed(out_bits)
+    a = 2**40 - 1
+    heads = len(scales)
+    for n, bound in ((9, a), (1, a), (7, 2**20)):
+        r = Range.within(bound)
+        x = torch.randint(-bound, bound + 1, (2, heads, 5, n), generator=gen)
+        x[0, :, 0], x[0, :, 1] = -bound, bound
+        x[0, :, 2] = torch.where(torch.arange(n) % 2 == 0, -bound, bound)
+        x[1, :, 0] = torch.randint(-3000, 1, (heads, n), generator=gen)  # a dense run of Δ values
+        consts = {"scale": torch.tensor(scales, dtype=torch.float64)}
+        attrs = {"family": "ibert", "out_bits": out_bits}
+        step = _step("softmax", [x], [r], consts, attrs)
+        assert step.fuses and step.range == Range(0, 2**out_bits)
+        _assert_same(step, [x], OPS["softmax"]([x], consts, attrs, STRICT))
+    wide = _step("softmax", [x], [Range.within(2**40)], consts, attrs)  # beyond the kernel's input limit
+    assert not wide.fuses
+
+
 def _compile_works() -> bool:
     try:
         return bool(torch.compile(lambda t: t * 2 + 1, fullgraph=True)(torch.ones(3)).eq(3).all())

@@ -27,18 +27,22 @@ With these bounds every step is exact:
   without their input checks where the bound proves them;
 - GELU and the attention-map levels of ``bitlog2_av`` and ``table_av`` (elementwise in the integer
   input, whose range is at most 2^17 values) are tabulated once over ``[-bound, bound]`` and looked up,
-  and attn@v is one GEMM of the looked-up levels (the same products as the strict shifted sums);
+  and attn@v is one GEMM of the looked-up levels (the same products as the strict shifted sums); the
+  I-BERT softmax's i-exp, a function of the reduced logit in ``[-2^15, 0]``, is tabulated likewise
+  (:func:`ibert_softmax`);
 - values are stored as int32 where the bound is below 2^31, and released after their last use.
 
 An op whose input has no static bound (none in a converted program), or that has no fast version,
 runs the strict op on int64. The steps have no Python branch on a value, so the prepared program can be
-compiled (``torch.compile``: inductor fuses each op's elementwise passes into loops); compiled runs are
-tested bit-identical too.
+compiled (``torch.compile`` of chains of steps, :meth:`Prepared.compiled`: inductor fuses an op's
+elementwise passes with those of the requantization after it into loops); compiled runs are tested
+bit-identical too.
 """
 
 from __future__ import annotations
 
 import time
+import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +54,7 @@ import torch.nn.functional as F
 from vitquant.integer.ops import OPS, Context, StrictModeError, unpack_nibbles
 from vitquant.integer.program import IntegerProgram
 from vitquant.kernels.arith import FLOAT, INT, Arith
-from vitquant.kernels.base import PreparedKernel, make_kernel
+from vitquant.kernels.base import REDUCED_RANGE, SOFTMAX_INPUT_LIMIT, LogitReduction, PreparedKernel, make_kernel
 from vitquant.kernels.gemm import (
     FloatPlan,
     Int8Linear,
@@ -60,6 +64,7 @@ from vitquant.kernels.gemm import (
     planned_matmul,
     require_ieee_float32,
 )
+from vitquant.kernels.ibert import SOFTMAX_DIV_BITS, SOFTMAX_EXP_BITS, IntSoftmax, exp_constants, int_exp
 
 #: |x|·m below this keeps round(x·(m·2^-s)) exact in float64
 REQUANT_EXACT = 2**52
@@ -262,7 +267,56 @@ def _family(op: Inputs, kind: str):
 
 @_fast("softmax")
 def softmax(op: Inputs) -> Step:
-    return _kernel_step(_family(op, "softmax").prepare(op.consts["scale"], op.arith), op)
+    kernel = _family(op, "softmax")
+    if isinstance(kernel, IntSoftmax):
+        step = ibert_softmax(kernel, op)
+        if step is not None:
+            return step
+    return _kernel_step(kernel.prepare(op.consts["scale"], op.arith), op)
+
+
+def ibert_softmax(kernel: IntSoftmax, op: Inputs) -> Step | None:
+    """I-BERT softmax with its i-exp tabulated, on int64, for inputs ``|x| <= A < 2^40`` (None otherwise).
+
+    The kernel reduces each row (:class:`~vitquant.kernels.base.LogitReduction`, per head):
+    ``Δ = round(max(x - max_row x, -D) / 2^r)`` in ``[-2^15, 0]``, whose row maximum is 0 (the row's
+    largest x gives 0, every other Δ is <= 0), so its ``e = i-exp(Δ - max Δ) = i-exp(Δ)`` depends on the
+    integer Δ alone: it is tabulated once per head over the 2^15 + 1 values of Δ with the strict int64
+    arithmetic (``e < 2^16``). Then, as the kernel, ``Σe < N·2^16 <= 2^32``, ``⌊2^40/Σe⌋`` and
+    ``⌊e·⌊2^40/Σe⌋ / 2^(40-b)⌋`` (``e·⌊2^40/Σe⌋ <= 2^40``, as ``e <= Σe``) in int64; ``x - max_row x``
+    stays below 2^41. The output is in ``0..2^b``."""
+    a, shape = op.bound(0), tuple(op.shapes[0])
+    scales = op.consts["scale"].to(torch.float64).reshape(-1)
+    heads = scales.numel()
+    if a is None or a >= SOFTMAX_INPUT_LIMIT or (heads > 1 and (len(shape) != 4 or shape[1] != heads)):
+        return None
+    kernel.prepare(op.consts["scale"], INT).check_shape(shape)  # the strict kernel's shape checks
+    reductions = [LogitReduction.of(float(s)) for s in scales]
+    delta = -torch.arange(REDUCED_RANGE + 1, dtype=torch.int64)  # Δ = 0, -1, ..., -2^15
+    table = torch.stack([int_exp(delta, exp_constants(red.scale, SOFTMAX_EXP_BITS), INT) for red in reductions])
+    width = REDUCED_RANGE + 1
+    table = table.to(torch.int32).flatten()  # e < 2^16
+
+    def per_head(values: list[int]) -> int | torch.Tensor:
+        return values[0] if heads == 1 else torch.tensor(values, dtype=torch.int64).reshape(1, heads, 1, 1)
+
+    low = per_head([-red.clamp for red in reductions])
+    shift = per_head([red.shift for red in reductions])
+    half = per_head([(1 << red.shift) >> 1 for red in reductions])  # 2^(r-1), 0 for r = 0
+    offset = per_head([h * width for h in range(heads)])
+    out_shift = SOFTMAX_DIV_BITS - kernel.out_bits
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.int64)
+        d = torch.maximum(x - x.amax(dim=-1, keepdim=True), torch.as_tensor(low)) if heads > 1 else \
+            torch.clamp(x - x.amax(dim=-1, keepdim=True), min=low)
+        reduced = torch.bitwise_right_shift(d + half, shift)  # round(d / 2^r), ties up: in [-2^15, 0]
+        e = torch.take(table, offset - reduced).to(torch.int64)
+        factor = torch.div(torch.full_like(e[..., :1], 2**SOFTMAX_DIV_BITS), e.sum(dim=-1, keepdim=True),
+                           rounding_mode="floor")
+        return torch.bitwise_right_shift(e * factor, out_shift).to(torch.int32)
+
+    return Step(run, Range(0, 2**kernel.out_bits), fuses=True)
 
 
 @_fast("layernorm")
@@ -456,9 +510,19 @@ class Prepared:
         return env["logits"].to(torch.int64)
 
 
+#: one code object per chain structure (see :func:`chain`)
+_CHAIN_CODES: dict[tuple, types.CodeType] = {}
+
+
 def chain(links: tuple[tuple[Step, tuple[int | None, ...]], ...]) -> Callable[..., torch.Tensor]:
     """One function running steps in order; a step's input ``None`` is the previous step's output, an
-    int the index of the function's argument."""
+    int the index of the function's argument.
+
+    ``torch.compile`` keeps its graphs per code object and, when a call misses them, recompiles with
+    the sizes that changed since the last call made dynamic. The function's code object is therefore
+    one per chain *structure* (its steps' code and wiring): the chains of different layers that match
+    share compiled graphs, while chains of other ops, with other shapes, do not turn the shapes of
+    these graphs dynamic (slower kernels)."""
 
     def run(*args: torch.Tensor) -> torch.Tensor:
         out = None
@@ -466,7 +530,11 @@ def chain(links: tuple[tuple[Step, tuple[int | None, ...]], ...]) -> Callable[..
             out = step.run(*[out if i is None else args[i] for i in inputs])
         return out
 
-    return run
+    key = tuple((getattr(step.run, "__code__", step.run), inputs) for step, inputs in links)
+    code = _CHAIN_CODES.get(key)
+    if code is None:
+        code = _CHAIN_CODES[key] = run.__code__.replace(co_name=f"chain_{len(_CHAIN_CODES)}")
+    return types.FunctionType(code, run.__globals__, code.co_name, None, run.__closure__)
 
 
 def releases(program: IntegerProgram) -> list[tuple[str, ...]]:
