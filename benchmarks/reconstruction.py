@@ -8,11 +8,13 @@ same other images, which neither stage ever sees. Writes ``results/reconstructio
 with top-1/top-5, agreement with FP, mean KL, the seconds of each stage (image decoding excluded), the
 per-block errors before/after, the training losses and both stages' settings, plus the commit.
 
-    python benchmarks/reconstruction.py                                  # the README table
+    python benchmarks/reconstruction.py --bits 4 3 --eval-size 300 --qat-steps 43 --qat-batch-size 16 \
+        --dgd-weight 0.01                                                # the README table
     python benchmarks/reconstruction.py --bits 4 --recon-iters 100 --qat-steps 20 --eval-size 300
 
 A row is a recipe name, optionally with options as in ``benchmarks/recipes.py``:
-``bitlog2-half-17+post_gelu=adalog``.
+``bitlog2-half-17+post_gelu=adalog``. The default row is ``bitlog2-recon``, the recipe made for
+reconstruction.
 
 ``--nonlinear SPEC`` (``ivit``, ``ibert``, ``fqvit``, ``mixed:sqnr-diff``, ``mixed:output-sqnr``; default
 ``float``) gives every row integer non-linear kernels and integer residual adds (the integer-only model,
@@ -45,7 +47,7 @@ from vitquant.recipes import build_qconfig
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
 
 log = logging.getLogger("vitquant.benchmark")
-DEFAULT_ROWS = ["bitlog2-half-17+post_gelu=adalog"]
+DEFAULT_ROWS = ["bitlog2-recon"]
 
 
 def reconstruct_row(model, calibrated, calib_images, batches, labels, fp_logits, settings, name, bits) -> dict:
