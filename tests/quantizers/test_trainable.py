@@ -192,6 +192,20 @@ def test_qdrop_keeps_a_fraction_of_elements_at_full_precision_while_training():
         LSQActivation(q, drop_prob=1.0)
 
 
+def test_qdrop_draws_its_mask_on_the_generator_and_applies_it_on_the_input_device():
+    """A CPU generator with an input on another device (``meta`` stands in for a GPU here): the mask is
+    drawn on the CPU, so a seeded run drops the same elements on any device, and moved to the input's."""
+    q = _uniform(scale=0.3)
+    x = torch.linspace(-0.7, 0.95, 64)
+    lsq = LSQActivation(q, drop_prob=0.5, generator=torch.Generator().manual_seed(0))
+    out = lsq._drop(x.to("meta"), q(x).to("meta"))
+    assert out.device.type == "meta" and out.shape == x.shape
+    lsq.generator.manual_seed(0)
+    expected = lsq._drop(x, q(x))
+    lsq.generator.manual_seed(0)
+    assert torch.equal(lsq._drop(x, q(x)), expected)  # the same draw for the same seed
+
+
 # ------------------------------------------------------------------------- LSQ: activations and weights
 def _lsq_pair(kind: str, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int = 4):
     """(module, input tensor whose gradient is ∂x̂/∂x, x̂ as a function) for an LSQ activation or weight (float64)."""

@@ -53,7 +53,10 @@ def lsq_quantize(x: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, c
 
 
 class _Dropping(nn.Module):
-    """QDrop: with probability ``drop_prob`` an element keeps its full-precision value."""
+    """QDrop: with probability ``drop_prob`` an element keeps its full-precision value.
+
+    The mask is drawn on the generator's device (the CPU for a CPU generator) and moved to the input's,
+    so a seeded run drops the same elements on the CPU and on a GPU."""
 
     def __init__(self, drop_prob: float = 0.0, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -65,8 +68,9 @@ class _Dropping(nn.Module):
     def _drop(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x_hat
-        keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) < self.drop_prob
-        return torch.where(keep, x, x_hat)
+        device = self.generator.device if self.generator is not None else x.device
+        keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype, device=device) < self.drop_prob
+        return torch.where(keep.to(x.device), x, x_hat)
 
 
 class LSQActivation(_Dropping):
