@@ -45,6 +45,7 @@ from vitquant.nonlinear import NonlinearConfig, default_bits
 from vitquant.qat import FolderImages, QATTrainer, TrainConfig
 from vitquant.recipes import build_qconfig
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
+from vitquant.reconstruction.config import LOSSES
 
 log = logging.getLogger("vitquant.benchmark")
 DEFAULT_ROWS = ["bitlog2-recon"]
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = None if not args.recon_iters else ReconstructionConfig(
         images=args.recon_images, iters=args.recon_iters, batch_size=args.recon_batch_size,
         reg_weight=args.recon_reg_weight, weight_lr=args.recon_lr, act_lr=args.recon_act_lr, drop_prob=args.qdrop,
-        ends=args.recon_ends, seed=args.seed)
+        ends=args.recon_ends, loss=args.recon_loss, seed=args.seed)
     qat = None
     if args.qat_steps:
         qat = TrainConfig(steps=args.qat_steps, batch_size=args.qat_batch_size, lr=args.qat_lr,
@@ -150,7 +151,8 @@ def to_markdown(res: dict) -> str:
         + ("in the loop" if (res.get("qat_settings") or {}).get("kernels") == "ste" else "as float ops") + "); ")
     recon = "no reconstruction" if s is None else (
         f"reconstructed on {res['reconstruction_images']} of those calibration images ({s['iters']} steps per block, "
-        f"batch {s['batch_size']}, λ {s['reg_weight']:g}, QDrop {s['drop_prob']}"
+        f"batch {s['batch_size']}, lr {s['weight_lr']:g} / activation steps {s['act_lr']:g}, λ {s['reg_weight']:g}, "
+        f"QDrop {s['drop_prob']}" + (", Fisher-weighted error" if s.get("loss") == "fisher" else "")
         + (", patch embedding and head included" if s.get("ends") else ", blocks only") + ")")
     lines = [
         kernels + f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), {recon}, "
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recon-act-lr", type=float, default=ReconstructionConfig.act_lr,
                    help="Adam learning rate of the activation steps")
     p.add_argument("--qdrop", type=float, default=0.0)
+    p.add_argument("--recon-loss", choices=LOSSES, default=ReconstructionConfig.loss,
+                   help="mse, or fisher (BRECQ's Fisher-weighted squared error)")
     p.add_argument("--recon-ends", action=argparse.BooleanOptionalAction, default=ReconstructionConfig.ends,
                    help="also reconstruct the patch embedding and the head (default on)")
     p.add_argument("--qat-steps", type=int, default=0, help="QAT steps from the calibrated model (default 0: no QAT row)")

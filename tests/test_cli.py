@@ -78,9 +78,10 @@ def tiny_folder(tmp_path: Path) -> Path:
         (["quantize", "--reconstruct", "--recon-images", "5"], "--recon-images 5: only 1 calibration images"),
         (["quantize", "--reconstruct", "--qdrop", "1"], "--qdrop must be in [0, 1)"),
         (["quantize", "--recon-iters", "5", "--qdrop"], "--recon-iters, --qdrop only apply with --reconstruct"),
+        (["quantize", "--recon-loss", "fisher"], "--recon-loss only applies with --reconstruct"),
         (["quantize", "--recipe", "bitlog2-recon", "--no-reconstruct", "--recon-iters", "5"],
-         "--recon-iters only apply with --reconstruct"),
-        (["quantize", "--no-recon-ends"], "--recon-ends only apply with --reconstruct"),
+         "--recon-iters only applies with --reconstruct"),
+        (["quantize", "--no-recon-ends"], "--recon-ends only applies with --reconstruct"),
     ],
 )
 def test_bad_input_exits_2_with_message(argv, message, tiny_folder, capsys):
@@ -398,7 +399,7 @@ def test_reconstruction_options_in_help(capsys):
         cli.main(["quantize", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     for flag in ("--reconstruct, --no-reconstruct", "--recon-images N", "--recon-iters K", "--recon-batch-size B", "--recon-lr LR",
-                 "--recon-act-lr LR", "--qdrop [P]", "--recon-ends, --no-recon-ends"):
+                 "--recon-act-lr LR", "--qdrop [P]", "--recon-ends, --no-recon-ends", "--recon-loss {mse,fisher}"):
         assert flag in out
 
 
@@ -414,7 +415,8 @@ def test_quantize_reconstruct_save_then_run_on_a_tiny_model(tiny_folder, tmp_pat
         torch.set_num_threads(1)
         rc, stdout, _ = _run(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(tiny_folder),
                               "--calib-size", "2", "--batch-size", "2", "--nonlinear", "ivit", "--reconstruct",
-                              "--recon-iters", "3", "--recon-batch-size", "2", "--qdrop", "--save", str(saved),
+                              "--recon-iters", "3", "--recon-batch-size", "2", "--qdrop", "--recon-loss", "fisher",
+                              "--save", str(saved),
                               "--json", str(tmp_path / "q.json"), "-q"], capsys)
         assert rc == 0 and saved.is_file()
         report = json.loads((tmp_path / "q.json").read_text())
@@ -423,10 +425,12 @@ def test_quantize_reconstruct_save_then_run_on_a_tiny_model(tiny_folder, tmp_pat
         assert [b["name"] for b in recon["blocks"]] == ["patch_embed", "blocks.0", "blocks.1", "head"]  # ends: default
         assert recon["settings"]["iters"] == 3 and recon["settings"]["batch_size"] == 2
         assert recon["settings"]["drop_prob"] == 0.5 and recon["settings"]["seed"] == 0
+        assert recon["settings"]["loss"] == "fisher" and report["config"]["recon_loss"] == "fisher"
         assert report["config"]["reconstruct"] is True and report["config"]["recon_iters"] == 3
         assert all(p["levels_used"] is not None for p in report["calibration"]["points"] if p["role"] != "residual")
         assert recon["settings"]["ends"] is True and report["config"]["recon_ends"] is True
         assert "reconstruction: 4 units (patch embedding and head included) on 2 calibration images, 3 steps each" in stdout
+        assert "Fisher-weighted unit output error" in stdout
         rc, _, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2",
                          "--check-simulation", "--json", str(tmp_path / "r.json"), "-q"], capsys)
         assert rc == 0

@@ -71,6 +71,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
 
 def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     from vitquant.reconstruction import ReconstructionConfig
+    from vitquant.reconstruction.config import LOSSES
 
     g = p.add_argument_group("reconstruction (after calibration, on the calibration images)")
     g.add_argument("--reconstruct", action=argparse.BooleanOptionalAction,
@@ -87,6 +88,9 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recon-ends", action=argparse.BooleanOptionalAction,
                    help="also reconstruct the patch embedding (against the FP first-block input) and the head (against the "
                    f"FP logits) (default: {'on' if ReconstructionConfig.ends else 'off'}; --no-recon-ends: the blocks only)")
+    g.add_argument("--recon-loss", choices=LOSSES,
+                   help="the output error a unit minimises: mse, or fisher (each element's squared error weighted by BRECQ's "
+                   f"Fisher approximation, the gradient of the KL from the FP logits) (default {ReconstructionConfig.loss})")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -280,7 +284,8 @@ def _check_output_path(path: Path | None, flag: str = "--json") -> None:
 
 
 _RECON_FLAGS = {"recon_images": "images", "recon_iters": "iters", "recon_batch_size": "batch_size",
-                "recon_lr": "weight_lr", "recon_act_lr": "act_lr", "qdrop": "drop_prob", "recon_ends": "ends"}
+                "recon_lr": "weight_lr", "recon_act_lr": "act_lr", "qdrop": "drop_prob", "recon_ends": "ends",
+                "recon_loss": "loss"}
 
 
 def _reconstruction_args(args: argparse.Namespace) -> dict:
@@ -294,7 +299,8 @@ def _reconstruction_args(args: argparse.Namespace) -> dict:
         reconstruct = recipe_reconstructs(getattr(args, "recipe", "bitlog2-half-17"))
     if given and not reconstruct:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ConfigError(f"{flags} only apply with --reconstruct (or a recipe that reconstructs)")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ConfigError(f"{flags} only {verb} with --reconstruct (or a recipe that reconstructs)")
     return {"reconstruct": reconstruct, **given}
 
 
@@ -388,8 +394,9 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         before = sum(b["loss_before"] for b in r["blocks"])
         after = sum(b["loss_after"] for b in r["blocks"])
         ends = " (patch embedding and head included)" if r["settings"].get("ends") else ""
+        error = "Fisher-weighted unit output error" if r["settings"].get("loss") == "fisher" else "unit output error"
         print(f"reconstruction: {len(r['blocks'])} units{ends} on {r['images']} calibration images, "
-              f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; unit output error {before:.4g} -> {after:.4g} (sum)")
+              f"{r['settings']['iters']} steps each, {r['seconds']:.1f} s; {error} {before:.4g} -> {after:.4g} (sum)")
         kept = [b["name"] for b in r["blocks"] if b.get("reverted")]
         if kept:
             print(f"  worse after hardening, kept as calibrated: {', '.join(kept)}")

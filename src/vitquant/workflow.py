@@ -90,6 +90,7 @@ class QuantizeJob:
     recon_act_lr: float = ReconstructionConfig.act_lr  # activation steps (LSQ)
     qdrop: float = 0.0  # QDrop's probability of leaving an activation unquantized while reconstructing
     recon_ends: bool = ReconstructionConfig.ends  # also the patch embedding and the head
+    recon_loss: str = ReconstructionConfig.loss  # mse | fisher (BRECQ's Fisher-weighted squared error)
     progress: bool = True
 
     def validate(self) -> None:
@@ -123,7 +124,7 @@ class QuantizeJob:
         return ReconstructionConfig(
             images=self.recon_images, iters=self.recon_iters, batch_size=self.recon_batch_size,
             weight_lr=self.recon_lr, act_lr=self.recon_act_lr, drop_prob=self.qdrop, ends=self.recon_ends,
-            seed=self.seed,
+            loss=self.recon_loss, seed=self.seed,
         )
 
     def qconfig(self) -> QConfig:

@@ -20,6 +20,7 @@ from vitquant.reconstruction import ReconstructionConfig
         ({"drop_prob": 1.0}, "--qdrop must be in [0, 1)"),
         ({"warmup": 1.0}, "warmup must be in [0, 1)"),
         ({"beta": (20.0, 0.0)}, "beta must be two numbers > 0"),
+        ({"loss": "l1"}, "unknown --recon-loss 'l1'; choose one of mse, fisher"),
     ],
 )
 def test_bad_settings_are_config_errors(options, message):

@@ -4,9 +4,11 @@
 
 ``x̂`` is the block's input in the quantized model (the blocks before it already reconstructed),
 ``f(x)`` the full-precision block's output on the full-precision input; the squared error is summed
-over channels and averaged over tokens and images (BRECQ's). V are the weights' rounding variables
-(:class:`~vitquant.quantizers.trainable.AdaRoundWeight`), Δ the steps of the trainable activation
-quantizers (:class:`~vitquant.quantizers.trainable.LSQActivation`); the rest stay frozen.
+over channels and averaged over tokens and images (BRECQ's), optionally weighted per element
+(``weights``: BRECQ's Fisher approximation, :mod:`vitquant.reconstruction.fisher`). V are the
+weights' rounding variables (:class:`~vitquant.quantizers.trainable.AdaRoundWeight`), Δ the steps of
+the trainable activation quantizers (:class:`~vitquant.quantizers.trainable.LSQActivation`); the rest
+stay frozen.
 
 :class:`TrainableBlock` is the explicit swap: ``install`` replaces the block's fitted quantizers with
 trainable stand-ins, ``harden`` puts ordinary fitted quantizers back, ``restore`` the original ones,
@@ -169,12 +171,22 @@ class BlockReport:
         return dict(self.__dict__)
 
 
-def block_error(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The reconstruction error: squared error summed over channels, mean over tokens and images."""
+def output_error(out: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared error, times ``weights`` element by element when given, summed over channels (the last
+    dimension) and averaged over tokens and images."""
+    squared = (out - target) ** 2
+    return (squared if weights is None else squared * weights).sum(-1).mean()
+
+
+def block_error(
+    block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> float:
+    """The reconstruction error (:func:`output_error`) over every input, in chunks."""
     total = 0.0
+    chunks = weights.split(CHUNK) if weights is not None else [None] * len(inputs.split(CHUNK))
     with torch.no_grad():
-        for x, y in zip(inputs.split(CHUNK), targets.split(CHUNK)):
-            total += float(((block(x) - y) ** 2).sum(-1).mean()) * x.shape[0]
+        for x, y, w in zip(inputs.split(CHUNK), targets.split(CHUNK), chunks):
+            total += float(output_error(block(x), y, w)) * x.shape[0]
     return total / inputs.shape[0]
 
 
@@ -186,32 +198,36 @@ def reconstruct_block(
     seed: int,
     name: str = "block",
     progress: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> BlockReport:
-    """Train ``block``'s trainable quantizers on (``inputs``, ``targets``) and harden them (in place)."""
+    """Train ``block``'s trainable quantizers on (``inputs``, ``targets``) and harden them (in place);
+    ``weights`` (shaped like ``targets``) weight the squared error element by element."""
+    if weights is not None and weights.shape != targets.shape:
+        raise ConfigError(f"{name}: error weights of shape {tuple(weights.shape)} for outputs of shape {tuple(targets.shape)}")
     start = time.perf_counter()
-    before = block_error(block, inputs, targets)
+    before = block_error(block, inputs, targets, weights)
     generator = torch.Generator().manual_seed(seed)
     swap = TrainableBlock(block, config.drop_prob, generator, revertible=True)
     swap.install()
     try:
-        _train(swap, inputs, targets, config, generator, name, progress)
+        _train(swap, inputs, targets, weights, config, generator, name, progress)
     except BaseException:
         swap.restore()
         raise
     swap.harden()
-    after = block_error(block, inputs, targets)
+    after = block_error(block, inputs, targets, weights)
     reverted = after > before
     if reverted:
         swap.revert()
-        after = block_error(block, inputs, targets)
+        after = block_error(block, inputs, targets, weights)
     frozen = len(swap.activations) - len(swap.step_parameters())
     return BlockReport(name, before, after, len(swap.layers), len(swap.step_parameters()), frozen,
                        time.perf_counter() - start, reverted)
 
 
 def _train(
-    swap: TrainableBlock, inputs: torch.Tensor, targets: torch.Tensor, config: ReconstructionConfig,
-    generator: torch.Generator, name: str, progress: bool,
+    swap: TrainableBlock, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
+    config: ReconstructionConfig, generator: torch.Generator, name: str, progress: bool,
 ) -> None:
     """Adam on V (constant rate) and Δ (cosine to 0), ``config.iters`` steps of random batches."""
     optimizers = []
@@ -231,7 +247,7 @@ def _train(
     with torch.enable_grad():
         for step in bar:
             index = torch.randperm(n, generator=generator)[:batch]
-            rec = ((swap.block(inputs[index]) - targets[index]) ** 2).sum(-1).mean()
+            rec = output_error(swap.block(inputs[index]), targets[index], None if weights is None else weights[index])
             beta = config.beta_at(step)
             loss = rec if beta is None or config.reg_weight == 0 else rec + config.reg_weight * swap.regularizer(beta)
             for opt in optimizers:

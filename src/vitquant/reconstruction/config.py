@@ -8,6 +8,8 @@ from typing import Any
 from vitquant.errors import ConfigError
 
 MAX_DEFAULT_IMAGES = 1024  # images=None: every calibration image, up to this many
+#: the output error a unit minimises: plain squared error, or weighted by BRECQ's Fisher approximation
+LOSSES = ("mse", "fisher")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class ReconstructionConfig:
     - ``ends``: also reconstruct the patch embedding (first; target: the FP model's first-block input,
       tokens and position embedding included) and the head (last: final norm, pooling, classifier;
       target: the FP logits, squared error summed over the classes), besides the blocks (default on);
+    - ``loss``: ``mse`` (squared error summed over channels, mean over tokens and images) or ``fisher``
+      (each element's squared error weighted by BRECQ's diagonal Fisher approximation,
+      :mod:`vitquant.reconstruction.fisher`);
     - ``seed``: batches and QDrop masks (a unit's generator is seeded with ``seed`` + its index).
     """
 
@@ -38,6 +43,7 @@ class ReconstructionConfig:
     beta: tuple[float, float] = (20.0, 2.0)
     drop_prob: float = 0.0
     ends: bool = True
+    loss: str = "mse"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +67,8 @@ class ReconstructionConfig:
             raise ConfigError(f"reconstruction ends must be True or False, got {self.ends!r}")
         if not 0.0 <= self.drop_prob < 1.0:
             raise ConfigError(f"--qdrop must be in [0, 1), got {self.drop_prob}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown --recon-loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
 
     def image_count(self, available: int) -> int:
         """How many of ``available`` images reconstruct (``images`` more than available: ConfigError)."""

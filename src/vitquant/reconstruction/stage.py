@@ -13,6 +13,11 @@ before them and the head after them. They are reconstructed one by one, in order
    unit sees the errors of the units before it, already reconstructed);
 3. the levels every point uses are counted again on the reconstruction images.
 
+With ``loss="fisher"`` each unit's squared error is weighted element by element by BRECQ's Fisher
+approximation (:func:`~vitquant.reconstruction.fisher.fisher_weights`): the gradient of the KL
+divergence from the FP logits, through the full-precision units after it (the head included, also
+when ``ends`` is off), computed once per unit before it trains.
+
 Without ``ends`` the patch embedding and the head keep their calibrated quantizers. The
 calibrated model passed in is left untouched: the result holds a reconstructed copy, still a
 "calibrated model" (ordinary fitted quantizers, level reports, integer conversion).
@@ -35,6 +40,7 @@ from vitquant.errors import ConfigError
 from vitquant.models.adapters import adapter_for
 from vitquant.reconstruction.block import CHUNK, BlockReport, reconstruct_block, trainable_layers
 from vitquant.reconstruction.config import ReconstructionConfig
+from vitquant.reconstruction.fisher import fisher_weights
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,13 @@ def _forward(unit: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return torch.cat([unit(x) for x in inputs.split(CHUNK)])
 
 
+def _fisher_tails(float_model: nn.Module, names: list[str]) -> list[list[nn.Module]]:
+    """Per unit of ``names``: the full-precision units after it up to the logits (the head included)."""
+    chain = adapter_for(float_model).reconstruction_units(float_model, True)
+    order = [n for n, _ in chain]
+    return [[unit for _, unit in chain[order.index(name) + 1:]] for name in names]
+
+
 def reconstruct(
     float_model: nn.Module,
     calibrated: CalibrationResult,
@@ -98,10 +111,13 @@ def reconstruct(
         x_q = x_f = images
     else:
         x_q, x_f = _unit_inputs(qmodel, q_units, images), _unit_inputs(float_model, f_units, images)
+    tails = _fisher_tails(float_model, [n for n, _ in f_units]) if config.loss == "fisher" else None
+    fp_logits = _forward(float_model, images) if tails is not None else None
     blocks = []
     for i, ((name, q_unit), (_, f_unit)) in enumerate(zip(q_units, f_units)):
         target = _forward(f_unit, x_f)
-        report = reconstruct_block(q_unit, x_q, target, config, config.seed + i, name, progress)
+        weights = fisher_weights(q_unit, x_q, tails[i], fp_logits) if tails is not None else None
+        report = reconstruct_block(q_unit, x_q, target, config, config.seed + i, name, progress, weights)
         log.info("%s: error %.4g -> %.4g (%.1f s)%s", name, report.loss_before, report.loss_after, report.seconds,
                  " (worse after hardening: calibrated quantizers kept)" if report.reverted else "")
         blocks.append(report)
