@@ -64,12 +64,14 @@ def test_nonlinear_rows_and_an_integer_only_qat_row(bench, tmp_path):
 
 def test_float_is_the_default_and_the_ends_can_be_left_out(bench, tmp_path):
     args = ["--bits", "4", "--rows", "repq-vit", "--calib-size", "4", "--recon-iters", "1", "--recon-batch-size", "2",
-            "--no-recon-ends", "--recon-act-lr", "1e-3", "--out", str(tmp_path)]
+            "--no-recon-ends", "--recon-act-lr", "1e-3", "--recon-loss", "fisher", "--out", str(tmp_path)]
     assert bench.main(args) == 0
     res = json.loads((tmp_path / "reconstruction_deit_tiny.json").read_text())
     assert res["settings"]["act_lr"] == 1e-3 and res["settings"]["weight_lr"] == ReconstructionConfig.weight_lr
     assert res["settings"]["ends"] is False and len(res["rows"][2]["reconstruction"]["blocks"]) == 2
-    assert "blocks only" in (tmp_path / "reconstruction_deit_tiny.md").read_text()
+    assert res["settings"]["loss"] == "fisher"
+    header = (tmp_path / "reconstruction_deit_tiny.md").read_text()
+    assert "blocks only" in header and "lr 0.01 / activation steps 0.001" in header and "Fisher-weighted error" in header
     assert res["nonlinear"] == "float" and res["qat_settings"] is None and len(res["rows"]) == 3
     assert bench.nonlinear_config("mixed:output-sqnr", 4, None).rule == "output-sqnr"
     assert bench.nonlinear_config("float", 4, None) is None
