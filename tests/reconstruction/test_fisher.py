@@ -85,3 +85,13 @@ def test_block_error_weights_each_element():
     x, y = torch.zeros(3, 2, 4), torch.ones(3, 2, 4)
     w = torch.full((3, 2, 4), 2.0)
     assert block_error(block, x, y) == 4.0 and block_error(block, x, y, w) == 8.0
+
+
+def test_weights_of_another_shape_are_a_config_error():
+    from vitquant.errors import ConfigError
+    from vitquant.reconstruction import reconstruct_block
+
+    block = nn.Identity()
+    x, y = torch.zeros(3, 2, 4), torch.ones(3, 2, 4)
+    with pytest.raises(ConfigError, match=r"unit: error weights of shape \(3, 2\) for outputs of shape \(3, 2, 4\)"):
+        reconstruct_block(block, x, y, FAST, seed=0, name="unit", weights=torch.ones(3, 2))
