@@ -25,7 +25,7 @@ from attention_schemes import _accuracy, add_data_args, provenance, run_and_writ
 from recipes import load_eval, measure_row
 from vitquant import __version__
 from vitquant.models import resolve_model_name
-from vitquant.nonlinear import NonlinearConfig, default_bits
+from vitquant.nonlinear import NonlinearConfig
 from vitquant.nonlinear.plot import plot_sensitivity
 from vitquant.recipes import build_qconfig
 
@@ -35,7 +35,7 @@ DEFAULT_ROWS = ["float", "ivit", "ibert", "fqvit", "mixed:sqnr-diff", "mixed:out
 
 def nonlinear_config(row: str, bits: int) -> NonlinearConfig:
     choice, _, rule = row.partition(":")
-    return NonlinearConfig.everywhere(choice, bits=default_bits(bits), rule=rule or "sqnr-diff")
+    return NonlinearConfig.everywhere(choice, rule=rule or "sqnr-diff")
 
 
 def run(args: argparse.Namespace) -> dict:

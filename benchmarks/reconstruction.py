@@ -41,7 +41,7 @@ from vitquant.data.transforms import eval_transform
 from vitquant.evaluation import FidelityMeter
 from vitquant.models import resolve_model_name
 from vitquant.nn.nonlinear import TRAIN_KERNELS
-from vitquant.nonlinear import NonlinearConfig, default_bits
+from vitquant.nonlinear import NonlinearConfig
 from vitquant.qat import FolderImages, QATTrainer, TrainConfig
 from vitquant.recipes import build_qconfig
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
@@ -94,8 +94,7 @@ def nonlinear_config(spec: str, bits: int, nonlinear_bits: int | None) -> Nonlin
     choice, _, rule = spec.partition(":")
     if choice == "float":
         return None
-    return NonlinearConfig.everywhere(choice, default_bits(bits) if nonlinear_bits is None else nonlinear_bits,
-                                      rule or "sqnr-diff")
+    return NonlinearConfig.everywhere(choice, nonlinear_bits, rule or "sqnr-diff")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -146,7 +145,7 @@ def to_markdown(res: dict) -> str:
     nonlinear = res.get("nonlinear", "float")
     kernels = "" if nonlinear == "float" else (
         f"integer non-linear kernels `{nonlinear}` (inputs on "
-        f"{res['nonlinear_bits'] if res.get('nonlinear_bits') else 'max(bits, 6)'} bits) and integer residual adds "
+        f"{res['nonlinear_bits'] if res.get('nonlinear_bits') else 16} bits) and integer residual adds "
         "in every row (reconstruction trains with their float ops, QAT with the kernels "
         + ("in the loop" if (res.get("qat_settings") or {}).get("kernels") == "ste" else "as float ops") + "); ")
     recon = "no reconstruction" if s is None else (

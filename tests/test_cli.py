@@ -312,8 +312,10 @@ def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, ca
 
 
 def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
-    """--save writes the integer program; 'vitquant run' evaluates it on the same held-out images, with
-    the float64 twin bit for bit; a model without an integer path fails before evaluation."""
+    """--save writes the integer program and reports its accuracy beside the simulated model's, on the same
+    images; 'vitquant run' evaluates it (fast executor by default, the strict one with --gemm int: the same
+    predictions) on the same held-out images, with the float64 twin bit for bit; a model without an integer
+    path fails before evaluation."""
     import torch
 
     _use_tiny_model(monkeypatch)
@@ -328,6 +330,11 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         assert f"written to {saved}" in stdout
         quantize_report = json.loads((tmp_path / "q.json").read_text())
         assert quantize_report["saved"]["bytes"] == saved.stat().st_size
+        program = quantize_report["integer_program"]
+        assert program["images"] == quantize_report["quantized"]["images"]  # the same images as the simulation
+        assert 0.0 <= program["top1"] <= 100.0 and 0.0 <= program["agreement_quantized"] <= 100.0
+        assert program["executor"] == "fast" and program["images_per_second"] > 0
+        assert "\ninteger " in stdout and "integer program (saved; fast executor): top-1 agreement" in stdout
         rc, stdout, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2",
                               "--check-simulation", "--json", str(tmp_path / "r.json"), "-q"], capsys)
         assert rc == 0
@@ -335,14 +342,16 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         assert report["images"] == quantize_report["quantized"]["images"]  # the same held-out images
         assert report["simulation"]["bit_identical_images"] == report["images"]
         assert 0.0 <= report["integer"]["top1"] <= 100.0 and report["integer"]["images_per_second"] > 0
+        assert report["integer"]["gemm"] == "float" and report["integer"]["compile_seconds"] is None  # the default
+        assert report["integer"]["top1"] == program["top1"]  # what quantize reported is what run gives
         assert "integer model: top-1" in stdout
-        # the fast executor: the same predictions; compiling needs it
-        rc, stdout, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2", "--gemm", "float",
+        # the strict executor: the same predictions; compiling needs the fast one
+        rc, stdout, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2", "--gemm", "int",
                               "--json", str(tmp_path / "f.json"), "-q"], capsys)
-        fast_report = json.loads((tmp_path / "f.json").read_text())
-        assert rc == 0 and fast_report["integer"]["top1"] == report["integer"]["top1"]
-        assert fast_report["integer"]["gemm"] == "float" and fast_report["integer"]["compile_seconds"] is None
-        rc, _, err = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--compile", "-q"], capsys)
+        strict_report = json.loads((tmp_path / "f.json").read_text())
+        assert rc == 0 and strict_report["integer"]["top1"] == report["integer"]["top1"]
+        assert strict_report["integer"]["gemm"] == "int"
+        rc, _, err = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--gemm", "int", "--compile", "-q"], capsys)
         assert rc == 2 and "gemm='float'" in err
         # an undecodable image among the evaluated ones: an error, or skipped and named with --on-bad-image skip
         (tiny_folder / "a_junk.JPEG").write_bytes(b"not an image" * 20)  # first by name: the seeded split evaluates it

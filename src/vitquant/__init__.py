@@ -20,8 +20,9 @@ from vitquant.errors import VitQuantError
 __all__ = ["VitQuantError", "__version__", "load"]
 
 
-def load(path, backend: str = "int", gemm: str = "int", strict: bool = True):
-    """The integer model saved at ``path`` (``vitquant quantize --save``): ``model(images) -> logits``."""
+def load(path, backend: str = "int", gemm: str = "float", strict: bool = True):
+    """The integer model saved at ``path`` (``vitquant quantize --save``): ``model(images) -> logits``; the
+    fast executor by default (``gemm="int"``: the strict int64 executor, the same integers)."""
     from vitquant.integer.execute import load as load_program
 
     return load_program(path, backend=backend, gemm=gemm, strict=strict)

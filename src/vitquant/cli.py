@@ -58,7 +58,13 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
         "mixed: each layer picks a family by SQNR)",
     )
     g.add_argument("--mixed-rule", default="sqnr-diff", metavar="RULE", help=f"rule of --nonlinear mixed: {', '.join(RULES)} (default sqnr-diff)")
-    g.add_argument("--nonlinear-bits", type=int, metavar="N", help="bits of the GELU/LayerNorm kernels' integer inputs, 2..8 (default: --a-bits, at least 6; softmax kernels take the q@kᵀ integer product)")
+    g.add_argument("--nonlinear-bits", type=int, metavar="N",
+                   help="cap the GELU/LayerNorm kernels' integer inputs at N bits, 2..16, for hardware that needs it "
+                        "(default: 16, the kernels' own input width: GELU takes fc1's accumulator and LayerNorm the "
+                        "residual stream, narrowed only to that; softmax kernels take the q@kᵀ integer product)")
+    g.add_argument("--softmax-bits", type=int, metavar="N",
+                   help="output width of the I-ViT/I-BERT softmax kernels, 2..16 (default 16, as the published "
+                        "I-ViT; FQ-ViT's Log-Int-Softmax keeps its 4-bit log2 codes)")
     _add_data_args(p)
     _add_reconstruction_args(p)
     g = p.add_argument_group("output")
@@ -169,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images (seeded sample)")
     r.add_argument("--batch-size", type=int, metavar="N", default=64, help="batch size (default 64)")
     r.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0)")
-    r.add_argument("--gemm", choices=("int", "float"), default="int",
-                   help="int: the strict executor, pure int64 (default); float: the fast executor (exact int8 and "
-                   "float GEMMs, float64 rounding, the same integers)")
+    r.add_argument("--gemm", choices=("int", "float"), default="float",
+                   help="float: the fast executor (default; exact int8 and float GEMMs, float64 rounding, the same "
+                   "integers as the strict executor, tested); int: the strict executor, pure int64 (slow)")
     r.add_argument("--compile", action="store_true",
                    help="compile the fast executor with torch.compile (needs --gemm float and a C++ compiler; "
                    "the compile time, minutes on a cold cache, is reported apart from the throughput)")
@@ -321,6 +327,7 @@ def _quantize_fields(args: argparse.Namespace) -> dict:
         nonlinear=getattr(args, "nonlinear", "float"),
         mixed_rule=getattr(args, "mixed_rule", "sqnr-diff"),
         nonlinear_bits=getattr(args, "nonlinear_bits", None),
+        softmax_bits=getattr(args, "softmax_bits", None),
         calib_data=getattr(args, "calib_data", None),
         calib_size=args.calib_size,
         eval_data=getattr(args, "eval_data", None),

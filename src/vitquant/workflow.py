@@ -43,7 +43,7 @@ from vitquant.evaluation.distributed import (
     sharded_session,
 )
 from vitquant.models import create_model, resolve_model_name
-from vitquant.nonlinear import NonlinearConfig, default_bits
+from vitquant.nonlinear import NonlinearConfig
 from vitquant.paths import default_sample_images, source_commit
 from vitquant.qconfig import ALL_ROLES, POST_SOFTMAX, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
@@ -70,7 +70,8 @@ class QuantizeJob:
     metric: str | None = None
     nonlinear: str = "float"  # float | ivit | ibert | fqvit | mixed
     mixed_rule: str = "sqnr-diff"
-    nonlinear_bits: int | None = None  # None: a_bits, at least 6
+    nonlinear_bits: int | None = None  # None: the kernels' own input width (16)
+    softmax_bits: int | None = None  # None: each softmax kernel family's output width (I-ViT, I-BERT: 16)
     calib_data: Path | None = None
     calib_size: int = 32
     eval_data: Path | None = None
@@ -101,7 +102,9 @@ class QuantizeJob:
         if self.ends_bits is not None:
             check_bits(self.ends_bits, "--ends-bits")
         if self.nonlinear_bits is not None:
-            check_bits(self.nonlinear_bits, "--nonlinear-bits")
+            check_bits(self.nonlinear_bits, "--nonlinear-bits", 2, 16)
+        if self.softmax_bits is not None:
+            check_bits(self.softmax_bits, "--softmax-bits", 2, 16)
         self.recipe = normalize_recipe_name(self.recipe)
         if self.reconstruct is None:
             self.reconstruct = recipe_reconstructs(self.recipe)
@@ -132,8 +135,8 @@ class QuantizeJob:
             self.recipe, self.w_bits, self.a_bits, attn_quant=self.attn_quant, attn_bits=self.attn_bits,
             post_gelu=self.post_gelu, search=self.search, metric=self.metric, ends_bits=self.ends_bits,
         )
-        bits = default_bits(self.a_bits) if self.nonlinear_bits is None else self.nonlinear_bits
-        return qconfig.with_nonlinear(NonlinearConfig.everywhere(self.nonlinear, bits, self.mixed_rule))
+        return qconfig.with_nonlinear(NonlinearConfig.everywhere(
+            self.nonlinear, self.nonlinear_bits, self.mixed_rule, softmax_bits=self.softmax_bits))
 
 
 @dataclass
@@ -226,19 +229,40 @@ def save_integer_program(qmodel: torch.nn.Module, path: Path, info: dict[str, An
     return {"path": str(path), "bytes": size, "ops": len(program.ops)}
 
 
+def _saved_program(qmodel: torch.nn.Module) -> Any:
+    """The program :func:`save_integer_program` writes (the same deterministic conversion, on every rank),
+    run by the fast executor: the strict executor's integers (tested), what a user of the file gets."""
+    from vitquant.integer.conversion import convert_model
+    from vitquant.integer.execute import IntegerModel
+
+    return IntegerModel(convert_model(qmodel), gemm="float")
+
+
+def _program_section(evaluation: PairEvaluation) -> dict[str, Any]:
+    """The saved integer program's accuracy on the evaluation images, and its agreement with the
+    simulated (fake-quantized) model and with FP: the report's figures for what the user saved."""
+    run, vs_q, vs_fp = evaluation.program, evaluation.program_vs_quantized, evaluation.program_vs_fp
+    assert run is not None and vs_q is not None and vs_fp is not None
+    return {"top1": run.meter.top1, "top5": run.meter.top5, "images": run.images,
+            "images_per_second": run.images_per_second, "executor": "fast",
+            "agreement_quantized": vs_q.top1_agreement, "kl_quantized": vs_q.mean_kl,
+            "agreement_fp": vs_fp.top1_agreement, "kl_fp": vs_fp.mean_kl}
+
+
 def _levels_summary(result: CalibrationResult) -> dict[str, Any]:
     return {role: result.role_summary(role) for role in ALL_ROLES if any(p.role == role for p in result.points)}
 
 
 def _evaluate_share(
-    model: torch.nn.Module, qmodel: torch.nn.Module, data: JobData, transform: Any, job: QuantizeJob, shard: Shard
+    model: torch.nn.Module, qmodel: torch.nn.Module, data: JobData, transform: Any, job: QuantizeJob, shard: Shard,
+    program: Any = None,
 ) -> PairEvaluation | VitQuantError:
-    """This process's share of the evaluation; a user error is handed back for :func:`gather_pair` to raise
-    on every process."""
+    """This process's share of the evaluation (with ``program``, the saved integer program's too); a user
+    error is handed back for :func:`gather_pair` to raise on every process."""
     try:
         loader = make_loader(data.evaluation, transform, job.batch_size, job.workers, job.on_bad_image,
                              rank=shard.rank, world_size=shard.world_size)
-        return run_pair(model, qmodel, loader, progress=job.progress and shard.is_main)
+        return run_pair(model, qmodel, loader, progress=job.progress and shard.is_main, program=program)
     except VitQuantError as exc:
         return exc
 
@@ -292,14 +316,15 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
         if shard.sharded:
             fingerprint = model_fingerprint(result.model, result.qconfig.to_dict())
             check_same_everywhere(fingerprint, shard, "the calibrated model" if stage is None else f"the model after {stage.name}")
-        saved = None
+        saved, program = None, None
         if job.save is not None:  # before evaluation: a model without an integer path fails early
             saved = on_main(shard, lambda: save_integer_program(result.model, job.save, {
                 "timm_model": timm_name, "qconfig": result.qconfig.to_dict(), **source_commit(),
                 "calib_dir": str(data.calib_dir.resolve()), "calib_size": job.calib_size, "seed": job.seed,
                 "transform": _json_ready(data_config(model, job.crop_pct)),
             }))
-        evaluation = gather_pair(_evaluate_share(model, result.model, data, transform, job, shard), shard)
+            program = _saved_program(result.model)
+        evaluation = gather_pair(_evaluate_share(model, result.model, data, transform, job, shard, program), shard)
     log_pair(evaluation)
 
     config = {
@@ -323,6 +348,7 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
         "calibration_decode_seconds": decode_seconds,
         "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
         "saved": saved,
+        "integer_program": None if evaluation.program is None else _program_section(evaluation),
         "skipped_images": {"calibration": list(calib.skipped), "evaluation": evaluation.skipped},
         "reconstruction": None if recon is None else recon.to_dict(),
         **({} if stage is None else {stage.name: section}),

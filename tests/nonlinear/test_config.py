@@ -15,7 +15,7 @@ from vitquant.errors import ConfigError
 from vitquant.kernels import FAMILIES, OPS
 from vitquant.nn import quant_points
 from vitquant.nn.nonlinear import KERNEL_INPUT_ROLES, QuantNonLinear
-from vitquant.nonlinear import CHOICES, RULES, NonlinearConfig, default_bits
+from vitquant.nonlinear import CHOICES, RULES, SOFTMAX_OUT_BITS, NonlinearConfig
 from vitquant.qconfig import QConfig, repq_vit_qconfig
 from vitquant.workflow import QuantizeJob
 
@@ -24,7 +24,7 @@ def test_defaults_are_float():
     cfg = NonlinearConfig()
     assert cfg.is_float
     assert dict(cfg.ops) == {} and dict(cfg.overrides) == {}
-    assert cfg.bits == 8 and cfg.rule == "sqnr-diff"
+    assert cfg.bits is None and cfg.softmax_bits is None and cfg.rule == "sqnr-diff"
     for op in OPS:
         assert cfg.choice_for("blocks.0.norm1", op) == "float"
         assert cfg.families_for("blocks.0.norm1", op) == []
@@ -104,9 +104,10 @@ def test_families_for():
         (dict(ops={"gelu": "fast"}), r"non-linear choice 'fast' for gelu: choose one of float, ivit, ibert, fqvit, mixed"),
         (dict(overrides={"blocks.*": "exact"}), r"non-linear choice 'exact' for blocks\.\*: choose one of"),
         (dict(rule="best"), r"unknown mixed rule 'best'; choose one of sqnr-diff, output-sqnr"),
-        (dict(bits=1), r"non-linear input bits must be between 2 and 8, got 1"),
-        (dict(bits=9), r"non-linear input bits must be between 2 and 8, got 9"),
-        (dict(bits=12), r"non-linear input bits must be between 2 and 8, got 12"),
+        (dict(bits=1), r"non-linear input bits must be between 2 and 16, got 1"),
+        (dict(bits=17), r"non-linear input bits must be between 2 and 16, got 17"),
+        (dict(softmax_bits=1), r"softmax output bits must be between 2 and 16, got 1"),
+        (dict(softmax_bits=24), r"softmax output bits must be between 2 and 16, got 24"),
     ],
 )
 def test_errors_are_config_errors(kwargs, message):
@@ -119,9 +120,9 @@ def test_everywhere_errors():
         NonlinearConfig.everywhere("bogus")
     with pytest.raises(ConfigError, match="unknown mixed rule 'bogus'"):
         NonlinearConfig.everywhere("mixed", rule="bogus")
-    with pytest.raises(ConfigError, match="between 2 and 8"):
-        NonlinearConfig.everywhere("ivit", bits=16)
-    for bits in (2, 8):
+    with pytest.raises(ConfigError, match="between 2 and 16"):
+        NonlinearConfig.everywhere("ivit", bits=24)
+    for bits in (2, 8, 16):
         assert NonlinearConfig.everywhere("ivit", bits=bits).bits == bits
 
 
@@ -158,17 +159,41 @@ def test_to_dict():
                           rule="output-sqnr")
     data = cfg.to_dict()
     assert data == {"ops": {"gelu": "ivit", "layernorm": "mixed"}, "overrides": {"norm": "float"}, "bits": 7,
-                    "rule": "output-sqnr", "residual_bits": 24}
+                    "rule": "output-sqnr", "residual_bits": 24, "softmax_bits": None}
     assert type(data["ops"]) is dict and type(data["overrides"]) is dict
     assert json.loads(json.dumps(data)) == data
     assert NonlinearConfig(**data) == cfg
 
 
-@pytest.mark.parametrize(("a_bits", "expected"), [(2, 6), (4, 6), (5, 6), (6, 6), (7, 7), (8, 8)])
-def test_default_bits(a_bits, expected):
-    assert default_bits(a_bits) == expected
-    job = QuantizeJob(a_bits=a_bits, nonlinear="ivit", recipe="repq-vit")  # a recipe valid at every a_bits
-    assert job.qconfig().nonlinear.bits == expected
+@pytest.mark.parametrize("a_bits", [2, 4, 8])
+def test_kernel_inputs_default_to_the_kernels_width(a_bits):
+    """The kernel input width no longer follows --a-bits: GELU and LayerNorm take 16-bit integers
+    (the symmetric kernel_input format), FQ-ViT's PTF point too; an explicit width is a constraint."""
+    nl = QuantizeJob(a_bits=a_bits, nonlinear="ivit", recipe="repq-vit").qconfig().nonlinear
+    assert nl.bits is None
+    wide = nl.input_spec("uniform")
+    assert (wide.kind, wide.bits, wide.max_levels) == ("kernel_input", 16, 2**16)
+    assert nl.input_spec("ptf").bits == 16
+    assert nl.input_spec("product") is None
+    narrow = NonlinearConfig(bits=6).input_spec("uniform")
+    assert (narrow.kind, narrow.bits) == ("uniform", 6)
+    assert NonlinearConfig(bits=12).input_spec("uniform").kind == "kernel_input"
+
+
+def test_softmax_output_width():
+    """I-ViT's Shiftmax at 16 bits as published (IntSoftmax(16)), I-BERT at 16 too; FQ-ViT keeps its
+    4-bit log2 codes; --softmax-bits sets the linear ones."""
+    assert SOFTMAX_OUT_BITS == {"ivit": 16, "ibert": 16, "fqvit": 4}
+    cfg = NonlinearConfig()
+    assert cfg.kernel_options("ivit", "softmax") == {"out_bits": 16}
+    assert cfg.kernel_options("ibert", "softmax") == {"out_bits": 16}
+    assert cfg.kernel_options("fqvit", "softmax") == {"out_bits": 4}
+    assert cfg.kernel_options("ivit", "gelu") == {}
+    eight = NonlinearConfig(softmax_bits=8)
+    assert eight.kernel_options("ivit", "softmax") == {"out_bits": 8}
+    assert eight.kernel_options("fqvit", "softmax") == {"out_bits": 4}
+    job = QuantizeJob(nonlinear="ivit", softmax_bits=8, recipe="repq-vit")
+    assert job.qconfig().nonlinear.softmax_bits == 8
 
 
 def test_job_qconfig_nonlinear():
@@ -181,7 +206,8 @@ def test_qconfig_carries_nonlinear():
     qc = repq_vit_qconfig(4, 4)
     assert qc.nonlinear == NonlinearConfig() and qc.nonlinear.is_float
     assert QConfig(specs=qc.specs).nonlinear == NonlinearConfig()
-    assert qc.to_dict()["nonlinear"] == {"ops": {}, "overrides": {}, "bits": 8, "rule": "sqnr-diff", "residual_bits": 24}
+    assert qc.to_dict()["nonlinear"] == {"ops": {}, "overrides": {}, "bits": None, "rule": "sqnr-diff", "residual_bits": 24,
+                                          "softmax_bits": None}
     mixed = NonlinearConfig.everywhere("mixed", bits=6)
     with_mixed = qc.with_nonlinear(mixed)
     assert with_mixed.nonlinear is mixed and qc.nonlinear.is_float  # a copy

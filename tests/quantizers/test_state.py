@@ -123,7 +123,7 @@ GOOD_UNIFORM = {"scale": torch.tensor([0.1, 0.2]), "zero_point": torch.tensor([1
     [
         ({}, r"missing \['bits'\], unexpected \[\]; expected \['bits'\]"),
         ({"bits": 4, "mode": "x"}, r"unexpected \['mode'\]"),
-        ({"bits": 9}, "bit width must be between 2 and 8, got 9"),
+        ({"bits": 17}, "bit width must be between 2 and 16, got 17"),
         ({"bits": True}, "'bits' must be int, got True"),
         ({"bits": 4.0}, "'bits' must be int, got 4.0"),
         ({"bits": "4"}, "'bits' must be int, got '4'"),

@@ -72,6 +72,7 @@ SPEC_CASES = [  # every spec kind, fitted per tensor or per channel/head
     ("twin_uniform", {"mode": "softmax", "granularity": "head"}, False),
     ("twin_uniform", {"mode": "gelu"}, True),
     ("fixed_point", {"bits": 24}, True),
+    ("kernel_input", {"bits": 16}, True),
 ]
 
 

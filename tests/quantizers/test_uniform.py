@@ -132,7 +132,7 @@ def test_bad_zero_point(zero):
         UniformQuantizer(4, torch.full((3,), 0.1), torch.tensor([0.0, zero, 2.0]))
 
 
-@pytest.mark.parametrize("bits", [1, 9, 0, 16, 4.0, True])
+@pytest.mark.parametrize("bits", [1, 17, 0, 24, 4.0, True])  # 9..16: kernel inputs (kernel_input spec)
 def test_bad_bits(bits):
     with pytest.raises(ConfigError):
         UniformQuantizer(bits, torch.tensor(0.1), torch.tensor(0.0))

@@ -145,8 +145,9 @@ def prepare(model: nn.Module, qconfig: QConfig) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantNonLinear):
             module.layer_name = name
-            kernels = {f: make_kernel(f, module.op) for f in nonlinear.families_for(name, module.op)}
-            module.set_kernels(kernels, {f: input_spec(k.input_format, nonlinear.bits) for f, k in kernels.items()})
+            kernels = {f: make_kernel(f, module.op, **nonlinear.kernel_options(f, module.op))
+                       for f in nonlinear.families_for(name, module.op)}
+            module.set_kernels(kernels, {f: nonlinear.input_spec(k.input_format) for f, k in kernels.items()})
         elif isinstance(module, QuantResidualAdd):
             module.layer_name = name
             if nonlinear.integer_residual(name):

@@ -19,7 +19,7 @@ __all__ = ["OPTIONS", "Variant", "parse_variant", "plan_variants"]
 #: option name -> its type (the QuantizeJob field of the same name)
 OPTIONS: dict[str, type] = {
     "attn_quant": str, "attn_bits": int, "post_gelu": str, "ends_bits": int, "search": str, "metric": str,
-    "nonlinear": str, "mixed_rule": str, "nonlinear_bits": int,
+    "nonlinear": str, "mixed_rule": str, "nonlinear_bits": int, "softmax_bits": int,
 }
 
 

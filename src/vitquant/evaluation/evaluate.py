@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -53,14 +53,19 @@ class PairEvaluation:
     quantized: ModelRun | None
     fidelity: FidelityMeter | None
     skipped: list[str] = field(default_factory=list)
+    #: the saved integer program on the same images (``quantize --save``): its run, and its fidelity to the
+    #: simulated (quantized) model and to the FP model
+    program: ModelRun | None = None
+    program_vs_quantized: FidelityMeter | None = None
+    program_vs_fp: FidelityMeter | None = None
 
     def merge(self, other: PairEvaluation) -> None:
         """Add another process's share of the images (exact: see :mod:`vitquant.evaluation.metrics`)."""
         self.fp.merge(other.fp)
-        if self.quantized is not None and other.quantized is not None:
-            self.quantized.merge(other.quantized)
-        if self.fidelity is not None and other.fidelity is not None:
-            self.fidelity.merge(other.fidelity)
+        for name in ("quantized", "fidelity", "program", "program_vs_quantized", "program_vs_fp"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None:
+                mine.merge(theirs)
         self.skipped = sorted(self.skipped + other.skipped)
 
 
@@ -130,8 +135,10 @@ def run_pair(
     loader: Iterable,
     progress: bool = True,
     desc: str = "evaluating",
+    program: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PairEvaluation:
-    """Evaluate ``fp_model`` and (optionally) ``q_model`` in one pass over ``loader``.
+    """Evaluate ``fp_model`` and (optionally) ``q_model`` in one pass over ``loader``; with ``program``
+    (a saved integer program, ``images -> logits`` on the CPU) also the program, against both.
 
     Each batch is decoded once and fed to the fp model, then the quantized model. A batch's third field,
     when it is a ``LoadedBatch``, names images the data layer skipped; a batch left empty by skipping is
@@ -141,6 +148,8 @@ def run_pair(
     fp = _Runner(fp_model)
     q = _Runner(q_model) if q_model is not None else None
     fidelity = FidelityMeter() if q_model is not None else None
+    p = _Runner(_ProgramModule(program)) if program is not None and q_model is not None else None
+    vs_q, vs_fp = (FidelityMeter(), FidelityMeter()) if p is not None else (None, None)
     skipped: list[str] = []
     bar = tqdm(loader, desc=desc, unit="batch", file=sys.stderr, disable=not progress)
     for batch in bar:
@@ -152,7 +161,23 @@ def run_pair(
         if q is not None and fidelity is not None:
             q_logits = q.step(images, labels)
             fidelity.update(fp_logits, q_logits)
-    return PairEvaluation(fp.result(), q.result() if q is not None else None, fidelity, skipped)
+            if p is not None and vs_q is not None and vs_fp is not None:
+                p_logits = p.step(images, labels)
+                vs_q.update(q_logits, p_logits.to(q_logits.device))
+                vs_fp.update(fp_logits, p_logits.to(fp_logits.device))
+    return PairEvaluation(fp.result(), q.result() if q is not None else None, fidelity, skipped,
+                          p.result() if p is not None else None, vs_q, vs_fp)
+
+
+class _ProgramModule(nn.Module):
+    """An integer program (``images -> logits``, CPU) as a module the evaluation runs like the others."""
+
+    def __init__(self, program: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.program(images.cpu())
 
 
 def log_pair(result: PairEvaluation, desc: str = "evaluating") -> None:

@@ -93,6 +93,9 @@ def format_table(report: dict) -> str:
         _table_row("FP", report["fp"]),
         _table_row("quantized", q),
     ]
+    program = report.get("integer_program")
+    if program is not None:
+        lines.append(_table_row("integer", program))
     fidelity = report.get("fidelity")
     if fidelity is not None:
         lines.append(f"top-1 agreement: {fidelity['top1_agreement']:.2f} %")
@@ -100,6 +103,9 @@ def format_table(report: dict) -> str:
     else:
         lines.append("top-1 agreement: -")
         lines.append("mean KL(fp || q): -")
+    if program is not None:
+        lines.append(f"integer program (saved; fast executor): top-1 agreement {program['agreement_quantized']:.2f} % "
+                     f"with the quantized model, {program['agreement_fp']:.2f} % with FP (KL {program['kl_fp']:.4f})")
     if q is not None:
         lines.append(f"relative throughput: {_fmt(q.get('relative_throughput'), '.3f')}x")
     calib = report.get("calibration_seconds")

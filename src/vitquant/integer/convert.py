@@ -504,7 +504,7 @@ def shifted_gelu_table(slot: nn.Module, shift: float, point: QuantPoint, hint: s
         raise ConfigError(f"{hint}: the post-GELU quantizer needs one scale per tensor for an integer table")
     low, high = int(gq.code_min), int(gq.code_max)
     y, y_scale = slot.kernel(torch.arange(low, high + 1, dtype=torch.float64), gq.scale.double(), FLOAT)
-    v = (y * y_scale).to(torch.float32) + shift  # QuantGELU's output, then ShiftedActivation's + c
+    v = torch.clamp((y * y_scale).to(torch.float32) + shift, min=0.0)  # QuantGELU's output, ShiftedActivation's max(. + c, 0)
     view = q.to_integer(v)
     shifts = torch.zeros_like(view.mantissa) if view.shift is None else view.shift
     top = int(shifts.max())

@@ -40,7 +40,7 @@ class RunJob:
     eval_size: int | None = None
     batch_size: int = 64
     workers: int = 0
-    gemm: str = "int"  # "int": the strict executor (pure int64); "float": the fast executor (same integers)
+    gemm: str = "float"  # "float": the fast executor (default; the same integers); "int": the strict executor (pure int64)
     compile: bool = False  # torch.compile the fast executor
     check_simulation: bool = False
     on_bad_image: str = "error"  # error | skip: what an undecodable image does

@@ -90,7 +90,9 @@ class IntegerModel:
         return self.run(images).to(torch.float64).mul(self.program.output_scale).to(torch.float32)
 
 
-def load(path: str | Path, backend: str = "int", gemm: str = "int", strict: bool = True,
+def load(path: str | Path, backend: str = "int", gemm: str = "float", strict: bool = True,
          compile: bool = False) -> IntegerModel:
-    """The integer model saved at ``path`` (a ``.vqm`` file written by ``vitquant quantize --save``)."""
+    """The integer model saved at ``path`` (a ``.vqm`` file written by ``vitquant quantize --save``); the
+    fast executor by default (``gemm="float"``: the strict int64 executor's integers, tested bit for bit;
+    ``gemm="int"`` runs the strict executor itself)."""
     return IntegerModel(IntegerProgram.load(path), backend=backend, gemm=gemm, strict=strict, compile=compile)

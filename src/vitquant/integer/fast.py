@@ -69,7 +69,7 @@ from vitquant.kernels.ibert import SOFTMAX_DIV_BITS, SOFTMAX_EXP_BITS, IntSoftma
 #: |x|·m below this keeps round(x·(m·2^-s)) exact in float64
 REQUANT_EXACT = 2**52
 #: elementwise lookups tabulate inputs of magnitude below 2^16 (what the kernels accept)
-TABLE_LIMIT = 2**16
+TABLE_LIMIT = 2**16 + 1  # tabulate inputs with |x| <= 2^16: 16-bit kernel inputs, 16-bit softmax outputs (I-BERT: 0..2^16)
 INT32_LIMIT = 2**31
 STRICT = Context(INT, gemm="float")  # the ops run where a range is unknown
 #: compiled graphs per op code (torch's default of 8 would send the later layers back to eager)

@@ -12,6 +12,7 @@ from vitquant.quantizers.base import Quantizer, check_bits
 from vitquant.quantizers.bitlog2 import BitLog2Quantizer, BitLog2Scheme, BitLog2Spec, parse_bitlog2
 from vitquant.quantizers.fixed_point import FixedPointQuantizer, FixedPointSpec
 from vitquant.quantizers.integer_view import IntegerView
+from vitquant.quantizers.kernel_input import KERNEL_INPUT_BITS, KernelInputSpec
 from vitquant.quantizers.log_sqrt2 import LogSqrt2Quantizer, LogSqrt2Spec
 from vitquant.quantizers.ptf import PTFSpec
 from vitquant.quantizers.spec import GRANULARITIES, QuantSpec, make_spec, register_spec, spec_kinds
@@ -31,6 +32,8 @@ __all__ = [
     "BitLog2Scheme",
     "BitLog2Spec",
     "IntegerView",
+    "KERNEL_INPUT_BITS",
+    "KernelInputSpec",
     "LogSqrt2Quantizer",
     "LogSqrt2Spec",
     "NotIntegerError",

@@ -16,7 +16,8 @@ from typing import ClassVar
 import torch
 
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
-from vitquant.quantizers.uniform import UniformQuantizer
+from vitquant.quantizers.base import MIN_BITS
+from vitquant.quantizers.uniform import WIDE_BITS, UniformQuantizer
 
 
 @register_spec
@@ -26,6 +27,7 @@ class PTFSpec(QuantSpec):
 
     granularity: str = "channel"
     kind: ClassVar[str] = "ptf"
+    bit_range: ClassVar[tuple[int, int]] = (MIN_BITS, WIDE_BITS)  # 16: the kernels' own input width
 
     @property
     def format_name(self) -> str:

@@ -25,6 +25,10 @@ from vitquant.quantizers.integer_view import IntegerView, reject_nan
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
 from vitquant.quantizers.state import register_quantizer
 
+#: the widest uniform quantizer: the 16-bit inputs of integer kernels (:mod:`.kernel_input`); the
+#: specs of weights and matmul operands stay within 2..8 bits
+WIDE_BITS = 16
+
 
 @register_quantizer
 class UniformQuantizer(Quantizer):
@@ -41,7 +45,7 @@ class UniformQuantizer(Quantizer):
 
     def __init__(self, bits: int, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         super().__init__()
-        self.bits = check_bits(bits)
+        self.bits = check_bits(bits, high=WIDE_BITS)
         scale = torch.as_tensor(scale, dtype=torch.float32)
         zero_point = torch.as_tensor(zero_point, dtype=torch.float32)
         if not torch.isfinite(scale).all() or (scale <= 0).any():
