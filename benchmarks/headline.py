@@ -27,8 +27,8 @@ ROWS = [
                             ("ptq4vit", "`ptq4vit`: PTQ4ViT"))],
     (RECON_W4, "bitlog2-recon + reconstruction", 4, "`bitlog2-recon` + block reconstruction"),
     (RECON_W3, "bitlog2-recon + reconstruction", 3, "`bitlog2-recon` + block reconstruction"),
-    (INTEGER, "W8A8", 8, "integer program (`repq-vit`, uniform attention map, integer kernels)"),
-    (INTEGER, "W4A4", 4, "integer program (`bitlog2-half-17`, integer kernels)"),
+    (INTEGER, "W8A8", 8, "integer program (`repq-vit`, uniform attention map, mixed integer kernels)"),
+    (INTEGER, "W4A4", 4, "integer program (`bitlog2-half-17`, mixed integer kernels)"),
 ]
 HEADER = ("| W/A | method | calibration images | evaluated on | FP top-1 % | top-1 % | agreement % | mean KL | results file |\n"
           "|---|---|---:|---:|---:|---:|---:|---:|---|")

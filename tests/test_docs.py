@@ -155,3 +155,32 @@ def test_mkdocs_build_strict(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, env=env)
     assert run.returncode == 0, f"mkdocs build --strict failed:\n{run.stderr[-4000:]}"
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file(), "the CLI reference was not generated"
+
+
+def _command_lines(text: str) -> list[str]:
+    """Every ``vitquant ...`` command of the ```bash blocks of ``text`` (continuation lines joined)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("vitquant "):
+                commands.append(line)
+    return commands
+
+
+@pytest.mark.parametrize("where", ["README.md", *PAGES])
+def test_example_commands_parse(where):
+    """Every example command line of the README and the docs is accepted by the real parser."""
+    import shlex
+
+    from vitquant import cli
+
+    for line in _command_lines(README if where == "README.md" else PAGES[where]):
+        argv = shlex.split(line)[1:]
+        try:
+            if cli._is_seed_form(argv):
+                cli._seed_parser().parse_args(argv)
+            else:
+                cli.build_parser().parse_args(argv)
+        except SystemExit as exc:
+            pytest.fail(f"{where}: `{line}` does not parse (exit {exc.code})")
