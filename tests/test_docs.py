@@ -3,7 +3,8 @@
 - Every table of figures (a '%' column) in the README or docs/ is a table of a results file under
   ``benchmarks/results/``, verbatim, or the headline table that ``benchmarks/headline.py`` builds from
   them; every results table appears in docs/.
-- The main job's recorded output is in the README and on the getting-started page.
+- The main job's recorded output is in the README and on the getting-started page; every recorded
+  command output (``results/*.txt``) is shown verbatim in docs/.
 - Every figure shown is a committed PNG under ``benchmarks/results/`` beside a results JSON that records
   its commit; every results JSON records a clean commit and each row its configuration.
 - ``mkdocs build --strict`` passes: a broken link or anchor, a page missing from the nav, or a docstring
@@ -91,6 +92,13 @@ def test_main_job_output_is_the_recorded_one():
     recorded = (RESULTS / "main_job.txt").read_text().strip()
     assert recorded in README, "README's main-job output differs from benchmarks/results/main_job.txt"
     assert recorded in PAGES["getting-started.md"], "docs/getting-started.md's main-job output differs"
+
+
+@pytest.mark.parametrize("txt", sorted(str(p.relative_to(RESULTS)) for p in RESULTS.rglob("*.txt")))
+def test_recorded_outputs_are_in_the_docs(txt):
+    """A recorded command output (results/*.txt) is shown verbatim on some page of docs/."""
+    recorded = (RESULTS / txt).read_text().strip()
+    assert any(recorded in text for text in PAGES.values()), f"{txt}: not shown verbatim in docs/"
 
 
 def test_results_files_record_their_commit():
