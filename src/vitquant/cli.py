@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the compile time, minutes on a cold cache, is reported apart from the throughput)")
     r.add_argument("--check-simulation", action="store_true",
                    help="also run the program's float64 twin and count the images whose integer logits equal the "
-                   "int64 run's (the executor against its own simulation; see README)")
+                   "int64 run's (the executor against its own simulation; see docs/guides/integer-inference.md)")
     _add_bad_image_arg(r)
     r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
