@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install vitquant with its test extras. Idempotent: re-installs only when
+# Create .venv and install vitquant with its test and onnx extras. Idempotent: re-installs only when
 # pyproject.toml changed. Override the interpreter with PYTHON=..., the torch wheels with TORCH_SPEC=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +15,5 @@ echo "setup: creating .venv and installing vitquant (first run takes a minute or
 .venv/bin/python -m pip install -q --upgrade pip
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q $TORCH_SPEC
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,onnx]'
 printf '%s' "$want" > "$stamp"

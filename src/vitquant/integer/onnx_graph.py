@@ -273,9 +273,16 @@ class OnnxGraph:
         out = _corners(ra, rb, lambda x, y: x // y)
         if ra.lo >= 0:
             return self._div(a, b, ra, rb, out)
-        k = -(ra.lo // rb.lo)  # ceil(-lo / min b): a + K·b >= 0
-        shifted = self.add(a, k * b if not isinstance(b, Val) else self.mul(b, k))
-        return self.sub(self._div(shifted, b, self.range_of(shifted), rb, Range(out.lo + k, out.hi + k)), k)
+        if isinstance(b, torch.Tensor) and b.numel() > 1:  # K per element: ceil(-lo / b), so K·b < -lo + b
+            k = -torch.div(torch.full_like(b, ra.lo), b, rounding_mode="floor")
+            offset = k * b
+            kr = Range.of(k)
+        else:
+            k = -(ra.lo // rb.lo)  # ceil(-lo / min b): a + K·b >= 0
+            offset = self.mul(b, k) if isinstance(b, Val) else k * int(b)
+            kr = Range(k, k)
+        shifted = self.add(a, offset)
+        return self.sub(self._div(shifted, b, self.range_of(shifted), rb, Range(out.lo + kr.lo, out.hi + kr.hi)), k)
 
     def _div(self, a: Operand, b: Operand, ra: Range, rb: Range, out: Range) -> Val:
         out = self._bound(out)
