@@ -149,7 +149,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="cpu (default) or cuda; under torchrun each process takes GPU LOCAL_RANK")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: commands whose options need no model code: their parser is built without quantize's and train's,
+#: whose defaults import the model adapters (timm), so that ``vitquant run MODEL.onnx`` never imports timm
+LIGHT_COMMANDS = ("run", "export")
+
+
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``light``: without the ``quantize`` and ``train`` commands (see :data:`LIGHT_COMMANDS`)."""
     parser = argparse.ArgumentParser(
         prog="vitquant",
         description="Post-training quantization of Vision Transformers (RepQ-ViT + BitLog2).",
@@ -158,11 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitquant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quantize", help="calibrate, quantize and evaluate a model (the main job)")
-    _add_quantize_args(q)
-    t = sub.add_parser("train", help="calibrate, then quantization-aware training (Q-ViT: IRM, DGD), then evaluate")
-    _add_quantize_args(t)
-    _add_training_args(t)
+    if not light:
+        q = sub.add_parser("quantize", help="calibrate, quantize and evaluate a model (the main job)")
+        _add_quantize_args(q)
+        t = sub.add_parser("train", help="calibrate, then quantization-aware training (Q-ViT: IRM, DGD), then evaluate")
+        _add_quantize_args(t)
+        _add_training_args(t)
     r = sub.add_parser("run", help="evaluate a saved integer program (.vqm) with the integer executor, or an exported "
                        "ONNX model (.onnx) in onnxruntime")
     r.add_argument("model_file", type=Path, metavar="MODEL.vqm|MODEL.onnx")
@@ -620,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.calib_data = args.eval_data = args.dataset
             _setup_logging(args.quiet, False)
             return _run_quantize(args)
-        args = build_parser().parse_args(argv)
+        args = build_parser(light=bool(argv) and argv[0] in LIGHT_COMMANDS).parse_args(argv)
         if args.command == "models":
             return _list_models()
         if args.command == "schemes":
