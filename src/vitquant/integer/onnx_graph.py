@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -60,11 +60,16 @@ NUMPY = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.I
 
 @dataclass(frozen=True)
 class Val:
-    """A graph value: its name, ONNX element type and, for integers, static range."""
+    """A graph value: its name, ONNX element type and, for integers, static range; ``parts``: tighter
+    ranges per index of one axis (``(axis, ranges)``, e.g. per head of a ``[B, H, N, d]`` tensor);
+    ``origin``: how it was computed, for the peepholes (``("addc", x, c)``: x + constant c, ``("add", x, y)``,
+    ``("shr", x, k)``: x >> constant k)."""
 
     name: str
     dtype: int
     range: Range | None = None
+    parts: tuple[int, tuple[Range, ...]] | None = field(default=None, compare=False)
+    origin: tuple | None = field(default=None, compare=False)
 
     @property
     def is_bool(self) -> bool:
@@ -141,6 +146,13 @@ class OnnxGraph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
+    def split(self, x: Val, axis: int, parts: int) -> list[Val]:
+        """``x`` cut into ``parts`` slices of one index along ``axis`` (each keeping its part's range)."""
+        names = [self.fresh("split") for _ in range(parts)]
+        self.nodes.append(helper.make_node("Split", [x.name], names, name=names[0], axis=axis, num_outputs=parts))
+        ranges = x.parts[1] if x.parts is not None and x.parts[0] == axis else (x.range,) * parts
+        return [Val(n, x.dtype, r) for n, r in zip(names, ranges)]
+
     def constant(self, value: np.ndarray | torch.Tensor | int | float, dtype: int, hint: str = "const") -> str:
         """An initializer of ``value`` as ``dtype``, shared by equal constants (checked to convert exactly)."""
         if isinstance(value, torch.Tensor):
@@ -195,17 +207,38 @@ class OnnxGraph:
         return x
 
     # ------------------------------------------------------------------ arithmetic
-    def elementwise(self, op: str, args: list[Operand], out: Range, hint: str | None = None) -> Val:
-        """``op`` on integer operands, in the narrowest type holding operands and result."""
+    def compute_type(self, args: list[Operand], *ranges: Range) -> int:
+        """int32 where every range fits it and no operand is already int64 (which would cost a Cast), else int64."""
+        if any(isinstance(a, Val) and a.dtype == TensorProto.INT64 for a in args):
+            int_type(*ranges)  # still refuses ranges beyond int64
+            return TensorProto.INT64
+        return int_type(*ranges)
+
+    def elementwise(self, op: str, args: list[Operand], out: Range, hint: str | None = None, origin: tuple | None = None) -> Val:
+        """``op`` on integer operands, in the type of :meth:`compute_type`."""
         args = [self._int(a) for a in args]
         out = self._bound(out)
-        dtype = int_type(out, *(self.range_of(a) for a in args))
+        dtype = self.compute_type(args, out, *(self.range_of(a) for a in args))
         name = self.node(op, [self.operand(a, dtype) for a in args], hint or op.lower())
-        return Val(name, dtype, out)
+        return Val(name, dtype, out, origin=origin)
 
     def add(self, a: Operand, b: Operand) -> Val:
+        """``a + b``; a constant added to ``x + c`` becomes ``x + (c + b)`` (the first Add, if nothing else
+        reads it, is dropped by :meth:`prune`)."""
+        if isinstance(b, Val) and not isinstance(a, Val):
+            a, b = b, a
+        if isinstance(a, Val) and not isinstance(b, Val) and a.origin and a.origin[0] == "addc":
+            _, x, c = a.origin
+            total = torch.as_tensor(c, dtype=torch.int64) + torch.as_tensor(b, dtype=torch.int64)
+            if total.numel() == 1:
+                total = int(total.reshape(()))
+            return self.add(x, total)
         ra, rb = self.range_of(self._int(a)), self.range_of(self._int(b))
-        return self.elementwise("Add", [a, b], Range(ra.lo + rb.lo, ra.hi + rb.hi))
+        if isinstance(a, Val) and not isinstance(b, Val):
+            origin = ("addc", a, b)
+        else:
+            origin = ("add", a, b) if isinstance(a, Val) and isinstance(b, Val) else None
+        return self.elementwise("Add", [a, b], Range(ra.lo + rb.lo, ra.hi + rb.hi), origin=origin)
 
     def sub(self, a: Operand, b: Operand) -> Val:
         ra, rb = self.range_of(self._int(a)), self.range_of(self._int(b))
@@ -253,7 +286,7 @@ class OnnxGraph:
             return v if hi is None else min(v, hi)
 
         out = Range(f(r.lo), f(r.hi))
-        dtype = int_type(r, out, *(Range(b, b) for b in (lo, hi) if b is not None))
+        dtype = self.compute_type([a], r, out, *(Range(b, b) for b in (lo, hi) if b is not None))
         inputs = [self.operand(a, dtype), "" if lo is None else self.constant(lo, dtype),
                   "" if hi is None else self.constant(hi, dtype)]
         while inputs[-1] == "":
@@ -281,12 +314,16 @@ class OnnxGraph:
             k = -(ra.lo // rb.lo)  # ceil(-lo / min b): a + K·b >= 0
             offset = self.mul(b, k) if isinstance(b, Val) else k * int(b)
             kr = Range(k, k)
-        shifted = self.add(a, offset)
+        if isinstance(a, Val) and a.origin and a.origin[0] == "add" and not isinstance(offset, Val):
+            _, x, y = a.origin  # (x + y) + K·b as x + (y + K·b): the constant joins y's own (see add)
+            shifted = self.add(x, self.add(y, offset))
+        else:
+            shifted = self.add(a, offset)
         return self.sub(self._div(shifted, b, self.range_of(shifted), rb, Range(out.lo + kr.lo, out.hi + kr.hi)), k)
 
     def _div(self, a: Operand, b: Operand, ra: Range, rb: Range, out: Range) -> Val:
         out = self._bound(out)
-        dtype = int_type(ra, rb, out)
+        dtype = self.compute_type([a, b], ra, rb, out)
         return Val(self.node("Div", [self.operand(a, dtype), self.operand(b, dtype)], "div"), dtype, out)
 
     def power_of_two(self, k: Operand) -> Operand:
@@ -303,7 +340,8 @@ class OnnxGraph:
         """``a >> k`` (arithmetic) = ``floor(a / 2^k)``."""
         if not isinstance(k, Val) and const_range(k) == Range(0, 0):
             return a if isinstance(a, Val) else self.add(a, 0)
-        return self.floor_div(a, self.power_of_two(k))
+        out = self.floor_div(a, self.power_of_two(k))
+        return replace(out, origin=("shr", a, k)) if isinstance(a, Val) and not isinstance(k, Val) else out
 
     def shift_left(self, a: Operand, k: Operand) -> Val:
         """``a << k`` = ``a · 2^k``."""
@@ -312,6 +350,15 @@ class OnnxGraph:
         return self.mul(a, self.power_of_two(k))
 
     def bitwise_and(self, a: Operand, b: Operand) -> Val:
+        """``a & b``; the parity ``(x >> k) & 1`` of a constant shift is ``min(x & 2^k, 1)`` (bit k of x in two's
+        complement, with no division)."""
+        if isinstance(b, Val) and not isinstance(a, Val):
+            a, b = b, a
+        if (isinstance(a, Val) and a.origin and a.origin[0] == "shr" and not isinstance(b, Val)
+                and const_range(b) == Range(1, 1) and const_range(a.origin[2]).hi <= MAX_SHIFT):
+            _, x, k = a.origin
+            bit = self.elementwise("BitwiseAnd", [x, self.power_of_two(k)], Range(0, 2 ** const_range(k).hi), "bitand")
+            return self.minimum(bit, 1)
         if all(isinstance(x, Val) and x.is_bool or isinstance(x, torch.Tensor) and x.dtype == torch.bool for x in (a, b)):
             return Val(self.node("And", [self.operand(a, TensorProto.BOOL), self.operand(b, TensorProto.BOOL)], "and"),
                        TensorProto.BOOL, BOOL_RANGE)
@@ -328,7 +375,7 @@ class OnnxGraph:
     def compare(self, op: str, a: Operand, b: Operand) -> Val:
         """``op`` one of ``Greater``, ``GreaterOrEqual``, ``Less``, ``LessOrEqual``, ``Equal``, ``NotEqual``."""
         a, b = self._int(a), self._int(b)
-        dtype = int_type(self.range_of(a), self.range_of(b))
+        dtype = self.compute_type([a, b], self.range_of(a), self.range_of(b))
         inputs = [self.operand(a, dtype), self.operand(b, dtype)]
         if op == "NotEqual":
             return Val(self.node("Not", [self.node("Equal", inputs, "eq")], "ne"), TensorProto.BOOL, BOOL_RANGE)
@@ -338,7 +385,7 @@ class OnnxGraph:
         a, b = self._int(a), self._int(b)
         ra, rb = self.range_of(a), self.range_of(b)
         out = ra.hull(rb)
-        dtype = int_type(out)
+        dtype = self.compute_type([a, b], out)
         c = cond.name if isinstance(cond, Val) else self.constant(cond, TensorProto.BOOL)
         return Val(self.node("Where", [c, self.operand(a, dtype), self.operand(b, dtype)], "where"), dtype, out)
 
@@ -347,7 +394,7 @@ class OnnxGraph:
         a = self._int(a)
         r = self.range_of(a)
         out = self._bound(Range(min(r.lo * count, r.lo), max(r.hi * count, r.hi)) if op == "ReduceSum" else r)
-        dtype = int_type(r, out)
+        dtype = self.compute_type([a], r, out)
         name = self.node(op, [self.operand(a, dtype), self.axes(*axes)], op.lower(), keepdims=int(keepdims))
         return Val(name, dtype, out)
 
@@ -360,8 +407,19 @@ class OnnxGraph:
         return Val(self.node("Gather", [self.constant(table, dtype, hint), index.name], "gather", axis=0), dtype, out)
 
     # ------------------------------------------------------------------ the model
+    def prune(self, outputs: list[str]) -> None:
+        """Drop the nodes and initializers no output depends on (left behind by the peepholes)."""
+        needed, kept = set(outputs), []
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                kept.append(node)
+                needed.update(i for i in node.input if i)
+        self.nodes = kept[::-1]
+        self.initializers = [t for t in self.initializers if t.name in needed]
+
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str,
               metadata: dict[str, str], doc: str) -> onnx.ModelProto:
+        self.prune([o.name for o in outputs])
         graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.initializers, doc_string=doc)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vitquant",
                                   ir_version=9)

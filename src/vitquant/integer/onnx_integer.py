@@ -29,7 +29,7 @@ The batch dimension is free (``N``); the image size is fixed by the program.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -114,7 +114,7 @@ class IntegerExport:
             out = EMITTERS[op.kind](self, op, [env[n] for n in op.inputs], info)
             g.scope = ""
             if info.out_range is not None and out.range is not None:  # both are sound: keep the tighter
-                out = Val(out.name, out.dtype, Range(max(out.range.lo, info.out_range.lo), min(out.range.hi, info.out_range.hi)))
+                out = replace(out, range=Range(max(out.range.lo, info.out_range.lo), min(out.range.hi, info.out_range.hi)))
             env[op.output] = out
         logits = g.cast(env["logits"], TensorProto.INT64)
         g.nodes.append(helper.make_node("Identity", [logits.name], ["logits_int"], name="logits_int"))
@@ -156,7 +156,8 @@ class IntegerExport:
         return Val(self.g.node("Reshape", [x.name, self.g.shape(*dims)], "reshape"), x.dtype, x.range)
 
     def transpose(self, x: Val, *perm: int) -> Val:
-        return Val(self.g.node("Transpose", [x.name], "transpose", perm=list(perm)), x.dtype, x.range)
+        parts = None if x.parts is None else (list(perm).index(x.parts[0]), x.parts[1])
+        return Val(self.g.node("Transpose", [x.name], "transpose", perm=list(perm)), x.dtype, x.range, parts)
 
     def take(self, x: Val, index: int | np.ndarray, axis: int) -> Val:
         idx = self.g.constant(np.asarray(index, dtype=np.int64), TensorProto.INT64, "index")
@@ -213,13 +214,28 @@ def weight_form(codes: torch.Tensor, zero: torch.Tensor, weight: torch.Tensor) -
     return None
 
 
-def _matmul(e: IntegerExport, a: Val, b: Val, k: int, out_range: Range) -> Val:
-    """``a @ b`` of runtime values: MatMulInteger where both fit 8 bits, else an integer MatMul."""
+def _head_ranges(x: Val, heads: int) -> tuple[Range, ...]:
+    """Per head (axis 1) ranges of ``x``: its parts there, else its range for every head."""
+    return x.parts[1] if x.parts is not None and x.parts[0] == 1 else (x.range,) * heads
+
+
+def _matmul(e: IntegerExport, a: Val, b: Val, k: int, out_range: Range, heads: int | None = None) -> Val:
+    """``a @ b`` of runtime values: MatMulInteger where both fit 8 bits; per head (axis 1 of ``heads``)
+    where only each head's ranges do (a zero point per head: q, k and v with per-head quantizers), the
+    heads' products concatenated; else an integer MatMul."""
     g = e.g
     fa, fb = int8_form(a.range), int8_form(b.range)
     if fa is not None and fb is not None:
         left, right = _int8_operand(g, a, fa), _int8_operand(g, b, fb)
         return _matmul_integer(g, [left[0], right[0], left[1], right[1]], out_range)
+    if heads is not None and heads > 1:
+        forms = [(int8_form(ra), int8_form(rb)) for ra, rb in zip(_head_ranges(a, heads), _head_ranges(b, heads))]
+        if all(f is not None for pair in forms for f in pair):
+            products = []
+            for x, y, (fx, fy) in zip(g.split(a, 1, heads), g.split(b, 1, heads), forms):
+                left, right = _int8_operand(g, x, fx), _int8_operand(g, y, fy)
+                products.append(_matmul_integer(g, [left[0], right[0], left[1], right[1]], out_range).name)
+            return Val(g.node("Concat", products, "heads", axis=1), TensorProto.INT32, out_range)
     dtype = int_type(Range.within(k * a.range.bound * b.range.bound), a.range, b.range)
     return Val(g.node("MatMul", [g.operand(a, dtype), g.operand(b, dtype)], "matmul"), dtype, out_range)
 
@@ -263,7 +279,12 @@ def _matmul_op(e: IntegerExport, op: Op, args: list[Val], info: OpInfo) -> Val:
         rank = len(info.shapes[1])
         b = e.transpose(b, *range(rank - 2), rank - 1, rank - 2)
     k = int(info.shapes[0][-1])
-    return _matmul(e, a, b, k, info.out_range or Range.within(k * a.range.bound * b.range.bound))
+    return _matmul(e, a, b, k, info.out_range or Range.within(k * a.range.bound * b.range.bound), _heads_of(info))
+
+
+def _heads_of(info: OpInfo) -> int | None:
+    """The heads (axis 1) of attention operands ``[B, H, N, d]``."""
+    return int(info.shapes[0][1]) if len(info.shapes[0]) == 4 else None
 
 
 def _levels_av(e: IntegerExport, y: Val, v: Val, table: torch.Tensor, info: OpInfo) -> Val:
@@ -276,8 +297,10 @@ def _levels_av(e: IntegerExport, y: Val, v: Val, table: torch.Tensor, info: OpIn
         offsets = (width * torch.arange(heads, dtype=torch.int64)).reshape(1, heads, 1, 1)
         index = g.add(index, offsets)
     levels = g.gather(table.flatten(), index, "levels")
+    if heads > 1:
+        levels = replace(levels, parts=(1, tuple(Range.of(row) for row in table)))
     k = int(info.shapes[0][-1])
-    return _matmul(e, levels, v, k, info.out_range or Range.within(k * levels.range.bound * v.range.bound))
+    return _matmul(e, levels, v, k, info.out_range or Range.within(k * levels.range.bound * v.range.bound), _heads_of(info))
 
 
 def _table_range(y: Val, what: str) -> Range:
@@ -311,7 +334,19 @@ def _table_av(e: IntegerExport, op: Op, args: list[Val], info: OpInfo) -> Val:
 @emitter("requant")
 def _requant(e: IntegerExport, op: Op, args: list[Val], info: OpInfo) -> Val:
     """The strict op's ``clamp(round(x·m / 2^s), lo, hi)`` (ties to even), traced and lowered."""
-    return e.traced(lambda x: OPS["requant"]([x], info.consts, op.attrs, STRICT), args[0], info.shapes[0])
+    out = e.traced(lambda x: OPS["requant"]([x], info.consts, op.attrs, STRICT), args[0], info.shapes[0])
+    return replace(out, parts=clamp_parts(info.consts["low"], info.consts["high"], len(info.out_shape), out.range))
+
+
+def clamp_parts(low: torch.Tensor, high: torch.Tensor, rank: int, r: Range) -> tuple[int, tuple[Range, ...]] | None:
+    """The ranges per index of the one axis along which a clamp's bounds vary (None: scalar bounds)."""
+    shape = torch.broadcast_shapes(low.shape, high.shape)
+    varying = [i for i, n in enumerate(shape) if n > 1]
+    if len(varying) != 1 or len(shape) > rank:
+        return None
+    lo, hi = (t.expand(shape).reshape(-1) for t in (low, high))
+    axis = rank - len(shape) + varying[0]
+    return axis, tuple(Range(max(int(a), r.lo), min(int(b), r.hi)) for a, b in zip(lo, hi))
 
 
 def _family(op: Op, kind: str):
@@ -367,10 +402,21 @@ def _patchify(e: IntegerExport, op: Op, args: list[Val], info: OpInfo) -> Val:
 
 @emitter("heads")
 def _heads(e: IntegerExport, op: Op, args: list[Val], info: OpInfo) -> Val:
+    """q, k or v [B, H, N, d] of the qkv channels [B, N, 3·H·d]; per-channel ranges become per-head ones."""
     _, n, _ = info.shapes[0]
-    x = e.reshape(args[0], -1, n, 3, int(op.attrs["heads"]), info.out_shape[-1])
-    x = e.take(x, int(op.attrs["which"]), 2)
-    return e.transpose(x, 0, 2, 1, 3)
+    heads, which, d = int(op.attrs["heads"]), int(op.attrs["which"]), int(info.out_shape[-1])
+    x = e.reshape(args[0], -1, n, 3, heads, d)
+    x = e.take(x, which, 2)
+    out = e.transpose(x, 0, 2, 1, 3)
+    parts = args[0].parts
+    if parts is not None and parts[0] == len(info.shapes[0]) - 1 and len(parts[1]) == 3 * heads * d:
+        mine = parts[1][which * heads * d:(which + 1) * heads * d]
+        per_head = []
+        for h in range(heads):
+            head = mine[h * d:(h + 1) * d]
+            per_head.append(Range(min(r.lo for r in head), max(r.hi for r in head)))
+        out = replace(out, parts=(1, tuple(per_head)))
+    return out
 
 
 @emitter("merge_heads")
