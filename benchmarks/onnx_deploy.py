@@ -14,9 +14,10 @@ export the ``integer`` ONNX graph, then
 - OpenVINO (``--openvino``, when installed): whether it reads and compiles the integer graph, its speed
   and integer logits, or the error that stops it.
 
-Writes ``results/onnx_<model>.{md,json}``.
+Writes ``results/onnx_<model>.{md,json}``. (Not named ``onnx.py``: run as a script from this folder, that
+name would shadow the ``onnx`` package.)
 
-    python benchmarks/onnx.py --eval-size 64 --program W8A8=w8a8.vqm --program W4A4=w4a4.vqm
+    python benchmarks/onnx_deploy.py --eval-size 64 --program W8A8=w8a8.vqm --program W4A4=w4a4.vqm
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
     import onnxruntime
 
     return {
-        "command": "python benchmarks/onnx.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/onnx_deploy.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(args.model), "weights": weights_source, "fp_top1": _accuracy(fp_logits, labels).top1,
         "fp_onnx_bytes": fp_bytes, "calibration_images": len(calib_images), "evaluation_images": len(labels),
         "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed, "batches": args.batches, "repeats": args.repeats,
