@@ -21,7 +21,7 @@ from typing import Any
 from vitquant.errors import ConfigError, ModelFileError
 from vitquant.integer.program import IntegerProgram
 
-FORMAT_MODULES = ("vitquant.integer.onnx_integer",)
+FORMAT_MODULES = ("vitquant.integer.onnx_integer", "vitquant.integer.onnx_qdq")
 ONNX_EXTRA = "ONNX export needs the optional extra: pip install 'vitquant[onnx]' (onnx, onnxruntime)"
 
 
@@ -52,7 +52,7 @@ def require_onnx() -> None:
 
 
 def format_names() -> list[str]:
-    return ["integer"]
+    return ["integer", "qdq"]
 
 
 def _load_formats() -> None:
