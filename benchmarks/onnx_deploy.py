@@ -105,7 +105,9 @@ def openvino_row(path: Path, batch: np.ndarray, threads: int, expected: np.ndarr
         return {"status": "ok", "version": ov.get_version(), "images_per_second": len(batch) / (time.perf_counter() - start),
                 "bit_identical_images": int((logits == expected).all(axis=-1).sum()), "images": len(batch)}
     except Exception as exc:  # noqa: BLE001 - report what stops it
-        return {"status": "failed", "version": ov.get_version(), "error": str(exc).strip().splitlines()[0][:300]}
+        lines = [line.strip() for line in str(exc).splitlines()]
+        message = " ".join(line for line in lines if line and not line.startswith("Exception from"))
+        return {"status": "failed", "version": ov.get_version(), "error": message[:400]}
 
 
 def measure(args, name: str, model, calib_images, batches, labels, fp_path: Path, tmp: Path) -> dict:
@@ -196,8 +198,9 @@ def to_markdown(res: dict) -> str:
     for r in res["rows"]:
         ov = r.get("openvino")
         if ov:
-            text = (f"reads and runs it: {ov['images_per_second']:.1f} images/s, {ov['bit_identical_images']} / {ov['images']} "
-                    "bit-identical" if ov["status"] == "ok" else f"{ov['status']}: {ov.get('error', '')}")
+            text = (f"reads and runs it: {ov['images_per_second']:.1f} images/s (one run of batch {ov['images']}), "
+                    f"{ov['bit_identical_images']} / {ov['images']} bit-identical"
+                    if ov["status"] == "ok" else f"{ov['status']}: {ov.get('error', '')}")
             lines.append(f"\nOpenVINO {ov.get('version', '')} on the {r['row']} integer graph: {text}")
     lines += ["", f"Command: `{res['command'].strip()}`"]
     return "\n".join(lines) + "\n"
