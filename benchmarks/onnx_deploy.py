@@ -12,7 +12,9 @@ export the ``integer`` ONNX graph, then
   (``gemm float``, not compiled) and eager FP torch;
 - file sizes: the FP ONNX file, the integer ONNX file and the ``.vqm``;
 - OpenVINO (``--openvino``, when installed): whether it reads and compiles the integer graph, its speed
-  and integer logits, or the error that stops it.
+  and integer logits, or the error that stops it;
+- QDQ (``--qdq``, W8A8 calibrated here): the ``qdq`` graph in onnxruntime, its top-1 and speed, against the
+  simulated (fake-quantized) model with its integer kernels and with the float non-linear ops instead.
 
 Writes ``results/onnx_<model>.{md,json}``. (Not named ``onnx.py``: run as a script from this folder, that
 name would shadow the ``onnx`` package.)
@@ -80,13 +82,32 @@ def fp_onnx(model: torch.nn.Module, path: Path, size: int) -> None:
                       dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, opset_version=18, dynamo=False)
 
 
-def program_for(args, name: str, model: torch.nn.Module, calib_images: torch.Tensor) -> tuple[IntegerProgram, str]:
+def program_for(args, name: str, model: torch.nn.Module, calib_images: torch.Tensor):
+    """(program, where it comes from, the calibrated model or None)."""
     if name in args.program:
-        return IntegerProgram.load(args.program[name]), str(args.program[name])
+        return IntegerProgram.load(args.program[name]), str(args.program[name]), None
     recipe, bits, options, family, nl_bits = ROWS[name]
     qconfig = build_qconfig(recipe, bits, bits, **options).with_nonlinear(NonlinearConfig.everywhere(family, nl_bits))
     log.info("%s: calibrating ...", name)
-    return convert_vit(quantize_model(model, calib_images, qconfig).model), "calibrated here"
+    qmodel = quantize_model(model, calib_images, qconfig).model
+    return convert_vit(qmodel), "calibrated here", qmodel
+
+
+def simulated_logits(qmodel: torch.nn.Module, batches: list[torch.Tensor], float_nonlinear: bool) -> torch.Tensor:
+    """The fake-quantized model's logits, with its integer kernels or (``float_nonlinear``) the float ops."""
+    from vitquant.nn.nonlinear import QuantNonLinear
+
+    modules = [m for m in qmodel.modules() if isinstance(m, QuantNonLinear)]
+    active = [m.active for m in modules]
+    try:
+        if float_nonlinear:
+            for m in modules:
+                m.activate(None)
+        with torch.inference_mode():
+            return torch.cat([qmodel(images) for images in batches])
+    finally:
+        for m, family in zip(modules, active):
+            m.activate(family)
 
 
 def openvino_row(path: Path, batch: np.ndarray, threads: int, expected: np.ndarray) -> dict:
@@ -111,7 +132,7 @@ def openvino_row(path: Path, batch: np.ndarray, threads: int, expected: np.ndarr
 
 
 def measure(args, name: str, model, calib_images, batches, labels, fp_path: Path, tmp: Path) -> dict:
-    program, source = program_for(args, name, model, calib_images)
+    program, source, qmodel = program_for(args, name, model, calib_images)
     vqm = tmp / f"{name}.vqm"
     program.save(vqm)
     start = time.perf_counter()
@@ -128,6 +149,17 @@ def measure(args, name: str, model, calib_images, batches, labels, fp_path: Path
     accuracy = _accuracy(torch.cat(logits).float(), labels)
     fp = session(fp_path, args.threads)
     fast = IntegerModel(program, gemm="float")
+    qdq = None
+    if args.qdq and qmodel is not None and name == "W8A8":
+        qdq_path = to_onnx(program, tmp / f"{name}_qdq.onnx", format="qdq", image_size=int(batches[0].shape[-1]))
+        qdq = session(qdq_path, args.threads)
+        qdq_logits = torch.cat([torch.from_numpy(qdq.run(None, {"image": b.numpy()})[0]) for b in batches])
+        sim, sim_float = simulated_logits(qmodel, batches, False), simulated_logits(qmodel, batches, True)
+        agree = lambda a, b: 100.0 * (a.argmax(-1) == b.argmax(-1)).double().mean().item()  # noqa: E731
+        qdq_row = {"top1": _accuracy(qdq_logits, labels).top1, "onnx_bytes": qdq_path.stat().st_size,
+                   "simulated_top1": _accuracy(sim, labels).top1, "simulated_float_nonlinear_top1": _accuracy(sim_float, labels).top1,
+                   "agreement_simulated": agree(qdq_logits, sim), "agreement_simulated_float_nonlinear": agree(qdq_logits, sim_float),
+                   "agreement_program": agree(qdq_logits, torch.cat(logits))}
     speed = {}
     for size in args.batches:
         batch = torch.cat(batches)[:size]
@@ -137,6 +169,8 @@ def measure(args, name: str, model, calib_images, batches, labels, fp_path: Path
             "vitquant fast executor": fast.run,
             "torch FP (eager)": model,
         }
+        if qdq is not None:
+            models["onnxruntime QDQ"] = lambda x: qdq.run(None, {"image": x.numpy()})
         log.info("%s: timing at batch %d ...", name, size)
         speed[str(size)] = in_turns(models, batch, args.repeats)
     row = {
@@ -145,6 +179,8 @@ def measure(args, name: str, model, calib_images, batches, labels, fp_path: Path
         "export_seconds": export_seconds, "onnx_bytes": onnx_path.stat().st_size, "vqm_bytes": vqm.stat().st_size,
         "speed": speed, "info": {k: v for k, v in program.info.items() if k != "qconfig"},
     }
+    if qdq is not None:
+        row["qdq"] = qdq_row
     if args.openvino:
         batch = torch.cat(batches)[: max(args.batches)]
         row["openvino"] = openvino_row(onnx_path, batch.numpy(), args.threads,
@@ -202,6 +238,15 @@ def to_markdown(res: dict) -> str:
                     f"{ov['bit_identical_images']} / {ov['images']} bit-identical"
                     if ov["status"] == "ok" else f"{ov['status']}: {ov.get('error', '')}")
             lines.append(f"\nOpenVINO {ov.get('version', '')} on the {r['row']} integer graph: {text}")
+    for r in res["rows"]:
+        q = r.get("qdq")
+        if q:
+            speeds = ", ".join(f"batch {size}: {s['onnxruntime QDQ']:.1f} images/s" for size, s in r["speed"].items())
+            lines += ["", f"QDQ graph of the {r['row']} program in onnxruntime: top-1 {q['top1']:.2f} % against the simulated "
+                      f"model's {q['simulated_top1']:.2f} % (integer kernels) and {q['simulated_float_nonlinear_top1']:.2f} % "
+                      f"(float non-linear ops); top-1 agreement {q['agreement_simulated']:.2f} % and "
+                      f"{q['agreement_simulated_float_nonlinear']:.2f} % with them, {q['agreement_program']:.2f} % with the "
+                      f"integer program; {q['onnx_bytes'] / 1e6:.2f} MB; {speeds}."]
     lines += ["", f"Command: `{res['command'].strip()}`"]
     return "\n".join(lines) + "\n"
 
@@ -224,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads of every runtime (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per model and batch (default 3)")
     p.add_argument("--openvino", action="store_true", help="also try OpenVINO on the integer graph")
+    p.add_argument("--qdq", action="store_true", help="also the QDQ graph of the W8A8 row (calibrated here)")
     args = p.parse_args(argv)
     args.program = dict(args.program)
     return run_and_write(args, run, to_markdown, f"onnx_{args.model}")
