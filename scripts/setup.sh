@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install vitquant with its test and docs extras (pytest; MkDocs, Material for MkDocs,
-# mkdocstrings). Idempotent: re-installs only when pyproject.toml changed.
+# Create .venv and install vitquant with its test, docs and onnx extras (pytest; MkDocs, Material for
+# MkDocs, mkdocstrings; onnx, onnxruntime). Idempotent: re-installs only when pyproject.toml changed.
 # Override the interpreter with PYTHON=..., the torch wheels with TORCH_SPEC=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +16,5 @@ echo "setup: creating .venv and installing vitquant (first run takes a minute or
 .venv/bin/python -m pip install -q --upgrade pip
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q $TORCH_SPEC
-.venv/bin/python -m pip install -q -e '.[test,docs]'
+.venv/bin/python -m pip install -q -e '.[test,docs,onnx]'
 printf '%s' "$want" > "$stamp"

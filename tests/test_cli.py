@@ -547,3 +547,44 @@ def test_compare_out_must_be_a_folder_and_no_torchrun(tiny_folder, tmp_path, cap
     monkeypatch.setenv("WORLD_SIZE", "2")
     rc, _, err = _run(argv + ["--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and "vitquant compare runs in one process: start it without torchrun" in err
+
+
+def test_export_then_run_the_onnx_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """--save, then 'vitquant export' and 'vitquant run MODEL.onnx --check MODEL.vqm': onnxruntime on the same
+    held-out images as the integer executor, every image bit-identical; the run imports no timm."""
+    pytest.importorskip("onnxruntime")
+    import subprocess
+    import sys
+
+    _use_tiny_model(monkeypatch)
+    saved, exported = tmp_path / "m.vqm", tmp_path / "m.onnx"
+    rc, _, _ = _run(["quantize", "--recipe", "bitlog2-half-17", "--calib-data", str(tiny_folder), "--calib-size", "2",
+                     "--batch-size", "2", "--nonlinear", "ivit", "--save", str(saved), "-q"], capsys)
+    assert rc == 0
+    rc, stdout, _ = _run(["export", str(saved), "-o", str(exported)], capsys)
+    assert rc == 0 and exported.is_file() and "integer ONNX" in stdout
+    rc, _, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--json", str(tmp_path / "v.json"), "-q"], capsys)
+    assert rc == 0
+    rc, stdout, _ = _run(["run", str(exported), "--eval-data", str(tiny_folder), "--check", str(saved), "--threads", "1",
+                          "--json", str(tmp_path / "o.json"), "-q"], capsys)
+    assert rc == 0 and "bit-identical integer logits" in stdout
+    report, program_report = (json.loads((tmp_path / f).read_text()) for f in ("o.json", "v.json"))
+    assert {"images", "top1", "top5", "images_per_second", "bit_identical_images"} <= set(report)
+    assert report["images"] == program_report["images"] and report["bit_identical_images"] == report["images"]
+    assert report["top1"] == program_report["integer"]["top1"]
+    code = ("import sys; from vitquant.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'timm' not in sys.modules, 'timm imported'; sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, "run", str(exported), "--eval-data", str(tiny_folder), "-q"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    # what does not apply, a corrupted model, and export without the extra: one line each
+    rc, _, err = _run(["run", str(exported), "--eval-data", str(tiny_folder), "--compile"], capsys)
+    assert rc == 2 and "--compile applies to a .vqm program" in err
+    rc, _, err = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--check", str(saved)], capsys)
+    assert rc == 2 and "--check applies to an ONNX model" in err
+    (tmp_path / "bad.onnx").write_bytes(b"\x00garbage" * 50)
+    rc, _, err = _run(["run", str(tmp_path / "bad.onnx"), "--eval-data", str(tiny_folder)], capsys)
+    assert rc == 2 and "bad.onnx" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    rc, _, err = _run(["export", str(saved), "-o", str(tmp_path / "x.onnx")], capsys)
+    assert rc == 2 and "pip install 'vitquant[onnx]'" in err and len(err.strip().splitlines()) == 1

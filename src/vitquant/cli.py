@@ -155,7 +155,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="cpu (default) or cuda; under torchrun each process takes GPU LOCAL_RANK")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: commands whose options need no model code: their parser is built without quantize's and train's,
+#: whose defaults import the model adapters (timm), so that ``vitquant run MODEL.onnx`` never imports timm
+LIGHT_COMMANDS = ("run", "export")
+
+
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``light``: without the ``quantize`` and ``train`` commands (see :data:`LIGHT_COMMANDS`)."""
     parser = argparse.ArgumentParser(
         prog="vitquant",
         description="Post-training quantization of Vision Transformers (RepQ-ViT + BitLog2).",
@@ -164,13 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitquant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quantize", help="calibrate, quantize and evaluate a model (the main job)")
-    _add_quantize_args(q)
-    t = sub.add_parser("train", help="calibrate, then quantization-aware training (Q-ViT: IRM, DGD), then evaluate")
-    _add_quantize_args(t)
-    _add_training_args(t)
-    r = sub.add_parser("run", help="evaluate a saved integer program (.vqm) with the integer executor")
-    r.add_argument("model_file", type=Path, metavar="MODEL.vqm")
+    if not light:
+        q = sub.add_parser("quantize", help="calibrate, quantize and evaluate a model (the main job)")
+        _add_quantize_args(q)
+        t = sub.add_parser("train", help="calibrate, then quantization-aware training (Q-ViT: IRM, DGD), then evaluate")
+        _add_quantize_args(t)
+        _add_training_args(t)
+    r = sub.add_parser("run", help="evaluate a saved integer program (.vqm) with the integer executor, or an exported "
+                       "ONNX model (.onnx) in onnxruntime")
+    r.add_argument("model_file", type=Path, metavar="MODEL.vqm|MODEL.onnx")
     r.add_argument("--eval-data", type=Path, metavar="DIR", help="labelled images (default: the shared ImageNet sample)")
     r.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images (seeded sample)")
     r.add_argument("--batch-size", type=int, metavar="N", default=64, help="batch size (default 64)")
@@ -184,10 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--check-simulation", action="store_true",
                    help="also run the program's float64 twin and count the images whose integer logits equal the "
                    "int64 run's (the executor against its own simulation; see docs/guides/integer-inference.md)")
+    r.add_argument("--check", type=Path, metavar="MODEL.vqm",
+                   help="(.onnx) also run this program's strict executor on the same images and count the images "
+                   "whose integer logits equal onnxruntime's on every class")
+    r.add_argument("--threads", type=int, metavar="N", help="(.onnx) onnxruntime's intra-op threads (default: its own)")
     _add_bad_image_arg(r)
     r.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    x = sub.add_parser("export", help="write a saved integer program (.vqm) as an ONNX model (needs vitquant[onnx])")
+    x.add_argument("model_file", type=Path, metavar="MODEL.vqm")
+    x.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.onnx", help="the ONNX file to write")
+    x.add_argument("--format", default="integer", choices=_onnx_formats(),
+                   help="integer (default): integer ops only, bit for bit the integer executor; qdq: "
+                   "QuantizeLinear/DequantizeLinear around float ops (uniform quantizers only)")
+    x.add_argument("--image-size", type=int, metavar="N",
+                   help="image side, for a program that records no eval transform (default: the recorded one)")
+    x.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    x.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     w = sub.add_parser("sweep", help="models x recipes x bits as independent jobs, one results file each")
     w.add_argument("--models", default="deit_tiny", metavar="A,B", help="comma-separated model names (default deit_tiny)")
     w.add_argument("--recipes", required=True, metavar="A,B", help="comma-separated recipes ('vitquant recipes' lists them)")
@@ -224,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schemes", help="list the attention quantization schemes and their levels")
     sub.add_parser("recipes", help="list the quantization recipes")
     return parser
+
+
+def _onnx_formats() -> list[str]:
+    from vitquant.integer.onnx_export import format_names
+
+    return format_names()
 
 
 def _seed_parser() -> argparse.ArgumentParser:
@@ -429,11 +457,50 @@ def _print_training(t: dict) -> None:
           f"IRM folded in {t['trained']['rectifiers'] // 2} attentions")
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    from vitquant.integer.onnx_export import to_onnx
+
+    _check_output_path(args.output, "-o")
+    path = to_onnx(args.model_file, args.output, format=args.format, image_size=args.image_size)
+    print(f"{args.model_file} -> {path} ({args.format} ONNX, {path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    from vitquant.evaluation import write_json
+    from vitquant.integer.onnx_run import OnnxRunJob, run_onnx
+
+    for flag, given in (("--gemm", args.gemm != "int"), ("--compile", args.compile),
+                        ("--check-simulation", args.check_simulation)):
+        if given:
+            raise ConfigError(f"{flag} applies to a .vqm program, not to an ONNX model")
+    report = run_onnx(OnnxRunJob(
+        model_file=args.model_file, eval_data=args.eval_data, eval_size=args.eval_size, batch_size=args.batch_size,
+        workers=args.workers, check=args.check, threads=args.threads, on_bad_image=args.on_bad_image,
+        progress=not args.quiet,
+    ))
+    print(f"{args.model_file}: {report['format']} ONNX graph; {report['images']} images from {report['eval_dir']}")
+    print(f"onnxruntime: top-1 {report['top1']:.2f} %  top-5 {report['top5']:.2f} %  {report['images_per_second']:.1f} images/s")
+    _print_skipped({"evaluation": report["skipped_images"]})
+    if report["bit_identical_images"] is not None:
+        print(f"strict executor of {args.check}: {report['bit_identical_images']} / {report['images']} images with "
+              "bit-identical integer logits")
+    if args.json:
+        write_json(report, args.json)
+        print(f"report written to {args.json}")
+    return 0
+
+
 def _run_program(args: argparse.Namespace) -> int:
     from vitquant.evaluation import write_json
     from vitquant.integer.evaluate import RunJob, run_program
 
     _check_output_path(args.json)
+    if args.model_file.suffix.lower() == ".onnx":
+        return _run_onnx(args)
+    for flag, given in (("--check", args.check is not None), ("--threads", args.threads is not None)):
+        if given:
+            raise ConfigError(f"{flag} applies to an ONNX model (.onnx); a .vqm runs in vitquant's executors")
     report = run_program(RunJob(
         model_file=args.model_file, eval_data=args.eval_data, eval_size=args.eval_size, batch_size=args.batch_size,
         workers=args.workers, gemm=args.gemm, compile=args.compile, check_simulation=args.check_simulation,
@@ -567,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.calib_data = args.eval_data = args.dataset
             _setup_logging(args.quiet, False)
             return _run_quantize(args)
-        args = build_parser().parse_args(argv)
+        args = build_parser(light=bool(argv) and argv[0] in LIGHT_COMMANDS).parse_args(argv)
         if args.command == "models":
             return _list_models()
         if args.command == "schemes":
@@ -581,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.quiet, args.verbose)
         if args.command == "run":
             return _run_program(args)
+        if args.command == "export":
+            return _run_export(args)
         if args.command == "sweep":
             return _run_sweep(args)
         if args.command == "compare":

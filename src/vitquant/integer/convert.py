@@ -64,6 +64,7 @@ from vitquant.quantizers.uniform import UniformQuantizer
 
 SHIFT_REFUSAL = ("an input shift has an integer path only behind a shifted GELU (AdaLog post-GELU) of the same MLP; "
                  "use a uniform post-GELU quantizer")
+SCALE_PREFIX = "scale:"  # program tensors holding each value's float scale (see _Builder.program_tensors)
 EXACT_BITS = 51  # every integer of the program stays below 2^51 (float64 twin exact, int64 far from overflow)
 MULTIPLIER_BITS = 31  # capped per site so that bound · m < 2^51
 
@@ -100,6 +101,13 @@ class _Builder:
             yield
         finally:
             self._owner = outer
+
+    def program_tensors(self) -> dict[str, torch.Tensor]:
+        """The program's constants and, as ``scale:<value>`` (:data:`SCALE_PREFIX`), the float scale of every value
+        an op produces: no op reads them; a format that runs the values in float (ONNX QDQ) does."""
+        scales = {f"{SCALE_PREFIX}{name}": torch.as_tensor(s).detach().to(torch.float64).clone()
+                  for name, s in self.scales.items() if s is not None}
+        return {**self.tensors, **scales}
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -319,7 +327,7 @@ def plan_vit(qmodel: nn.Module) -> VitPlan:
         with b.owned("head"):
             b.requant(accs[0], scale, -limit, limit, "logits", output="logits")
     program = IntegerProgram(
-        b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
+        b.ops, b.program_tensors(), float(point.scale), int(point.zero_point), point.bits, out_scale,
         info={"model": type(qmodel).__name__, "residual_bits": _residual_quantizer(qmodel.blocks[0].add_attn, "blocks.0").bits},
     )
     image = (program.input_scale, program.input_zero_point, program.input_bits)

@@ -101,7 +101,7 @@ def convert_swin(qmodel: nn.Module) -> IntegerProgram:
     limit = torch.tensor(2**40)
     b.requant(acc, torch.tensor(out_scale, dtype=torch.float64), -limit, limit, "logits", output="logits")
     return IntegerProgram(
-        b.ops, b.tensors, float(point.scale), int(point.zero_point), point.bits, out_scale,
+        b.ops, b.program_tensors(), float(point.scale), int(point.zero_point), point.bits, out_scale,
         info={"model": type(qmodel).__name__, "residual_bits": _residual_quantizer(first_add, "layers.0.blocks.0").bits},
     )
 

@@ -47,19 +47,21 @@ class RunJob:
     progress: bool = True
 
 
-def _records(job: RunJob, info: dict[str, Any]) -> tuple[list, Path]:
-    eval_dir = job.eval_data or default_sample_images()
+def eval_records(eval_data: Path | None, eval_size: int | None, info: dict[str, Any]) -> tuple[list, Path]:
+    """The evaluation images (module docstring) of a program whose ``info`` records its calibration
+    (folder, size, seed), and their folder."""
+    eval_dir = eval_data or default_sample_images()
     if eval_dir is None:
         raise DataError("no images: pass --eval-data DIR")
     pool = list_images(eval_dir, split="val")
     calib_dir = info.get("calib_dir")
     if calib_dir and Path(calib_dir).resolve() == Path(eval_dir).resolve():
         _, records = split_calibration_eval(list_images(calib_dir, split="train"), pool,
-                                            int(info["calib_size"]), job.eval_size, int(info["seed"]))
+                                            int(info["calib_size"]), eval_size, int(info["seed"]))
         return records, Path(eval_dir)
     records = sorted(pool, key=lambda r: r.path)
-    if job.eval_size is not None and job.eval_size < len(records):
-        records = sorted(random.Random(int(info.get("seed", 0))).sample(records, job.eval_size), key=lambda r: r.path)
+    if eval_size is not None and eval_size < len(records):
+        records = sorted(random.Random(int(info.get("seed", 0))).sample(records, eval_size), key=lambda r: r.path)
     return records, Path(eval_dir)
 
 
@@ -72,7 +74,7 @@ def run_program(job: RunJob) -> dict[str, Any]:
     twin = IntegerModel(program, backend="float") if job.check_simulation else None
     if "transform" not in program.info:
         raise ConfigError(f"{job.model_file}: the program records no data config (transform); re-save it")
-    records, eval_dir = _records(job, program.info)
+    records, eval_dir = eval_records(job.eval_data, job.eval_size, program.info)
     loader = make_loader(records, transform_from_config(program.info["transform"]), job.batch_size, job.workers,
                          job.on_bad_image)
     meter, seconds, identical, skipped = ClassificationMeter(), 0.0, 0, []

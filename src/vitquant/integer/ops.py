@@ -196,19 +196,26 @@ def softmax(args, consts, attrs, ctx):
     return _kernel(attrs, "softmax")(args[0], consts["scale"], ctx.arith)[0]
 
 
+def bitlog2_levels(y: torch.Tensor, attrs: dict[str, Any], arith: Arith) -> torch.Tensor:
+    """BitLog2's integer level of each probability integer y (scale 2^-f): ``D(x_int)`` (int64) of
+    ``x_int = clamp(⌊y · int_max / 2^f⌋, 0, int_max - 1)``; shifts, adds and comparisons."""
+    from vitquant.quantizers.bitlog2 import dequant_int
+
+    int_max = int(attrs["int_max"])
+    x_int = torch.clamp(arith.shift_right(y * int_max, int(attrs["frac_bits"])), 0, int_max - 1)
+    return dequant_int(x_int.to(torch.int64), bool(attrs["half"]))
+
+
 @register_op("bitlog2_av")
 def bitlog2_av(args, consts, attrs, ctx):
     """BitLog2 attn@v without multiplications: probabilities y (scale 2^-f) become
     x_int = clamp(⌊y · int_max / 2^f⌋, 0, int_max - 1), D(x_int) = 2^k (+ 2^(k-1) for Half), and
     D @ v = Σ_j (bit_j(D) @ v) << j: sums of selected v rows, shifted (at most two bits of D are set).
     Output scale S_v / divisor (per head when the divisor or v is per head)."""
-    from vitquant.quantizers.bitlog2 import dequant_int
-
     a = ctx.arith
     y, v = args
     int_max = int(attrs["int_max"])
-    x_int = torch.clamp(a.shift_right(y * int_max, int(attrs["frac_bits"])), 0, int_max - 1)
-    d = dequant_int(x_int.to(torch.int64), bool(attrs["half"]))  # shifts, adds and comparisons
+    d = bitlog2_levels(y, attrs, a)
     out = torch.zeros(*v.shape[:-2], y.shape[-2], v.shape[-1], dtype=a.dtype)
     for j in range(int_max.bit_length()):
         bit = ((d >> j) & 1).to(a.dtype)
@@ -225,11 +232,15 @@ def table_av(args, consts, attrs, ctx):
     integer matmul of the levels with v. Output scale: the head's Δ · 2^-shift · S_v."""
     a = ctx.arith
     y, v = args
-    thresholds = a.tensor(consts["thresholds"])  # [H, K], ascending per head
-    levels = a.tensor(consts["levels"])  # [H, K + 1]
-    codes = torch.stack([torch.searchsorted(thresholds[h], y[:, h].contiguous(), right=True) for h in range(y.shape[1])], dim=1)
-    picked = torch.gather(levels.unsqueeze(0).expand(y.shape[0], -1, -1), 2, codes.flatten(2)).reshape(y.shape)
+    picked = table_levels(y, a.tensor(consts["thresholds"]), a.tensor(consts["levels"]))
     return matmul(picked, v, ctx)
+
+
+def table_levels(y: torch.Tensor, thresholds: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """The level of each probability integer y [B, H, N, N]: head h's ``levels[h, c]`` [H, K + 1] with c
+    the number of its thresholds ``thresholds[h]`` [H, K] (ascending) that are <= y."""
+    codes = torch.stack([torch.searchsorted(thresholds[h], y[:, h].contiguous(), right=True) for h in range(y.shape[1])], dim=1)
+    return torch.gather(levels.unsqueeze(0).expand(y.shape[0], -1, -1), 2, codes.flatten(2)).reshape(y.shape)
 
 
 # ---------------------------------------------------------------------------------------- Swin layout
