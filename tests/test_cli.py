@@ -61,7 +61,7 @@ def tiny_folder(tmp_path: Path) -> Path:
         (["quantize", "--w-bits", "1"], "--w-bits must be between 2 and 8"),
         (["quantize", "--a-bits", "9"], "--a-bits must be between 2 and 8"),
         (["quantize", "--attn-quant", "bitlog2-third-17"], "unknown attention quantizer 'bitlog2-third-17'"),
-        (["quantize", "--a-bits", "8"], "--attn-bits"),
+        (["quantize", "--a-bits", "8", "--attn-bits", "7"], "BitLog2 Half supports at most 6 bits (use --attn-bits"),
         (["quantize", "--ends-bits", "9"], "--ends-bits must be between 2 and 8"),
         (["quantize", "--recipe", "nope"], "unknown recipe 'nope'"),
         (["quantize", "--post-gelu", "nope"], "unknown post-GELU quantizer 'nope'"),
@@ -262,6 +262,53 @@ def test_main_job_with_ends_bits_on_a_tiny_model(tiny_folder, tmp_path, capsys, 
     levels = report["levels"]
     assert levels["head_weight"]["points"] == 1 and levels["patch_embed_weight"]["points"] == 1
     assert 1 <= levels["head_input"]["levels_used_min"] <= levels["head_input"]["max_levels"] == 256
+
+
+@pytest.mark.parametrize(("recipe", "attention", "widest"), [("bitlog2-half-17", "BitLog2_Half_17", 6),
+                                                               ("bitlog2-single-17", "BitLog2_Single_17", 5)])
+def test_w8a8_with_a_bitlog2_recipe_quantizes_the_attention_map_at_its_widest(
+    recipe, attention, widest, tiny_folder, tmp_path, capsys, monkeypatch
+):
+    """--w-bits 8 --a-bits 8 (no --attn-bits): a working W8A8 model whose BitLog2 attention map is at the
+    widest width BitLog2 supports, and the output says so (stdout and the warning on stderr)."""
+    _use_tiny_model(monkeypatch)
+    out = tmp_path / "report.json"
+    rc, stdout, err = _run(["quantize", "--w-bits", "8", "--a-bits", "8", "--recipe", recipe, "--calib-data",
+                            str(tiny_folder), "--calib-size", "1", "--batch-size", "2", "--json", str(out), "-q"], capsys)
+    assert rc == 0, err
+    assert f"W8A8  recipe {recipe}  attention {attention} at {widest} bits  post-GELU uniform" in stdout.splitlines()[0]
+    assert f"note: {attention} supports at most {widest} bits: the attention map is quantized at {widest} bits" in stdout
+    assert f"{attention} supports at most {widest} bits: the attention map is quantized at {widest} bits, not 8" in err
+    report = json.loads(out.read_text())
+    roles = report["config"]["qconfig"]["roles"]
+    assert roles["post_softmax"]["bits"] == widest and roles["linear_input"]["bits"] == 8 and roles["weight"]["bits"] == 8
+    assert report["config"]["attn_bits"] is None
+    levels = report["attention_levels"]
+    assert 1 <= levels["levels_used_min"] <= levels["levels_used_max"] <= levels["max_levels"]
+    assert report["quantized"]["images"] == 2 and 0.0 <= report["fidelity"]["top1_agreement"] <= 100.0
+    # an explicit width is taken as given, and one beyond BitLog2's is still an error
+    rc, stdout, _ = _run(["quantize", "--w-bits", "8", "--a-bits", "8", "--attn-bits", "4", "--recipe", recipe,
+                          "--calib-data", str(tiny_folder), "--calib-size", "1", "--batch-size", "2", "-q"], capsys)
+    assert rc == 0 and f"attention {attention} at 4 bits" in stdout and "note:" not in stdout
+    rc, _, err = _run(["quantize", "--a-bits", "8", "--attn-bits", str(widest + 1), "--recipe", recipe,
+                       "--calib-data", str(tiny_folder), "--calib-size", "1", "-q"], capsys)
+    assert rc == 2 and f"supports at most {widest} bits" in err
+
+
+def test_main_job_prints_its_calibration_stages(tiny_folder, tmp_path, capsys, monkeypatch):
+    """The report line of where calibration time went: one forward pass for the default recipe's fits."""
+    _use_tiny_model(monkeypatch)
+    out = tmp_path / "report.json"
+    rc, stdout, _ = _run(["quantize", "--calib-data", str(tiny_folder), "--calib-size", "2", "--batch-size", "2",
+                          "--json", str(out), "-q"], capsys)
+    assert rc == 0
+    calibration = json.loads(out.read_text())["calibration"]
+    assert calibration["passes"] == 1
+    assert set(calibration["activation_seconds"]) == {"passes", "searches"}
+    assert all(t >= 0 for t in calibration["activation_seconds"].values())
+    line = next(line for line in stdout.splitlines() if line.startswith("calibration stages: "))
+    assert ", 1 forward pass " in line and ", searches " in line and ", reparameterization " in line
+    assert "; level count " in line and line == cli.stage_line(calibration)
 
 
 @pytest.mark.parametrize("command", ["quantize", "train"])

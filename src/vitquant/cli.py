@@ -406,14 +406,20 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         return 0
     cfg = report["config"]
     roles = cfg["qconfig"]["roles"]
+    attention = roles["post_softmax"]
+    width = f" at {attention['bits']} bits" if attention["bits"] != cfg["a_bits"] else ""
     print(
         f"{cfg['timm_model']}  W{cfg['w_bits']}A{cfg['a_bits']}  recipe {cfg['recipe']}  "
-        f"attention {roles['post_softmax']['name']}  post-GELU {roles['post_gelu']['name']}\n"
+        f"attention {attention['name']}{width}  post-GELU {roles['post_gelu']['name']}\n"
         f"weights: {cfg['weights_source']}\n"
         f"calibration: {report['calibration']['images']} images from {cfg['calib_dir']} (seed {cfg['seed']}); "
         f"evaluation: {report['fp']['images']} other images from {cfg['eval_dir']}\n"
     )
+    if width and cfg.get("attn_bits") is None:  # --a-bits wider than the attention quantizer supports
+        print(f"note: {attention['name']} supports at most {attention['bits']} bits: the attention map is quantized "
+              f"at {attention['bits']} bits (choose with --attn-bits, or another --attn-quant)\n")
     print(format_table(report))
+    print(stage_line(report["calibration"]))
     _print_skipped(report["skipped_images"])
     levels = report["attention_levels"]
     print(
@@ -445,6 +451,22 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         write_json(report, args.json)
         print(f"report written to {args.json}")
     return 0
+
+
+def stage_line(calibration: dict) -> str:
+    """Where the calibration time went: weights, the forward passes, the searches between them, the
+    reparameterization, and the level count after calibration (not in the calibration time)."""
+    stages, split = calibration["stage_seconds"], calibration.get("activation_seconds") or {}
+    passes = calibration["passes"]
+    parts = [f"weights {stages.get('weights', 0.0):.2f} s"]
+    if split:
+        parts += [f"{passes} forward pass{'es' if passes != 1 else ''} {split['passes']:.2f} s",
+                  f"searches {split['searches']:.2f} s"]
+    else:
+        parts.append(f"activations {stages.get('activations', 0.0):.2f} s ({passes} passes)")
+    parts.append(f"reparameterization {stages.get('reparameterization', 0.0):.2f} s")
+    line = "calibration stages: " + ", ".join(parts)
+    return line + (f"; level count {stages['level_count']:.2f} s" if "level_count" in stages else "")
 
 
 def _print_training(t: dict) -> None:

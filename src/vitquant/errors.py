@@ -9,6 +9,15 @@ class ConfigError(VitQuantError, ValueError):
     """An impossible or unsupported option: bit width, scheme name, model name."""
 
 
+class WidthError(ConfigError):
+    """A quantizer asked for more bits than its format supports: ``what`` (the format's name) supports
+    at most ``widest``."""
+
+    def __init__(self, message: str, what: str, widest: int) -> None:
+        super().__init__(message)
+        self.what, self.widest = what, widest
+
+
 class DataError(VitQuantError):
     """Missing, unreadable or too-small image folders and label files."""
 

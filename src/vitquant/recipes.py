@@ -20,10 +20,12 @@ post-GELU quantizers, and the search and metric of every activation point.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
-from vitquant.errors import ConfigError
+from vitquant.errors import ConfigError, WidthError
 from vitquant.qconfig import (
     ATTENTION_SCHEMES,
     LINEAR_INPUT,
@@ -43,6 +45,8 @@ from vitquant.quantizers.spec import QuantSpec
 from vitquant.quantizers.uniform import UniformSpec
 from vitquant.search.registry import check_metric, check_search
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 Recipe = Callable[[int, int, int], QConfig]  # (w_bits, a_bits, attention-map bits) -> QConfig
 _RECIPES: dict[str, tuple[Recipe, str, bool]] = {}  # name -> (QConfig builder, summary, reconstructs)
 ACTIVATION_ROLES = (PATCH_EMBED_INPUT, POST_LAYERNORM, POST_SOFTMAX, POST_GELU, LINEAR_INPUT, MATMUL_INPUT)
@@ -145,6 +149,20 @@ def bitlog2_recon(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     return cfg.with_ends(8) if min(w_bits, a_bits) < 4 else cfg
 
 
+def _at_widest(build: Callable[[int], T], bits: int, follows_a_bits: bool) -> T:
+    """``build(bits)``; when the attention map's width follows ``--a-bits`` (no ``--attn-bits``) and its
+    quantizer cannot be that wide (BitLog2: Half 6 bits, Single 5), ``build`` at the widest it supports,
+    with a warning. An explicit ``--attn-bits`` beyond that stays an error."""
+    try:
+        return build(bits)
+    except WidthError as exc:
+        if not follows_a_bits:
+            raise
+        log.warning("%s supports at most %d bits: the attention map is quantized at %d bits, not %d "
+                    "(choose with --attn-bits, or another --attn-quant)", exc.what, exc.widest, exc.widest, bits)
+        return build(exc.widest)
+
+
 def _attention_like(cfg: QConfig, name: str, bits: int) -> QuantSpec:
     """The attention quantizer ``name`` at ``bits`` with the search and metric of ``cfg``'s own."""
     old = cfg.specs[POST_SOFTMAX]
@@ -182,10 +200,11 @@ def build_qconfig(
     bits = a_bits if attn_bits is None else attn_bits
     # with attn_quant the recipe's own attention quantizer is replaced (only its search and metric are
     # kept), so it is built at a width every scheme supports (BitLog2 Half stops at 6 bits)
-    cfg = fn(w_bits, a_bits, bits if attn_quant is None else min(bits, 4))
+    cfg = _at_widest(lambda b: fn(w_bits, a_bits, b), bits if attn_quant is None else min(bits, 4), attn_bits is None)
     roles: dict[str, QuantSpec] = {}
     if attn_quant is not None:
-        roles[POST_SOFTMAX] = _attention_like(cfg, normalize_scheme_name(attn_quant), bits)
+        scheme = normalize_scheme_name(attn_quant)
+        roles[POST_SOFTMAX] = _at_widest(lambda b: _attention_like(cfg, scheme, b), bits, attn_bits is None)
     if post_gelu is not None:
         old = cfg.specs[POST_GELU]
         roles[POST_GELU] = post_gelu_spec(post_gelu, a_bits, search=old.search, metric=old.metric)

@@ -103,3 +103,47 @@ def test_hessian_metric_collects_gradients(tiny):
     result = quantize_model(model, tiny.images(6, "vit"), cfg)
     assert all(p.metric == "hessian" for p in result.points if p.role != qc.WEIGHT and p.evaluations)
     assert result.passes > 0
+
+
+def _fitted(result) -> list[tuple[str, dict, list[int] | None]]:
+    from vitquant.calibration import fingerprint_points
+
+    return [(name, q.state(), counts) for name, q, counts in fingerprint_points(result.model)]
+
+
+@pytest.mark.parametrize("recipe", ["bitlog2-half-17", "repq-vit", "ptq4vit"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_pass_gives_the_model_of_the_consumer_passes(tiny, kind, recipe, monkeypatch, single_thread):
+    """One batch: the points fitted in one forward (pre-hooks) are exactly those the consumer-by-consumer
+    observation passes fit: the same parameters, code histograms and logits."""
+    from vitquant.calibration.pipeline import _Fitter
+
+    model, x = tiny.model(kind), tiny.images(6, kind)
+    cfg = build_qconfig(recipe, 4, 4)
+    cfg = type(cfg)(**{**cfg.__dict__, "search": type(cfg.search)(budget=16, topk=4, steps=2, rounds=1)})
+    one = quantize_model(model, x, cfg)
+    assert one.passes == 1 + (recipe == "ptq4vit")  # ptq4vit: and the gradient pass of its Hessian metric
+    monkeypatch.setattr(_Fitter, "fits_in_one_pass", lambda self: False)
+    passes = quantize_model(model, x, cfg)
+    assert passes.passes > one.passes
+    assert [p.to_dict() | {"search_seconds": 0} for p in one.points] == [p.to_dict() | {"search_seconds": 0} for p in passes.points]
+    for (name, a, ca), (_, b, cb) in zip(_fitted(one), _fitted(passes)):
+        assert ca == cb, name
+        assert (a.kind, a.meta, sorted(a.tensors)) == (b.kind, b.meta, sorted(b.tensors)), name
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), name
+    test = tiny.images(4, kind, seed=5)
+    with torch.no_grad():
+        assert torch.equal(one.model(test), passes.model(test))
+
+
+def test_what_needs_more_passes_is_fitted_by_passes(tiny):
+    """Several batches, AdaLog's "before" shift and parallel inputs keep the consumer-by-consumer passes."""
+    from dataclasses import replace
+
+    model, x = tiny.model("vit"), tiny.images(6, "vit")
+    base = qc.repq_vit_qconfig(4, 4)
+    assert quantize_model(model, x, base).passes == 1
+    assert quantize_model(model, list(x.split(3)), base).passes > 1
+    assert quantize_model(model, x, replace(base, inputs="parallel")).passes > 1
+    cfg = build_qconfig("bitlog2-half-17", 4, 4, post_gelu="adalog")  # post-GELU shift: "before" fc2's point
+    assert quantize_model(model, x, cfg).passes > 1

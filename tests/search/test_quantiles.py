@@ -54,9 +54,14 @@ def _make(kind: str, shape: tuple[int, int], gen: torch.Generator) -> torch.Tens
 KINDS = ["normal", "rounded", "zeros", "softmax", "constant", "two_values", "heavy_tail"]
 
 
+@pytest.mark.parametrize("prefilter", [False, True], ids=["topk", "prefilter"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("kind", KINDS)
-def test_equals_torch_quantile(shape, kind):
+def test_equals_torch_quantile(shape, kind, prefilter, monkeypatch):
+    from vitquant.search import quantiles
+
+    if prefilter:  # long rows take the prefiltered path (by default only rows of millions do)
+        monkeypatch.setattr(quantiles, "_PREFILTER_MIN", 1 << 16)
     gen = torch.Generator().manual_seed(1000 * KINDS.index(kind) + SHAPES.index(shape))
     x = _make(kind, shape, gen)
     # shuffle the rows so the sorted order is not the storage order
@@ -71,16 +76,24 @@ def test_equals_torch_quantile(shape, kind):
         assert torch.equal(got, expected), (kind, shape, qs, (got - expected).abs().max())
 
 
+@pytest.mark.parametrize("prefilter_min", [1 << 16, None])
 @pytest.mark.parametrize("shape", [(2, 500), (1, 100_000)])
-def test_equals_torch_quantile_float64(shape):
+def test_equals_torch_quantile_float64(shape, prefilter_min, monkeypatch):
+    from vitquant.search import quantiles
+
+    if prefilter_min is not None:  # also the prefiltered path on the long row
+        monkeypatch.setattr(quantiles, "_PREFILTER_MIN", prefilter_min)
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(*shape, generator=gen, dtype=torch.float64)
     for qs in ALL_QS:
         assert torch.equal(row_quantiles(x, qs), _torch_reference(x, qs))
 
 
-def test_long_row_where_prefilter_finds_too_few():
+def test_long_row_where_prefilter_finds_too_few(monkeypatch):
     """Sorted-ascending data: the strided subsample is unrepresentative of the tail."""
+    from vitquant.search import quantiles
+
+    monkeypatch.setattr(quantiles, "_PREFILTER_MIN", 1 << 16)  # prefilter this 300k-element row
     x = torch.cat([torch.zeros(299_990), torch.arange(1, 11, dtype=torch.float32)]).reshape(1, -1)
     for qs in ALL_QS:
         assert torch.equal(row_quantiles(x, qs), _torch_reference(x, qs))

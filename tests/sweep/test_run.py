@@ -47,20 +47,20 @@ def test_a_crashing_job_writes_a_failed_file(tmp_path):
 
 
 def test_sweep_keeps_going_past_a_failed_job_and_merge_lists_it(tmp_path, monkeypatch, capsys):
-    """bitlog2-single-17 at W6A6 is impossible (BitLog2 Single works up to 5 bits): that job fails, the other
-    runs (both at once, each its own process on the tiny random ViT), and the merged table lists the failure."""
+    """A misspelt recipe (bitlog2-singel-17) fails in its own process: that job fails, the other runs (both
+    at once, each its own process on the tiny random ViT), and the merged table lists the failure."""
     folder = noise_folder(tmp_path / "images", 10)
     out = tmp_path / "sweep"
     monkeypatch.setattr(sweep_run, "DEFAULT_COMMAND", (sys.executable, str(TINY_CLI)))
-    rc = cli.main(["sweep", "--models", "deit_tiny", "--recipes", "repq-vit,bitlog2-single-17", "--bits", "6/6",
+    rc = cli.main(["sweep", "--models", "deit_tiny", "--recipes", "repq-vit,bitlog2-singel-17", "--bits", "6/6",
                    "--out", str(out), "--jobs", "2", "--calib-data", str(folder), "--calib-size", "2",
                    "--batch-size", "4", "-q"])
     printed = capsys.readouterr().out
     assert rc == 1  # a job failed
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["deit_tiny_bitlog2-single-17_w6a6.json", "deit_tiny_repq-vit_w6a6.json"]
+    assert names == ["deit_tiny_bitlog2-singel-17_w6a6.json", "deit_tiny_repq-vit_w6a6.json"]
     failed, ok = (json.loads((out / name).read_text()) for name in names)
-    assert failed["status"] == "failed" and "BitLog2 Single supports at most 5 bits" in failed["error"]
+    assert failed["status"] == "failed" and "unknown recipe 'bitlog2-singel-17'" in failed["error"]
     assert ok["status"] == "ok" and ok["job"] == {"model": "deit_tiny", "recipe": "repq-vit", "w_bits": 6, "a_bits": 6}
     assert ok["quantized"]["images"] == 8 and ok["config"]["calib_size"] == 2 and ok["config"]["w_bits"] == 6
     assert "2 results files" in printed and "(1 ok, 1 failed)" in printed
@@ -72,5 +72,5 @@ def test_sweep_keeps_going_past_a_failed_job_and_merge_lists_it(tmp_path, monkey
     lines = table.splitlines()
     assert lines[0].startswith("| model | recipe | bits |")
     assert lines[2].startswith("| deit_tiny | repq-vit | W6A6 | 8 | ") and len(lines[2].split(" | ")) == 10
-    assert lines[4:] == ["Failed jobs (1):", "- deit_tiny bitlog2-single-17 W6A6 (`deit_tiny_bitlog2-single-17_w6a6.json`): "
+    assert lines[4:] == ["Failed jobs (1):", "- deit_tiny bitlog2-singel-17 W6A6 (`deit_tiny_bitlog2-singel-17_w6a6.json`): "
                          + failed["error"]]

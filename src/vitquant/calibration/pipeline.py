@@ -13,7 +13,10 @@ Explicit stages, each a function of the model and the data (no fitting inside ``
    every point sees full-precision inputs). At a consumer whose weight is searched: its
    "after" reparameterizations first (the folded input may then be searched again per tensor,
    ``QConfig.refit_after_reparam``), then the weight, alternating with the inputs
-   ``QConfig.weight_rounds`` times;
+   ``QConfig.weight_rounds`` times. With one calibration batch and nothing that needs another pass
+   (no "before" reparameterization, no float reference, no fold at a searched weight) the same fits run
+   in **one forward**: each consumer's points are fitted by a pre-hook when its inputs arrive, which
+   sees exactly what its observation pass would see (:meth:`_Fitter.fits_in_one_pass`);
 4. "after" reparameterizations (RepQ-ViT: per-channel post-LayerNorm quantizers folded into the
    LayerNorm and the next Linear, whose weights are quantized again);
 5. switch to ``Mode.QUANTIZE`` and count the levels every point really uses on the calibration images.
@@ -27,7 +30,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,7 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vitquant.calibration.passes import Consumer, UnitCache, collect_output_grads, consumers_in_order
+from vitquant.calibration.passes import Consumer, UnitCache, collect_output_grads, consumers_in_order, is_consumer
 from vitquant.errors import DataError, NumericalError
 from vitquant.models.adapters import adapter_for
 from vitquant.kernels.base import make_kernel
@@ -46,7 +49,7 @@ from vitquant.nonlinear.mixed import NonlinearReport, apply_choices, choose, ker
 from vitquant.nn.quant_point import Mode, QuantPoint, quant_points, set_level_tracking, set_mode
 from vitquant.nn.residual import RESIDUAL, QuantResidualAdd
 from vitquant.qconfig import POST_SOFTMAX, QConfig
-from vitquant.quantizers.spec import QuantSpec, make_spec, param_shape, rows_of
+from vitquant.quantizers.spec import QuantSpec, make_spec, param_shape
 from vitquant.quantizers.summary import summarize_state
 from vitquant.quantizers.uniform import UniformQuantizer
 from vitquant.reparam import ReparamSite, reparam_for
@@ -90,6 +93,8 @@ class CalibrationResult:
     reparameterizations: dict[str, int] = field(default_factory=dict)
     passes: int = 0
     points: list[PointReport] = field(default_factory=list)
+    # stage 3 split: forward passes (observation, reference, gradient) and the fits (searches) between them
+    activation_seconds: dict[str, float] = field(default_factory=dict)
     nonlinear: NonlinearReport | None = None  # kernel layers: per-layer SQNR table and choices
 
     def search_seconds_by_role(self) -> dict[str, float]:
@@ -119,6 +124,7 @@ class CalibrationResult:
             "reparameterized_layers": self.reparameterized,
             "reparameterizations": self.reparameterizations,
             "passes": self.passes,
+            "activation_seconds": self.activation_seconds,
             "attention_levels": self.role_summary(POST_SOFTMAX),
             "points": [p.to_dict() for p in self.points],
             "nonlinear": None if self.nonlinear is None else self.nonlinear.to_dict(),
@@ -303,12 +309,15 @@ class _Fitter:
         self.units = adapter.units(qmodel)
         self.cache = UnitCache(self.units)
         self.sites = adapter.reparam_sites(qmodel)
-        self.consumers = consumers_in_order(qmodel, self.units, batches[0][:1])
+        # every consumer with points; in network order (a forward on one image) only if passes fit them
+        self.consumers = [Consumer(n, m, -1) for n, m in qmodel.named_modules() if is_consumer(m) and m.input_points()]
         self.search_images = min(qconfig.search_images, batches[0].shape[0])
         metric_specs = [s for c in self.consumers for s in _specs(c) if needs_consumer(s)]
         self.grads: dict[str, torch.Tensor] = {}
         self.evaluations: dict[str, tuple[int, float]] = {}  # point -> (candidates scored, search seconds)
         self.passes = 0
+        self.pass_seconds = 0.0  # time in forward passes (the rest of stage 3 is fitting)
+        self.activation_seconds: dict[str, float] = {}  # stage 3 split into passes and searches (set by _calibrate)
         self.reparameterizations: dict[str, int] = {}
         self.applied: set[int] = set()  # sites already rewritten
         self.float_model: nn.Module | None = None
@@ -321,24 +330,98 @@ class _Fitter:
             self.float_modules = dict(self.float_model.named_modules())
             self.search_batch = [batches[0][: self.search_images]]
             if hessian:
-                self.grads = collect_output_grads(self.float_model, self.search_batch[0], hessian)
+                with self._timed_pass():
+                    self.grads = collect_output_grads(self.float_model, self.search_batch[0], hessian)
                 self.passes += 1
+        self.one_pass = self.fits_in_one_pass()
+        if not self.one_pass:
+            with self._timed_pass():
+                self.consumers = consumers_in_order(qmodel, self.units, batches[0][:1])
 
     def run(self, progress: bool = False) -> None:
-        for consumer in tqdm(self.consumers, desc="calibrating", unit="layer", disable=not progress, leave=False):
-            self._fit_consumer(consumer)
+        bar = tqdm(total=len(self.consumers), desc="calibrating", unit="layer", disable=not progress, leave=False)
+        try:
+            if self.one_pass:
+                self._run_one_pass(bar.update)
+            else:
+                for consumer in self.consumers:
+                    self._fit_consumer(consumer)
+                    bar.update()
+        finally:
+            bar.close()
+
+    def fits_in_one_pass(self) -> bool:
+        """Whether one forward that fits each consumer's points when its inputs arrive gives what the
+        consumer-by-consumer passes give: one batch, inputs "sequential", no float reference passes, and no
+        reparameterization that would change an input after that forward computed it (a "before" one,
+        or an "after" fold at a consumer whose weight is searched, which is observed again)."""
+        if len(self.batches) != 1 or self.qconfig.inputs != "sequential":
+            return False
+        if self.float_model is not None and self.qconfig.reference == "float":
+            return False
+        searched = {id(c.module) for c in self.consumers if self._weight_searched(c)}
+        return not any(
+            self._site_applies(site) and (reparam_for(site).stage == "before" or id(site.consumer) in searched)
+            for site in self.sites
+        )
+
+    def _run_one_pass(self, done: Callable[[], object]) -> None:
+        """Stage 3 in one forward of the single batch: a pre-hook on every consumer fits its points (and
+        its weight) on the operands as they arrive, before the consumer uses them; later consumers then
+        see its quantized outputs, as they would in their own observation passes."""
+        consumers = {id(c.module): c for c in self.consumers}
+        order: list[Consumer] = []  # network order, as the forward reaches them
+        fit_seconds = 0.0
+
+        def pre_hook(module: nn.Module, args: tuple) -> None:
+            nonlocal fit_seconds
+            if any(c.module is module for c in order):  # a module called twice: fitted on its first call, as by a pass
+                return
+            order.append(consumers[id(module)])
+            start = time.perf_counter()
+            self._fit_consumer(consumers[id(module)], arrived=tuple(a.detach() for a in args))
+            fit_seconds += time.perf_counter() - start
+            done()
+
+        handles = [c.module.register_forward_pre_hook(pre_hook) for c in self.consumers]
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                self.qmodel(self.batches[0])
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.pass_seconds += time.perf_counter() - start - fit_seconds
+        self.passes += 1
+        missing = sorted({c.name for c in self.consumers} - {c.name for c in order})
+        if missing:
+            raise RuntimeError(f"consumers never called in a forward pass: {missing}")
+        self.consumers = order
+
+    @contextlib.contextmanager
+    def _timed_pass(self) -> Iterator[None]:
+        """Within: time counted as forward passes."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.pass_seconds += time.perf_counter() - start
 
     def _apply_reparams(self, consumer: Consumer, stage: str) -> bool:
         """Apply the consumer's reparameterizations of ``stage``; whether any applied."""
         applied = [self._maybe_apply(site, stage) for site in self.sites if site.consumer is consumer.module]
         return any(applied)
 
+    def _site_applies(self, site: ReparamSite) -> bool:
+        """Whether the config asks for the site's reparameterization (whatever its stage)."""
+        point = site.consumer.input_quant
+        return self.qconfig.reparam and point.spec is not None and reparam_for(site).applies(site, point.spec)
+
     def _maybe_apply(self, site: ReparamSite, stage: str) -> bool:
         reparam = reparam_for(site)
-        point = site.consumer.input_quant
-        if id(site) in self.applied or not self.qconfig.reparam or reparam.stage != stage:
+        if id(site) in self.applied or reparam.stage != stage:
             return False
-        if point.spec is not None and reparam.applies(site, point.spec):
+        if self._site_applies(site):
             reparam.apply(site)
             if stage == "after" and self.qconfig.weight_init == "search":
                 self.init_weights([site.consumer])  # the fold quantized its new weight by the data-only rule
@@ -363,22 +446,26 @@ class _Fitter:
             for module, mode in saved:
                 module.mode = mode
 
-    def _fit_consumer(self, consumer: Consumer) -> None:
+    def _fit_consumer(self, consumer: Consumer, arrived: tuple[torch.Tensor, ...] | None = None) -> None:
         """Stage 3 at one consumer: "before" reparameterizations, its input points, then its weight
         when the weight's spec asks for a metric search (alternating with the inputs for
-        ``weight_rounds`` rounds)."""
-        with self._stream():
-            self.passes += self.cache.advance(self.qmodel, self.batches, consumer.unit)
-        if self._apply_reparams(consumer, "before"):
-            log.debug("%s: input reparameterized before fitting", consumer.name)
-        observed = self._observe(consumer)
+        ``weight_rounds`` rounds). ``arrived``: the operands of the one batch as the one-pass forward
+        brings them (:meth:`_run_one_pass`); otherwise the consumer's observation pass records them."""
+        if arrived is None:
+            with self._stream(), self._timed_pass():
+                self.passes += self.cache.advance(self.qmodel, self.batches, consumer.unit)
+            if self._apply_reparams(consumer, "before"):
+                log.debug("%s: input reparameterized before fitting", consumer.name)
+            observed = self._observe(consumer)
+        else:
+            observed = [arrived]
         self._fit_points(consumer, observed, [p.spec for p in consumer.points])
         if not self._weight_searched(consumer):
             return
         # AdaLog's order: fold the fitted per-channel input first (its weights change), then search
         # the weight on the input as it now arrives, quantized by the fitted point
         folded = self._apply_reparams(consumer, "after")
-        if folded:
+        if folded:  # never in the one-pass forward (fits_in_one_pass)
             observed = self._observe(consumer)
         specs = [self._refit_spec(p) if folded else p.spec for p in consumer.points]
         for r in range(self.qconfig.weight_rounds):
@@ -411,7 +498,7 @@ class _Fitter:
 
     def _observe(self, consumer: Consumer) -> list[tuple]:
         self.passes += 1
-        with self._stream():
+        with self._stream(), self._timed_pass():
             return self.cache.run(self.qmodel, self.batches, consumer.module, "input")
 
     def _search_subset(self, observed: list[tuple]) -> list[torch.Tensor]:
@@ -504,8 +591,9 @@ class _Fitter:
     def _float_output(self, consumer: Consumer) -> torch.Tensor:
         """The float model's output of the same consumer on the search images."""
         assert self.float_model is not None
-        self.passes += self.float_cache.advance(self.float_model, self.search_batch, consumer.unit) + 1
-        return self.float_cache.run(self.float_model, self.search_batch, self.float_modules[consumer.name], "output")[0]
+        with self._timed_pass():
+            self.passes += self.float_cache.advance(self.float_model, self.search_batch, consumer.unit) + 1
+            return self.float_cache.run(self.float_model, self.search_batch, self.float_modules[consumer.name], "output")[0]
 
     def _fit_point(
         self, point: QuantPoint, spec: QuantSpec | None, index: int, consumer: Consumer, inputs: torch.Tensor,
@@ -530,9 +618,9 @@ class _Fitter:
         seconds = time.perf_counter() - start
         point.set_quantizer(quantizer)
         point.mode = Mode.QUANTIZE
-        rows = rows_of(inputs, axis)
+        low, high = torch.aminmax(ctx.rows(), dim=1)  # the rows the search fitted (formed once)
         shape = param_shape(inputs.shape, axis)
-        point.observed_min, point.observed_max = rows.amin(dim=1).reshape(shape), rows.amax(dim=1).reshape(shape)
+        point.observed_min, point.observed_max = low.reshape(shape), high.reshape(shape)
         self._count(point.point_name, evaluations, seconds)
 
     def finish(self) -> int:
@@ -557,6 +645,7 @@ def quantize_model(
     stages: dict[str, float] = {}
     start = time.perf_counter()
     qmodel, fitter, reparameterized = _calibrate(model, batches, qconfig, stages, progress)
+    activation = dict(fitter.activation_seconds)
 
     nonlinear = None
     if kernel_layers(qmodel):
@@ -570,6 +659,7 @@ def quantize_model(
             again: dict[str, float] = {}
             qmodel, fitter, reparameterized = _calibrate(model, batches, resolved, again, progress)
             stages.update({f"recalibration_{k}": v for k, v in again.items()})
+            activation.update({f"recalibration_{k}": v for k, v in fitter.activation_seconds.items()})
             qconfig = resolved
     seconds = time.perf_counter() - start
 
@@ -590,6 +680,7 @@ def quantize_model(
         reparameterizations=dict(fitter.reparameterizations),
         passes=fitter.passes,
         points=points,
+        activation_seconds=activation,
         nonlinear=nonlinear,
     )
 
@@ -609,6 +700,7 @@ def _calibrate(
     stages["weights"] = time.perf_counter() - t_weights
     fitter.run(progress)
     stages["activations"] = time.perf_counter() - t - stages["weights"]
+    fitter.activation_seconds = {"passes": fitter.pass_seconds, "searches": stages["activations"] - fitter.pass_seconds}
 
     t = time.perf_counter()
     reparameterized = fitter.finish()

@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from vitquant.errors import ConfigError
+from vitquant.errors import ConfigError, WidthError
 from vitquant.quantizers.base import Quantizer, check_bits
 from vitquant.quantizers.integer_view import IntegerView, reject_nan
 from vitquant.quantizers.spec import Params, QuantSpec, register_spec
@@ -74,10 +74,11 @@ class BitLog2Scheme:
             raise ConfigError(f"BitLog2 variant must be 16 or 17, got {self.variant!r}")
         if self.int_max > _MAX_INT_MAX:
             limit = 6 if self.half else 5
-            raise ConfigError(
+            raise WidthError(
                 f"{self.name} at {self.bits} bit needs int_max = {self.int_max}, beyond int64; "
                 f"BitLog2 {'Half' if self.half else 'Single'} supports at most {limit} bits "
-                "(use --attn-bits to quantize the attention map with fewer bits, or a sqrt2 scheme)"
+                "(use --attn-bits to quantize the attention map with fewer bits, or a sqrt2 scheme)",
+                what=self.name, widest=limit,
             )
 
     @property

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitquant.quantizers.spec import rows_of
+
 
 @dataclass
 class FitContext:
@@ -33,6 +35,13 @@ class FitContext:
     grad: torch.Tensor | None = None
     output_axis: int | None = None
     _fixed: list | None = None
+    _rows: torch.Tensor | None = None
+
+    def rows(self) -> torch.Tensor:
+        """``inputs`` as float32 rows ``[R, M]`` along ``axis`` (:func:`rows_of`), formed once."""
+        if self._rows is None:
+            self._rows = rows_of(self.inputs, self.axis)
+        return self._rows
 
     @property
     def has_consumer(self) -> bool:

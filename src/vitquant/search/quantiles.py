@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-_PREFILTER_MIN = 1 << 16  # rows shorter than this go straight to topk
+# rows shorter than this go straight to topk: the prefilter's boolean gather costs about as much as a
+# topk of a few million elements (measured on 2 cores: 1.2M elements 8 ms by topk, 50 ms prefiltered)
+_PREFILTER_MIN = 1 << 22
 _SUBSAMPLE = 1 << 14
 
 

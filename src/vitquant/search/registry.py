@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from vitquant.errors import ConfigError
 from vitquant.quantizers.base import Quantizer
-from vitquant.quantizers.spec import Params, QuantSpec, param_shape, rows_of
+from vitquant.quantizers.spec import Params, QuantSpec, param_shape
 from vitquant.search import grid_search
 from vitquant.search.checks import check_calibration_tensor
 from vitquant.search.context import FitContext
@@ -53,7 +53,7 @@ def scores_output(spec: QuantSpec) -> bool:
 def fit_point(spec: QuantSpec, ctx: FitContext, settings: SearchSettings | None = None) -> tuple[Quantizer, int]:
     """Run ``spec``'s search at one point; returns the quantizer and the number of evaluations."""
     check_calibration_tensor(ctx.inputs, ctx.where)
-    rows = rows_of(ctx.inputs, ctx.axis)
+    rows = ctx.rows()
     spec.check_input(rows, ctx.where)
     shape = param_shape(ctx.inputs.shape, ctx.axis)
     init = spec.initialize(rows, ctx.where)
