@@ -77,6 +77,28 @@ def fingerprint(result, eval_images: torch.Tensor) -> dict:
     }
 
 
+def assert_same_model(got: dict, want: dict) -> None:
+    """Two fingerprints agree up to float noise: parameters to a relative 1e-5, code histograms to 1 in
+    10^4 of the elements, logits to 2e-3 absolute, the same top-1 class for every image."""
+    assert sorted(got["points"]) == sorted(want["points"])
+    for name, point in want["points"].items():
+        mine = got["points"][name]
+        assert sorted(mine["params"]) == sorted(point["params"]), name
+        for key, values in point["params"].items():
+            assert torch.allclose(
+                torch.tensor(mine["params"][key], dtype=torch.float64),
+                torch.tensor(values, dtype=torch.float64), rtol=1e-5, atol=1e-6,
+            ), f"{name}.{key}: {mine['params'][key]} != {values}"
+        if point["counts"] is None:
+            assert mine["counts"] is None, name
+            continue
+        a, b = torch.tensor(mine["counts"]), torch.tensor(point["counts"])
+        assert a.shape == b.shape, name
+        assert int((a - b).abs().sum()) <= max(1, int(b.sum()) // 10_000), f"{name}: code histogram changed"
+    assert got["argmax"] == want["argmax"]
+    assert torch.allclose(torch.tensor(got["logits"]), torch.tensor(want["logits"]), atol=2e-3, rtol=0)
+
+
 def main() -> int:
     from vitquant.calibration import quantize_model
     from vitquant.qconfig import repq_vit_qconfig
