@@ -215,8 +215,9 @@ def test_bad_crop_pct_fails_before_loading(value, tiny_folder, capsys):
         (["--nonlinear", "bogus"], "unknown --nonlinear 'bogus'; choose one of float, ivit, ibert, fqvit, mixed"),
         (["--nonlinear", "mixed", "--mixed-rule", "bogus"], "unknown mixed rule 'bogus'; choose one of sqnr-diff, output-sqnr"),
         (["--mixed-rule", "bogus"], "unknown mixed rule 'bogus'"),
-        (["--nonlinear", "ivit", "--nonlinear-bits", "12"], "--nonlinear-bits must be between 2 and 8, got 12"),
-        (["--nonlinear-bits", "1"], "--nonlinear-bits must be between 2 and 8, got 1"),
+        (["--nonlinear", "ivit", "--nonlinear-bits", "17"], "--nonlinear-bits must be between 2 and 16, got 17"),
+        (["--nonlinear-bits", "1"], "--nonlinear-bits must be between 2 and 16, got 1"),
+        (["--nonlinear", "ivit", "--softmax-bits", "24"], "--softmax-bits must be between 2 and 16, got 24"),
     ],
 )
 def test_bad_nonlinear_options_exit_2_before_loading(argv, message, tiny_folder, capsys):
@@ -232,6 +233,7 @@ def test_nonlinear_options_in_help(capsys):
         cli.main(["quantize", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "--nonlinear NAME" in out and "--mixed-rule RULE" in out and "--nonlinear-bits N" in out
+    assert "--softmax-bits N" in out
     assert "float, ivit, ibert, fqvit, mixed" in out
 
 
