@@ -355,7 +355,7 @@ def test_main_job_with_mixed_nonlinear_on_a_tiny_model(tiny_folder, tmp_path, ca
     pinned = config["qconfig"]["nonlinear"]
     assert pinned["overrides"] == nonlinear["choices"]  # the choice, pinned as plain data
     assert pinned["ops"] == {"softmax": "mixed", "gelu": "mixed", "layernorm": "mixed", "residual": "integer"}
-    assert pinned["bits"] == 6 and pinned["rule"] == "output-sqnr"  # default: --a-bits 4, at least 6
+    assert pinned["bits"] is None and pinned["rule"] == "output-sqnr"  # default: the kernels' own width (16)
     assert report["calibration"]["nonlinear"] == nonlinear
     assert "non-linear kernels (mixed, rule output-sqnr): softmax: " in stdout
 

@@ -183,7 +183,7 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     r.add_argument("--eval-size", type=int, metavar="N", help="evaluate on N images (seeded sample)")
     r.add_argument("--batch-size", type=int, metavar="N", default=64, help="batch size (default 64)")
     r.add_argument("--workers", type=int, metavar="N", default=0, help="image decoding workers (default 0)")
-    r.add_argument("--gemm", choices=("int", "float"), default="float",
+    r.add_argument("--gemm", choices=("int", "float"), default=None,
                    help="float: the fast executor (default; exact int8 and float GEMMs, float64 rounding, the same "
                    "integers as the strict executor, tested); int: the strict executor, pure int64 (slow)")
     r.add_argument("--compile", action="store_true",
@@ -492,7 +492,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from vitquant.evaluation import write_json
     from vitquant.integer.onnx_run import OnnxRunJob, run_onnx
 
-    for flag, given in (("--gemm", args.gemm != "int"), ("--compile", args.compile),
+    for flag, given in (("--gemm", args.gemm is not None), ("--compile", args.compile),
                         ("--check-simulation", args.check_simulation)):
         if given:
             raise ConfigError(f"{flag} applies to a .vqm program, not to an ONNX model")
@@ -525,7 +525,7 @@ def _run_program(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} applies to an ONNX model (.onnx); a .vqm runs in vitquant's executors")
     report = run_program(RunJob(
         model_file=args.model_file, eval_data=args.eval_data, eval_size=args.eval_size, batch_size=args.batch_size,
-        workers=args.workers, gemm=args.gemm, compile=args.compile, check_simulation=args.check_simulation,
+        workers=args.workers, gemm=args.gemm or "float", compile=args.compile, check_simulation=args.check_simulation,
         on_bad_image=args.on_bad_image, progress=not args.quiet,
     ))
     r = report["integer"]
