@@ -278,12 +278,25 @@ def _is_seed_form(argv: Sequence[str]) -> bool:
     return any(a.split("=")[0] in _SEED_FLAGS for a in argv)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was created with
+    (``main`` called in-process, e.g. by tests or notebooks, may replace and close ``sys.stderr``)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     from vitquant.evaluation.distributed import current_shard
 
     quiet = quiet or not current_shard().is_main  # under torchrun the other ranks log warnings only
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("vitquant: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)

@@ -147,3 +147,16 @@ def test_what_needs_more_passes_is_fitted_by_passes(tiny):
     assert quantize_model(model, x, replace(base, inputs="parallel")).passes > 1
     cfg = build_qconfig("bitlog2-half-17", 4, 4, post_gelu="adalog")  # post-GELU shift: "before" fc2's point
     assert quantize_model(model, x, cfg).passes > 1
+
+
+def test_integer_kernels_are_fitted_by_passes(tiny):
+    """An integer softmax takes q·kᵀ's integer product, read from the matmul's points before the matmul runs:
+    one forward would compute the attention map with them unfitted, so integer kernels keep the passes."""
+    from vitquant.calibration.pipeline import _Fitter
+    from vitquant.nonlinear import NonlinearConfig
+
+    model, x = tiny.model("vit"), tiny.images(6, "vit")
+    cfg = qc.repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert", 8))
+    fitter = _Fitter(prepare(copy.deepcopy(model).eval(), cfg), model, [x], cfg)
+    assert not fitter.fits_in_one_pass()
+    assert quantize_model(model, x, cfg).passes > 1
