@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+import timm
 import torch
 
 import conftest
@@ -182,3 +183,15 @@ def test_bounds_are_checked_at_conversion():
     assert ok.bound == 5
     m = b.tensors[b.ops[-1].constants["multiplier"]]
     assert int(m) * 2**30 < 2**EXACT_BITS  # the multiplier was narrowed to keep x · m exact
+
+
+def test_an_activation_without_integer_kernel_is_refused_in_one_line():
+    """CLIP's QuickGELU (x·σ(1.702x)) is not GELU: calibration keeps it in float, and conversion names it
+    (it used to fail with an AttributeError traceback)."""
+    from timm.layers import QuickGELU
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, act_layer=QuickGELU, **conftest.VIT_KWARGS).eval()
+    x = conftest.images(4, conftest.VIT_IMG, seed=1)
+    qmodel = quantize_model(model, x, repq_vit_qconfig(8, 8, attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert"))).model
+    with pytest.raises(ConfigError, match="QuickGELU has no integer kernel"):
+        convert_vit(qmodel)

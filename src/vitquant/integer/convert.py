@@ -199,7 +199,11 @@ class _Builder:
 
     @staticmethod
     def kernel(module: QuantNonLinear, hint: str) -> tuple[nn.Module, dict]:
-        """The active kernel slot of ``module`` and its op attributes (a float op is refused)."""
+        """The active kernel slot of ``module`` and its op attributes (a float op, or an op with no integer
+        kernel such as CLIP's QuickGELU, is refused)."""
+        if not isinstance(module, QuantNonLinear):
+            raise ConfigError(f"{hint}: {type(module).__name__} has no integer kernel (integer programs support "
+                              "GELU, Softmax and LayerNorm); keep this model in the fake-quant form")
         if module.active is None:
             raise ConfigError(
                 f"{module.layer_name or hint}: runs the float {module.op}; an integer program needs an integer "
