@@ -50,7 +50,17 @@ def _param_shape(x: torch.Tensor, channel_dim: int | None) -> tuple[int, ...]:
 
 
 def _mse_per_row(rows: torch.Tensor, delta: torch.Tensor, zero: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Mean squared fake-quant error of every row for every candidate: ``[K, R]``."""
+    """Mean squared fake-quant error of every row for every candidate: ``[K, R]``. One row (a per-tensor
+    point) is scored candidate by candidate with scalar bounds: 3-4x faster than the ``[K, 1, M]``
+    broadcast on a few million elements; the mean may then sum in another order (float32 rounding)."""
+    if rows.shape[0] == 1:
+        out = torch.empty_like(delta)
+        for k in range(delta.shape[0]):
+            z = float(zero[k, 0])
+            q = rows[0] * (1.0 / delta[k, 0])
+            q.round_().clamp_(-z, qmax - z).mul_(delta[k, 0]).sub_(rows[0])
+            out[k, 0] = q.square_().mean()
+        return out
     inv = (1.0 / delta).unsqueeze(-1)
     z = zero.unsqueeze(-1)
     q = rows.unsqueeze(0) * inv
