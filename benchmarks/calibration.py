@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> dict:
     for name in args.engines:
         median = statistics.median(calib[name])
         rows.append({"engine": name, "calibration_seconds_median": median, "calibration_seconds": calib[name],
-                     "ratio_to_fp_median": median / fp_median, "fastest": _stages(best[name])})
+                     "ratio_to_fp_median": median / fp_median, "fastest": _stages(best[name]),
+                     "qconfig": best[name].qconfig.to_dict()})
     identical = same_model(best["one-pass"], best["passes"]) if set(args.engines) == set(ENGINES) else None
     return {
         "command": "python benchmarks/calibration.py " + " ".join(sys.argv[1:]),

@@ -60,7 +60,7 @@ def measure(model, calib_images, batches, labels, fp_logits, bits: int, family: 
     sim_logits, _ = _logits(result.model, batches)
     sim = _accuracy(sim_logits, labels)
     row = {"bits": bits, "recipe": recipe, "family": family, "width": width, "calibration_seconds": calib_seconds,
-           "sim_top1": sim.top1}
+           "sim_top1": sim.top1, "qconfig": result.qconfig.to_dict()}
     sim_fp = FidelityMeter()
     sim_fp.update(fp_logits, sim_logits)
     row.update(sim_agreement_fp=sim_fp.top1_agreement, sim_kl_fp=sim_fp.mean_kl)
