@@ -10,6 +10,7 @@ residual stream). On the first ``--identity-images`` images the program's intege
 against the strict int64 executor and the exact simulation of the calibrated model.
 
     python benchmarks/kernel_widths.py                 # all evaluation images (968)
+    python benchmarks/kernel_widths.py --old-families ivit ibert   # the old widths for two families only
 
 Writes ``results/kernel_widths_<model>.{md,json}``.
 """
@@ -111,6 +112,8 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(ref)
         for family in args.families:
             for width in args.widths:
+                if width == "old" and args.old_families is not None and family not in args.old_families:
+                    continue
                 rows.append(measure(model, calib_images, batches, labels, fp_logits, bits, family, width,
                                     args.identity_images, float_logits, args.search))
     return {
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", nargs="+", type=int, default=[8, 4], choices=sorted(RECIPES))
     p.add_argument("--families", nargs="+", default=FAMILIES)
     p.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=list(WIDTHS))
+    p.add_argument("--old-families", nargs="+", help="families measured at the old widths too (default: all)")
     p.add_argument("--identity-images", type=int, default=16, help="images checked against the strict executor")
     p.add_argument("--search", help="activation search of every row (default: the recipe's; percentile: data-only, fast)")
     args = p.parse_args(argv)
