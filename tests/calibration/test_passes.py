@@ -111,6 +111,19 @@ def _fitted(result) -> list[tuple[str, dict, list[int] | None]]:
     return [(name, q.state(), counts) for name, q, counts in fingerprint_points(result.model)]
 
 
+def _same_model(tiny, kind: str, one, passes) -> None:
+    """The same points (parameters and code histograms) and the same logits on other images."""
+    assert passes.passes > one.passes
+    assert [p.to_dict() | {"search_seconds": 0} for p in one.points] == [p.to_dict() | {"search_seconds": 0} for p in passes.points]
+    for (name, a, ca), (_, b, cb) in zip(_fitted(one), _fitted(passes)):
+        assert ca == cb, name
+        assert (a.kind, a.meta, sorted(a.tensors)) == (b.kind, b.meta, sorted(b.tensors)), name
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), name
+    test = tiny.images(4, kind, seed=5)
+    with torch.no_grad():
+        assert torch.equal(one.model(test), passes.model(test))
+
+
 @pytest.mark.parametrize("recipe", ["bitlog2-half-17", "repq-vit", "ptq4vit"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_pass_gives_the_model_of_the_consumer_passes(tiny, kind, recipe, monkeypatch, single_thread):
@@ -124,16 +137,7 @@ def test_one_pass_gives_the_model_of_the_consumer_passes(tiny, kind, recipe, mon
     one = quantize_model(model, x, cfg)
     assert one.passes == 1 + (recipe == "ptq4vit")  # ptq4vit: and the gradient pass of its Hessian metric
     monkeypatch.setattr(_Fitter, "fits_in_one_pass", lambda self: False)
-    passes = quantize_model(model, x, cfg)
-    assert passes.passes > one.passes
-    assert [p.to_dict() | {"search_seconds": 0} for p in one.points] == [p.to_dict() | {"search_seconds": 0} for p in passes.points]
-    for (name, a, ca), (_, b, cb) in zip(_fitted(one), _fitted(passes)):
-        assert ca == cb, name
-        assert (a.kind, a.meta, sorted(a.tensors)) == (b.kind, b.meta, sorted(b.tensors)), name
-        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), name
-    test = tiny.images(4, kind, seed=5)
-    with torch.no_grad():
-        assert torch.equal(one.model(test), passes.model(test))
+    _same_model(tiny, kind, one, quantize_model(model, x, cfg))
 
 
 def test_what_needs_more_passes_is_fitted_by_passes(tiny):
@@ -149,14 +153,19 @@ def test_what_needs_more_passes_is_fitted_by_passes(tiny):
     assert quantize_model(model, x, cfg).passes > 1
 
 
-def test_integer_kernels_are_fitted_by_passes(tiny):
-    """An integer softmax takes q·kᵀ's integer product, read from the matmul's points before the matmul runs:
-    one forward would compute the attention map with them unfitted, so integer kernels keep the passes."""
+@pytest.mark.parametrize("family", ["ibert", "ivit", "fqvit", "mixed"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_integer_kernels_fit_in_one_pass(tiny, kind, family, monkeypatch, single_thread):
+    """An integer softmax reads q·kᵀ's integer product through ``QuantMatMul.products``, not the matmul's
+    forward: the products run the matmul's pre-hooks, so one forward fits its points before they are read
+    and gives the model of the consumer passes (without that, the attention map was fitted on a float
+    softmax)."""
     from vitquant.calibration.pipeline import _Fitter
     from vitquant.nonlinear import NonlinearConfig
 
-    model, x = tiny.model("vit"), tiny.images(6, "vit")
-    cfg = qc.repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(NonlinearConfig.everywhere("ibert", 8))
-    fitter = _Fitter(prepare(copy.deepcopy(model).eval(), cfg), model, [x], cfg)
-    assert not fitter.fits_in_one_pass()
-    assert quantize_model(model, x, cfg).passes > 1
+    model, x = tiny.model(kind), tiny.images(6, kind)
+    cfg = qc.repq_vit_qconfig(8, 8, "bitlog2-half-17", attn_bits=4).with_nonlinear(NonlinearConfig.everywhere(family))
+    one = quantize_model(model, x, cfg)
+    assert one.passes == 1
+    monkeypatch.setattr(_Fitter, "fits_in_one_pass", lambda self: False)
+    _same_model(tiny, kind, one, quantize_model(model, x, cfg))

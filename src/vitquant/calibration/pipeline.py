@@ -354,10 +354,10 @@ class _Fitter:
         """Whether one forward that fits each consumer's points when its inputs arrive gives what the
         consumer-by-consumer passes give: one batch, inputs "sequential", no float reference passes, and no
         reparameterization that would change an input after that forward computed it (a "before" one,
-        or an "after" fold at a consumer whose weight is searched, which is observed again). Integer
-        non-linear kernels keep the passes: an integer softmax reads the q·kᵀ matmul's points before
-        calling it (its integer product), so in one forward it would see them unfitted."""
-        if len(self.batches) != 1 or self.qconfig.inputs != "sequential" or not self.qconfig.nonlinear.is_float:
+        or an "after" fold at a consumer whose weight is searched, which is observed again). An integer
+        softmax reads q·kᵀ through ``QuantMatMul.products``, which runs the matmul's pre-hooks first, so
+        its points are fitted before they are read."""
+        if len(self.batches) != 1 or self.qconfig.inputs != "sequential":
             return False
         if self.float_model is not None and self.qconfig.reference == "float":
             return False

@@ -61,7 +61,14 @@ class QuantMatMul(nn.Module):
         """The integer product (:meth:`integer_product`) and, when a gradient is wanted, the float
         product ``Q_a(a) @ Q_b(b)`` of the same quantized operands, with its gradient (the straight-through
         surrogate of an integer softmax while training); ``None`` while either point is float. In the exact
-        simulation: the program's q @ kᵀ (no surrogate)."""
+        simulation: the program's q @ kᵀ (no surrogate).
+
+        This is a use of the operands as ``forward`` is, so the module's forward pre-hooks see it first:
+        calibration's one-forward engine fits the points there before an integer softmax reads them."""
+        for hook in list(self._forward_pre_hooks.values()):
+            replaced = hook(self, (a, b))
+            if replaced is not None:
+                a, b = replaced
         if self.exact is not None:  # the program's q @ kᵀ reads k: hand it the untransposed operand
             step = self.exact
             return IntTensor(step.run(*step.integers(a, b.transpose(-2, -1))), step.output_scale), None
