@@ -11,6 +11,7 @@ the stages of the fastest run, the commit and the configuration.
     python benchmarks/calibration.py                         # the README figure
     python benchmarks/calibration.py --engines one-pass passes --repeats 5
     python benchmarks/calibration.py --w-bits 8 --a-bits 8 --stem calibration_deit_tiny_w8a8
+    python benchmarks/calibration.py --nonlinear mixed --mixed-rule output-sqnr --repeats 1 --stem calibration_deit_tiny_mixed
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _stages(result: CalibrationResult) -> dict:
 def run(args: argparse.Namespace) -> dict:
     job = QuantizeJob(model=args.model, weights=args.weights, w_bits=args.w_bits, a_bits=args.a_bits,
                       recipe=args.recipe, calib_data=args.data, calib_size=args.calib_size, seed=args.seed,
-                      progress=False)
+                      nonlinear=args.nonlinear, mixed_rule=args.mixed_rule, progress=False)
     job.validate()
     qconfig = job.qconfig()
     data = resolve_data(job)
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "command": "python benchmarks/calibration.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(job.model), "weights": weights_source, "recipe": job.recipe,
-        "w_bits": job.w_bits, "a_bits": job.a_bits, "calibration_images": int(images.shape[0]),
+        "w_bits": job.w_bits, "a_bits": job.a_bits, "nonlinear": job.nonlinear, "mixed_rule": job.mixed_rule,
+        "calibration_images": int(images.shape[0]),
         "calib_dir": str(data.calib_dir), "seed": job.seed, "repeats": args.repeats,
         "qconfig": qconfig.to_dict(), "fp_seconds_median": fp_median, "fp_seconds": fp,
         "rows": rows, "same_model": identical, **environment(),
@@ -120,22 +122,27 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def to_markdown(res: dict) -> str:
+    mixed = res.get("nonlinear") == "mixed"  # its per-layer kernel choice and the recalibration after it
     lines = [
-        f"Calibration of {res['model']} W{res['w_bits']}A{res['a_bits']} ({res['recipe']}) on "
+        f"Calibration of {res['model']} W{res['w_bits']}A{res['a_bits']} ({res['recipe']}, non-linear ops "
+        f"{res.get('nonlinear', 'float')}{' (' + res['mixed_rule'] + ')' if res.get('nonlinear') == 'mixed' else ''}) on "
         f"{res['calibration_images']} images (seed {res['seed']}), median of {res['repeats']} runs timed in turns "
         f"with one FP forward pass of the same images ({res['fp_seconds_median']:.2f} s); {res['threads']} threads, "
         f"torch {res['torch']}, {commit_note(res)}.",
         "",
-        "| engine | calibration s | x FP pass | passes | forward s | searches s | reparam s | level count s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| engine | calibration s | x FP pass | passes | forward s | searches s | reparam s | level count s |"
+        + (" kernel choice s | recalibration s |" if mixed else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if mixed else ""),
     ]
     for row in res["rows"]:
         f = row["fastest"]
         a, s = f["activation_seconds"], f["stage_seconds"]
+        again = sum(v for k, v in s.items() if k.startswith("recalibration_"))
         lines.append(
             f"| {row['engine']} | {row['calibration_seconds_median']:.2f} | {row['ratio_to_fp_median']:.1f} | "
             f"{f['passes']} | {a.get('passes', 0):.2f} | {a.get('searches', 0):.2f} | "
             f"{s.get('reparameterization', 0):.2f} | {s.get('level_count', 0):.2f} |"
+            + (f" {s.get('nonlinear_sensitivity', 0):.2f} | {again:.2f} |" if mixed else "")
         )
     lines.append("")
     lines.append("Stage columns: the fastest run. Calibration time excludes the level count (a further quantized "
@@ -155,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
     p.add_argument("--recipe", default=QuantizeJob.recipe)
+    p.add_argument("--nonlinear", default="float", help="non-linear ops: float (default), ivit, ibert, fqvit, mixed")
+    p.add_argument("--mixed-rule", default="sqnr-diff", choices=["sqnr-diff", "output-sqnr"])
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=["one-pass"])
     p.add_argument("--repeats", type=int, default=5, help="calibrations per engine (in turns with the FP pass)")
     p.add_argument("--stem", help="results file name (default calibration_<model>)")
