@@ -148,6 +148,7 @@ def measure(float_model: nn.Module, qmodel: nn.Module, batches: list[torch.Tenso
             for images in batches:
                 with _capture(float_model, names, quantized=False) as ref:
                     float_model(images)
+                x_out: dict[str, torch.Tensor] = {}  # the exact op on X_in: the same for every family
                 for family in families:
                     for name, module in layers.items():
                         module.activate(family if family in module.slots else previous[name])
@@ -157,7 +158,9 @@ def measure(float_model: nn.Module, qmodel: nn.Module, batches: list[torch.Tenso
                         if family in layers[name].slots:
                             x_in = ref[name][0]
                             meters[(name, family, "in")].update(x_in, got[name][0])
-                            meters[(name, family, "out")].update(layers[name].float_forward(x_in), got[name][1])
+                            if name not in x_out:
+                                x_out[name] = layers[name].float_forward(x_in)
+                            meters[(name, family, "out")].update(x_out[name], got[name][1])
     finally:
         for name, module in layers.items():
             module.activate(previous[name])
