@@ -17,6 +17,8 @@ Where it differs from the simulated (fake-quantized) model, and from the integer
 - the residual stream's fixed-point points are 16 bits or wider (no ONNX quantized type holds more than
   16), so the residual adds run in float; LayerNorm's epsilon is 1e-6 (timm's ViT/DeiT/Swin), which the
   integer kernels ignore;
+- an 8-bit point whose zero point falls outside uint8 (all its integers positive) is quantized with the
+  zero point clamped and the rest as a float offset subtracted before and added after the pair;
 - points of other widths than 8 bits (W4A4) have no standard QDQ form: such programs, and non-uniform
   formats (BitLog2, log√2, AdaLog or twin-uniform attention maps, AdaLog's post-GELU table), are refused.
 """
@@ -105,22 +107,36 @@ class QdqExport(IntegerExport):
         return out
 
     def qdq(self, x: Val, scale: torch.Tensor, low: torch.Tensor, high: torch.Tensor, what: str) -> Val:
-        """``x`` through QuantizeLinear/DequantizeLinear at ``scale`` with the codes ``low..high`` of the program
-        (zero point ``-low``); per channel along the last axis where the parameters vary."""
+        """``x`` through QuantizeLinear/DequantizeLinear at ``scale`` with the integers ``low..high`` of the
+        program (uint8 zero point ``-low``); per channel along the last axis where the parameters vary.
+
+        A point whose zero point is outside 0..255 (its integers all positive, e.g. 5..260 for an attention
+        map with no exact-zero probability, or all below -255) is expressed with the zero point clamped
+        into uint8 and the rest ``o`` moved into a float offset: ``DQ(Q(x - o·Δ)) + o·Δ``. This rounds
+        ``(x - o·Δ)/Δ`` in float32 where the program rounds ``x/Δ``: a value within float rounding of a
+        tie may land on the other code, as QuantizeLinear's division already allows."""
         shape = torch.broadcast_shapes(scale.shape, low.shape, high.shape)
         n = math.prod(shape)
         if n > 1 and sum(d > 1 for d in shape) != 1:
             raise ConfigError(f"ONNX QDQ export: {what} is quantized along more than one axis")
         scale, low, high = (t.expand(shape).reshape(-1) for t in (scale, low, high))
         span = high - low
-        if not bool((span == 255).all()) or int(low.max()) > 0 or int(low.min()) < -255:
+        if not bool((span == 255).all()):
             raise ConfigError(f"ONNX QDQ export: {what} is not an 8-bit point (codes {int(low.min())}..{int(high.max())}); "
                               "QDQ takes 8-bit points (use --format integer)")
+        zero = (-low).clamp(0, 255)
+        offset = low + zero  # 0 where the zero point fits uint8
         axis = {"axis": -1} if n > 1 else {}
-        s = self.const(scale if n > 1 else scale[0], "scale")
-        z = self.g.constant((-low if n > 1 else -low[0]).to(torch.uint8), TensorProto.UINT8, "zero_point")
+        per = (lambda t: t) if n > 1 else (lambda t: t[0])
+        shift = None
+        if bool((offset != 0).any()):
+            shift = self.const(per(offset.to(torch.float64) * scale.to(torch.float64)), "offset")
+            x = self.float_op("Sub", [x.name, shift], "offset")
+        s = self.const(per(scale), "scale")
+        z = self.g.constant(per(zero).to(torch.uint8), TensorProto.UINT8, "zero_point")
         q = self.g.node("QuantizeLinear", [x.name, s, z], "quantize", **axis)
-        return Val(self.g.node("DequantizeLinear", [q, s, z], "dequantize", **axis), FLOAT)
+        out = Val(self.g.node("DequantizeLinear", [q, s, z], "dequantize", **axis), FLOAT)
+        return out if shift is None else self.float_op("Add", [out.name, shift], "offset")
 
     def float_op(self, op: str, inputs: list[str], hint: str, **attrs: Any) -> Val:
         return Val(self.g.node(op, inputs, hint, **attrs), FLOAT)
