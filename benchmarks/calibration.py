@@ -11,7 +11,8 @@ the stages of the fastest run, the commit and the configuration.
     python benchmarks/calibration.py                         # the README figure
     python benchmarks/calibration.py --engines one-pass passes --repeats 5
     python benchmarks/calibration.py --w-bits 8 --a-bits 8 --stem calibration_deit_tiny_w8a8
-    python benchmarks/calibration.py --nonlinear mixed --mixed-rule output-sqnr --repeats 1 --stem calibration_deit_tiny_mixed
+    python benchmarks/calibration.py --w-bits 8 --a-bits 8 --recipe repq-vit --attn-quant uniform --nonlinear mixed \
+        --mixed-rule output-sqnr --repeats 1 --stem calibration_deit_tiny_w8a8_mixed_output_sqnr
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _stages(result: CalibrationResult) -> dict:
 def run(args: argparse.Namespace) -> dict:
     job = QuantizeJob(model=args.model, weights=args.weights, w_bits=args.w_bits, a_bits=args.a_bits,
                       recipe=args.recipe, calib_data=args.data, calib_size=args.calib_size, seed=args.seed,
-                      nonlinear=args.nonlinear, mixed_rule=args.mixed_rule, progress=False)
+                      attn_quant=args.attn_quant, nonlinear=args.nonlinear, mixed_rule=args.mixed_rule, progress=False)
     job.validate()
     qconfig = job.qconfig()
     data = resolve_data(job)
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
     p.add_argument("--recipe", default=QuantizeJob.recipe)
+    p.add_argument("--attn-quant", help="the attention map's quantizer (default: the recipe's)")
     p.add_argument("--nonlinear", default="float", help="non-linear ops: float (default), ivit, ibert, fqvit, mixed")
     p.add_argument("--mixed-rule", default="sqnr-diff", choices=["sqnr-diff", "output-sqnr"])
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=["one-pass"])
