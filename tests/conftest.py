@@ -176,6 +176,19 @@ def tiny() -> TinyModels:
 
 
 @pytest.fixture(autouse=True)
+def _restore_vitquant_logger():
+    """``vitquant.cli.main`` run in-process gives the ``vitquant`` logger a stderr handler and a level;
+    each test leaves the logger as it found it, so log lines never leak into a later test's output."""
+    import logging
+
+    log = logging.getLogger("vitquant")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:], log.propagate = saved[0], saved[2]
+    log.setLevel(saved[1])
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     """Each test starts from the same global RNG state, whatever ran before it."""
     torch.manual_seed(0)
