@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(durations: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="vitquant-inductor-") as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        load_before = os.getloadavg()
         start = time.perf_counter()
         proc = subprocess.run(["./scripts/test.sh", "-q", f"--durations={durations}"], cwd=ROOT, env=env,
                               capture_output=True, text=True)
@@ -37,14 +38,17 @@ def run(durations: int) -> dict:
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-3000:])
     return {"command": "./scripts/test.sh -q --durations=%d" % durations, "compile_cache": "empty (a new folder)",
-            "seconds": seconds, "exit_status": proc.returncode, "summary": summary, "slowest": slowest,
+            "seconds": seconds, "exit_status": proc.returncode, "load_average_before": load_before,
+            "load_average_after": os.getloadavg(), "summary": summary, "slowest": slowest,
             "cpus": os.cpu_count(), **environment()}
 
 
 def to_markdown(res: dict) -> str:
     lines = [
         f"The test suite (`{res['command']}`) with an empty torch compile cache, on {res['cpus']} CPUs "
-        f"({res['machine']}), torch {res['torch']}; {commit_note(res)}.",
+        f"({res['machine']}), torch {res['torch']}; load average (1, 5, 15 min) before "
+        f"{', '.join(f'{v:.1f}' for v in res['load_average_before'])}, after "
+        f"{', '.join(f'{v:.1f}' for v in res['load_average_after'])}; {commit_note(res)}.",
         "",
         "| tests | exit status | minutes | seconds |",
         "|---|---:|---:|---:|",
