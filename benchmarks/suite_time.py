@@ -29,7 +29,7 @@ def run(durations: int) -> dict:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
         load_before = os.getloadavg()
         start = time.perf_counter()
-        proc = subprocess.run(["./scripts/test.sh", "-q", f"--durations={durations}"], cwd=ROOT, env=env,
+        proc = subprocess.run(["./scripts/test.sh", f"--durations={durations}"], cwd=ROOT, env=env,
                               capture_output=True, text=True)
         seconds = time.perf_counter() - start
     lines = proc.stdout.splitlines()
@@ -37,7 +37,7 @@ def run(durations: int) -> dict:
     slowest = [line.strip() for line in lines if re.match(r"\s*\d+\.\d+s (call|setup|teardown)\s", line)][:durations]
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-3000:])
-    return {"command": "./scripts/test.sh -q --durations=%d" % durations, "compile_cache": "empty (a new folder)",
+    return {"command": "./scripts/test.sh --durations=%d" % durations, "compile_cache": "empty (a new folder)",
             "seconds": seconds, "exit_status": proc.returncode, "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "summary": summary, "slowest": slowest,
             "cpus": os.cpu_count(), **environment()}

@@ -272,7 +272,10 @@ _COMPILED: dict[str, object] = {}
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Start ``integer/compiled_run.py`` as soon as the session collects its test, so that its minutes of
     cold C++ compilation (inductor, empty compile cache) overlap the rest of the suite."""
-    if any(item.name == _COMPILED_TEST for item in items) and "proc" not in _COMPILED:
+    compiled = [item for item in items if item.name == _COMPILED_TEST]
+    if compiled:  # run last, so that the suite waits for the subprocess as little as possible
+        items[:] = [item for item in items if item.name != _COMPILED_TEST] + compiled
+    if compiled and "proc" not in _COMPILED:
         import subprocess
         import sys
         import tempfile
