@@ -20,7 +20,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # i
 
 import torch  # noqa: E402
 
-torch.set_num_threads(1)  # beside the test suite: leave it the other core (inductor compiles in its own processes)
+torch.set_num_threads(1)  # beside the test suite: leave it the other core
+torch._inductor.config.compile_threads = 1  # one compiler process at a time (it defaults to one per CPU)
 
 
 def compile_works() -> bool:
