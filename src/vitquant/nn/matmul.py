@@ -65,10 +65,15 @@ class QuantMatMul(nn.Module):
 
         This is a use of the operands as ``forward`` is, so the module's forward pre-hooks see it first:
         calibration's one-forward engine fits the points there before an integer softmax reads them."""
-        for hook in list(self._forward_pre_hooks.values()):
-            replaced = hook(self, (a, b))
-            if replaced is not None:
-                a, b = replaced
+        for hook_id, hook in list(self._forward_pre_hooks.items()):
+            if hook_id in self._forward_pre_hooks_with_kwargs:  # registered with_kwargs: (args, kwargs) in and out
+                replaced = hook(self, (a, b), {})
+                if replaced is not None:
+                    (a, b), _ = replaced
+            else:
+                replaced = hook(self, (a, b))
+                if replaced is not None:
+                    a, b = replaced
         if self.exact is not None:  # the program's q @ kᵀ reads k: hand it the untransposed operand
             step = self.exact
             return IntTensor(step.run(*step.integers(a, b.transpose(-2, -1))), step.output_scale), None
