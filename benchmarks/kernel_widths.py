@@ -12,7 +12,7 @@ against the strict int64 executor and the exact simulation of the calibrated mod
     python benchmarks/kernel_widths.py                 # all evaluation images (968)
     python benchmarks/kernel_widths.py --old-families ivit ibert   # the old widths for two families only
 
-Writes ``results/kernel_widths_<model>.{md,json}``.
+Writes ``results/kernel_widths_<model>[_<tag>].{md,json}``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ log = logging.getLogger("vitquant.benchmark")
 #: bits -> (recipe, build_qconfig options)
 RECIPES = {8: ("repq-vit", {"attn_quant": "uniform"}), 6: ("bitlog2-half-17", {}), 4: ("bitlog2-half-17", {})}
 FAMILIES = ["ivit", "ibert", "fqvit", "mixed:sqnr-diff", "mixed:output-sqnr"]
-WIDTHS = {"old": lambda bits: (max(bits, 6), 8), "new": lambda bits: (None, None)}  # (kernel input bits, softmax bits)
+WIDTHS = {  # (kernel input bits, softmax output bits)
+    "old": lambda bits: (max(bits, 6), 8),
+    "new": lambda bits: (None, None),
+    "softmax8": lambda bits: (None, 8),  # the new input widths, an 8-bit softmax output (I-BERT's published width)
+}
 
 
 def nonlinear(family: str, width: str, bits: int) -> NonlinearConfig:
@@ -50,8 +54,13 @@ def nonlinear(family: str, width: str, bits: int) -> NonlinearConfig:
 
 
 def measure(model, calib_images, batches, labels, fp_logits, bits: int, family: str, width: str,
-            identity_images: int, float_logits: torch.Tensor | None, search: str | None = None) -> dict:
-    recipe, options = RECIPES[bits]
+            identity_images: int, float_logits: torch.Tensor | None, search: str | None = None,
+            recipe: str | None = None) -> dict:
+    default_recipe, options = RECIPES[bits]
+    if recipe is None or recipe == default_recipe:
+        recipe = default_recipe
+    else:
+        options = {}
     qconfig = build_qconfig(recipe, bits, bits, search=search, **options)
     if family != "float":
         qconfig = qconfig.with_nonlinear(nonlinear(family, width, bits))
@@ -107,15 +116,18 @@ def run(args: argparse.Namespace) -> dict:
     fp = _accuracy(fp_logits, labels)
     rows = []
     for bits in args.bits:
-        ref = measure(model, calib_images, batches, labels, fp_logits, bits, "float", "-", 0, None, args.search)
+        ref = measure(model, calib_images, batches, labels, fp_logits, bits, "float", "-", 0, None, args.search,
+                      args.recipe)
         float_logits = ref.pop("logits")
         rows.append(ref)
         for family in args.families:
             for width in args.widths:
                 if width == "old" and args.old_families is not None and family not in args.old_families:
                     continue
+                if width == "softmax8" and family not in args.softmax8_families:
+                    continue
                 rows.append(measure(model, calib_images, batches, labels, fp_logits, bits, family, width,
-                                    args.identity_images, float_logits, args.search))
+                                    args.identity_images, float_logits, args.search, args.recipe))
     return {
         "command": "python benchmarks/kernel_widths.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(args.model), "weights": weights_source, "fp_top1": fp.top1,
@@ -130,25 +142,25 @@ def to_markdown(res: dict) -> str:
         f"{res['evaluation_images']} other images; FP top-1 {res['fp_top1']:.2f} %; activation search "
         f"{res.get('search') or 'as the recipe'}; {commit_note(res)}.",
         "",
-        "| W/A | kernels | widths | top-1 simulated % | top-1 integer % | integer - float kernels | agreement int/sim % "
+        "| W/A | recipe | kernels | widths | top-1 simulated % | top-1 integer % | integer - float kernels | agreement int/sim % "
         "| agreement int/FP % | KL int/FP | fast = strict | exact = strict |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         if r["family"] == "float":
-            lines.append(f"| W{r['bits']}A{r['bits']} | float | - | {r['sim_top1']:.2f} | - | - | - | "
+            lines.append(f"| W{r['bits']}A{r['bits']} | {r['recipe']} | float | - | {r['sim_top1']:.2f} | - | - | - | "
                          f"{r['sim_agreement_fp']:.2f} | {r['sim_kl_fp']:.3f} | - | - |")
             continue
         n = r["identity_images"]
         lines.append(
-            f"| W{r['bits']}A{r['bits']} | {r['family']} | {r['width']} | {r['sim_top1']:.2f} | {r['int_top1']:.2f} | "
+            f"| W{r['bits']}A{r['bits']} | {r['recipe']} | {r['family']} | {r['width']} | {r['sim_top1']:.2f} | {r['int_top1']:.2f} | "
             f"{r['int_top1_minus_float_kernels']:+.2f} | {r['int_agreement_sim']:.2f} | {r['int_agreement_fp']:.2f} | "
             f"{r['int_kl_fp']:.3f} | {r['fast_identical_strict']} / {n} | {r['exact_identical_strict']} / {n} |")
     lines += [
         "",
         "Widths: `old` = 8-bit softmax output, GELU/LayerNorm inputs re-quantized to max(bits, 6) bits (the previous "
         "default); `new` = 16-bit I-ViT/I-BERT softmax output (FQ-ViT: its 4-bit log2 codes either way), 16-bit "
-        "GELU/LayerNorm inputs. Integer top-1 is the program's (fast executor); `float` rows are the same recipe with "
+        "GELU/LayerNorm inputs; `softmax8` = the new input widths with an 8-bit I-ViT/I-BERT softmax output (FQ-ViT's log2 codes are 4 bits at most, so it has no such row). Integer top-1 is the program's (fast executor); `float` rows are the same recipe with "
         "float non-linear ops and float residual adds (their agreement/KL columns are the simulated model's against FP). "
         "fast = strict / exact = strict: images whose integer logits are equal on every class.",
         "",
@@ -164,10 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--families", nargs="+", default=FAMILIES)
     p.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=list(WIDTHS))
     p.add_argument("--old-families", nargs="+", help="families measured at the old widths too (default: all)")
+    p.add_argument("--softmax8-families", nargs="+", default=["ivit", "ibert"],
+                   help="families measured at the softmax8 widths, when --widths names them (default: ivit ibert)")
     p.add_argument("--identity-images", type=int, default=16, help="images checked against the strict executor")
+    p.add_argument("--recipe", help="recipe of every row (default: repq-vit with uniform attention at 8 bits, "
+                   "bitlog2-half-17 below)")
+    p.add_argument("--tag", help="suffix of the results files' names (kernel_widths_<model>_<tag>)")
     p.add_argument("--search", help="activation search of every row (default: the recipe's; percentile: data-only, fast)")
     args = p.parse_args(argv)
-    return run_and_write(args, run, to_markdown, f"kernel_widths_{args.model}")
+    tag = f"_{args.tag}" if args.tag else ""
+    return run_and_write(args, run, to_markdown, f"kernel_widths_{args.model}{tag}")
 
 
 if __name__ == "__main__":
