@@ -384,6 +384,8 @@ def test_quantize_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, m
         assert 0.0 <= program["top1"] <= 100.0 and 0.0 <= program["agreement_quantized"] <= 100.0
         assert program["executor"] == "fast" and program["images_per_second"] > 0
         assert "\ninteger " in stdout and "integer program (saved; fast executor): top-1 agreement" in stdout
+        assert "\nsimulated " in stdout and "reported model: the integer program" in stdout
+        assert quantize_report["reported_model"] == "integer_program"
         rc, stdout, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2",
                               "--check-simulation", "--json", str(tmp_path / "r.json"), "-q"], capsys)
         assert rc == 0

@@ -349,6 +349,8 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
         "nonlinear": None if result.nonlinear is None else result.nonlinear.to_dict(),
         "saved": saved,
         "integer_program": None if evaluation.program is None else _program_section(evaluation),
+        # which model the report's figures are for: the saved program where there is one (what the user gets)
+        "reported_model": "quantized" if evaluation.program is None else "integer_program",
         "skipped_images": {"calibration": list(calib.skipped), "evaluation": evaluation.skipped},
         "reconstruction": None if recon is None else recon.to_dict(),
         **({} if stage is None else {stage.name: section}),

@@ -88,12 +88,12 @@ def _table_row(name: str, run: dict | None) -> str:
 def format_table(report: dict) -> str:
     """Human-readable fixed-width summary of a :func:`build_report` dict."""
     q = report.get("quantized")
+    program = report.get("integer_program")
     lines = [
         f"{'model':<10}{'top-1 %':>10}{'top-5 %':>10}{'images/s':>12}",
         _table_row("FP", report["fp"]),
-        _table_row("quantized", q),
+        _table_row("quantized" if program is None else "simulated", q),
     ]
-    program = report.get("integer_program")
     if program is not None:
         lines.append(_table_row("integer", program))
     fidelity = report.get("fidelity")
@@ -105,7 +105,9 @@ def format_table(report: dict) -> str:
         lines.append("mean KL(fp || q): -")
     if program is not None:
         lines.append(f"integer program (saved; fast executor): top-1 agreement {program['agreement_quantized']:.2f} % "
-                     f"with the quantized model, {program['agreement_fp']:.2f} % with FP (KL {program['kl_fp']:.4f})")
+                     f"with the simulated model, {program['agreement_fp']:.2f} % with FP (KL {program['kl_fp']:.4f})")
+        lines.append("reported model: the integer program, what --save wrote and 'vitquant run' gives; the simulated "
+                     "(fake-quantized) model rounds in float32 and can differ from it at rounding ties")
     if q is not None:
         lines.append(f"relative throughput: {_fmt(q.get('relative_throughput'), '.3f')}x")
     calib = report.get("calibration_seconds")
