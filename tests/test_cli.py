@@ -639,3 +639,32 @@ def test_export_then_run_the_onnx_model(tiny_folder, tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "onnx", None)
     rc, _, err = _run(["export", str(saved), "-o", str(tmp_path / "x.onnx")], capsys)
     assert rc == 2 and "pip install 'vitquant[onnx]'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_quantize_compensate_save_then_run_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """--compensate qwt after calibration: the report records the settings and per-block fit; the
+    compensated model converts (--save), runs bit for bit like its float64 twin, and the program's top-1
+    is what quantize reported."""
+    _use_tiny_model(monkeypatch)
+    saved = tmp_path / "m.vqm"
+    rc, stdout, err = _run(["quantize", "--calib-data", str(tiny_folder), "--calib-size", "2", "--batch-size", "2",
+                            "--nonlinear", "ibert", "--compensate", "qwt", "--save", str(saved),
+                            "--json", str(tmp_path / "q.json"), "-q"], capsys)
+    assert rc == 0 and saved.is_file(), err
+    report = json.loads((tmp_path / "q.json").read_text())
+    comp = report["compensation"]
+    assert comp["images"] == 2 and comp["settings"] == {"method": "qwt", "ridge": 1e-3, "bits": 8}
+    assert [u["name"] for u in comp["units"]] == ["blocks.0", "blocks.1"] and report["config"]["compensate"] == "qwt"
+    assert "compensation (qwt): 2 blocks on 2 calibration images" in stdout
+    rc, _, _ = _run(["run", str(saved), "--eval-data", str(tiny_folder), "--batch-size", "2", "--check-simulation",
+                     "--json", str(tmp_path / "r.json"), "-q"], capsys)
+    run = json.loads((tmp_path / "r.json").read_text())
+    assert rc == 0 and run["simulation"]["bit_identical_images"] == run["images"] == report["quantized"]["images"]
+    assert run["integer"]["top1"] == report["integer_program"]["top1"]
+
+
+def test_unknown_compensation_is_a_one_line_error(tiny_folder, capsys, monkeypatch):
+    _use_tiny_model(monkeypatch)
+    rc, _, err = _run(["quantize", "--calib-data", str(tiny_folder), "--calib-size", "2", "--compensate", "nope", "-q"], capsys)
+    assert rc == 2 and "unknown --compensate 'nope'; choose one of qwt, none" in err and len(err.strip().splitlines()) == 1

@@ -67,6 +67,11 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
                         "I-ViT; FQ-ViT's Log-Int-Softmax keeps its 4-bit log2 codes)")
     _add_data_args(p)
     _add_reconstruction_args(p)
+    g = p.add_argument_group("compensation (after calibration and reconstruction, on the calibration images)")
+    g.add_argument("--compensate", metavar="METHOD",
+                   help="after calibration (and reconstruction), fit a per-block correction on the calibration "
+                        "images: qwt (QwT: a quantized linear map of each block's input, by least squares, no "
+                        "gradient steps), or none (default: as the recipe says)")
     g = p.add_argument_group("output")
     g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
@@ -381,6 +386,7 @@ def _quantize_fields(args: argparse.Namespace) -> dict:
         device=getattr(args, "device", "cpu"),
         on_bad_image=getattr(args, "on_bad_image", "error"),
         **_reconstruction_args(args),
+        compensate=getattr(args, "compensate", None),
         progress=not args.quiet,
     )
 
@@ -454,6 +460,13 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         kept = [b["name"] for b in r["blocks"] if b.get("reverted")]
         if kept:
             print(f"  worse after hardening, kept as calibrated: {', '.join(kept)}")
+    if report.get("compensation"):
+        c = report["compensation"]
+        before = sum(u["error_before"] for u in c["units"])
+        after = sum(u["error_after"] for u in c["units"])
+        print(f"compensation ({c['settings']['method']}): {len(c['units'])} blocks on {c['images']} calibration images, "
+              f"{c['seconds']:.1f} s; block output error {before:.4g} -> {after:.4g} (sum), "
+              f"{c['settings']['bits']}-bit compensation weights and inputs")
     if report.get("training"):
         _print_training(report["training"])
     if report.get("saved"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from vitquant.errors import ConfigError, WidthError
@@ -48,17 +48,32 @@ from vitquant.search.registry import check_metric, check_search
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Recipe = Callable[[int, int, int], QConfig]  # (w_bits, a_bits, attention-map bits) -> QConfig
-_RECIPES: dict[str, tuple[Recipe, str, bool]] = {}  # name -> (QConfig builder, summary, reconstructs)
+
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    """A registered recipe: its QConfig builder, a one-line summary, and the stages its pipeline adds
+    after calibration (block reconstruction; a compensation method of :mod:`vitquant.compensation`)."""
+
+    build: Recipe
+    summary: str
+    reconstruct: bool = False
+    compensate: str | None = None
+
+
+_RECIPES: dict[str, RecipeEntry] = {}
 ACTIVATION_ROLES = (PATCH_EMBED_INPUT, POST_LAYERNORM, POST_SOFTMAX, POST_GELU, LINEAR_INPUT, MATMUL_INPUT)
 POST_GELU_QUANTIZERS = ("uniform", "adalog", "twin-uniform")
 
 
-def register_recipe(name: str, summary: str, reconstruct: bool = False) -> Callable[[Recipe], Recipe]:
+def register_recipe(name: str, summary: str, reconstruct: bool = False,
+                    compensate: str | None = None) -> Callable[[Recipe], Recipe]:
     """Register ``fn`` under ``name``; ``reconstruct``: the recipe's pipeline adds block reconstruction
-    after calibration (the job's default, which ``--no-reconstruct`` / ``--reconstruct`` override)."""
+    after calibration (the job's default, which ``--no-reconstruct`` / ``--reconstruct`` override);
+    ``compensate``: and then this compensation (``--compensate`` overrides)."""
 
     def wrap(fn: Recipe) -> Recipe:
-        _RECIPES[name] = (fn, summary, reconstruct)
+        _RECIPES[name] = RecipeEntry(fn, summary, reconstruct, compensate)
         return fn
 
     return wrap
@@ -69,12 +84,17 @@ def recipe_names() -> list[str]:
 
 
 def recipe_summary(name: str) -> str:
-    return _RECIPES[normalize_recipe_name(name)][1]
+    return _RECIPES[normalize_recipe_name(name)].summary
 
 
 def recipe_reconstructs(name: str) -> bool:
     """Whether the recipe's pipeline reconstructs the blocks after calibration."""
-    return _RECIPES[normalize_recipe_name(name)][2]
+    return _RECIPES[normalize_recipe_name(name)].reconstruct
+
+
+def recipe_compensation(name: str) -> str | None:
+    """The compensation method the recipe's pipeline adds after calibration (and reconstruction), or None."""
+    return _RECIPES[normalize_recipe_name(name)].compensate
 
 
 def normalize_recipe_name(name: str) -> str:
@@ -196,7 +216,7 @@ def build_qconfig(
     every activation point (not the weights, which are fitted on their own values); ``ends_bits`` the
     width of the patch-embedding weight and the head's weight and input (:meth:`QConfig.with_ends`).
     """
-    fn = _RECIPES[normalize_recipe_name(recipe)][0]
+    fn = _RECIPES[normalize_recipe_name(recipe)].build
     bits = a_bits if attn_bits is None else attn_bits
     # with attn_quant the recipe's own attention quantizer is replaced (only its search and metric are
     # kept), so it is built at a width every scheme supports (BitLog2 Half stops at 6 bits)

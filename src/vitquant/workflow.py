@@ -1,7 +1,7 @@
 """The main job, as a library function: quantize a timm model and measure what it cost.
 
 model + calibration images -> quantized model [-> block reconstruction on the calibration images]
-[-> a further stage, e.g. quantization-aware training (:mod:`vitquant.qat.job`)] -> report (FP and
+[-> compensation (QwT) on the calibration images] [-> a further stage, e.g. quantization-aware training (:mod:`vitquant.qat.job`)] -> report (FP and
 quantized accuracy on the same images, fidelity, timings, levels used). The CLI and the benchmarks call
 :func:`run_quantize`.
 """
@@ -18,6 +18,7 @@ import torch
 
 from vitquant import __version__
 from vitquant.calibration import CalibrationResult, quantize_model
+from vitquant.compensation import CompensationConfig, compensate, compensation_methods
 from vitquant.data import (
     ImageRecord,
     check_bad_image_policy,
@@ -47,7 +48,7 @@ from vitquant.nonlinear import NonlinearConfig
 from vitquant.paths import default_sample_images, source_commit
 from vitquant.qconfig import ALL_ROLES, POST_SOFTMAX, QConfig, normalize_scheme_name
 from vitquant.quantizers.base import check_bits
-from vitquant.recipes import build_qconfig, normalize_recipe_name, recipe_reconstructs
+from vitquant.recipes import build_qconfig, normalize_recipe_name, recipe_compensation, recipe_reconstructs
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class QuantizeJob:
     qdrop: float = 0.0  # QDrop's probability of leaving an activation unquantized while reconstructing
     recon_ends: bool = ReconstructionConfig.ends  # also the patch embedding and the head
     recon_loss: str = ReconstructionConfig.loss  # mse | fisher (BRECQ's Fisher-weighted squared error)
+    compensate: str | None = None  # after calibration (and reconstruction): qwt | none (None: as the recipe says)
     progress: bool = True
 
     def validate(self) -> None:
@@ -108,6 +110,12 @@ class QuantizeJob:
         self.recipe = normalize_recipe_name(self.recipe)
         if self.reconstruct is None:
             self.reconstruct = recipe_reconstructs(self.recipe)
+        if self.compensate is None:
+            self.compensate = recipe_compensation(self.recipe) or "none"
+        self.compensate = self.compensate.strip().lower()
+        if self.compensate != "none" and self.compensate not in compensation_methods():
+            raise ConfigError(f"unknown --compensate {self.compensate!r}; choose one of "
+                              f"{', '.join([*compensation_methods(), 'none'])}")
         if self.attn_quant is not None:
             self.attn_quant = normalize_scheme_name(self.attn_quant)
         if self.batch_size < 1:
@@ -309,6 +317,11 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
             log.info("reconstructing every block on %d calibration images ...", settings.image_count(len(calib_images)))
             recon = reconstruct(model, result, calib_images, settings, progress=job.progress and shard.is_main)
             result = recon.calibration
+        comp = None
+        if job.compensate != "none":
+            log.info("compensating every block (%s) on %d calibration images ...", job.compensate, len(calib_images))
+            comp = compensate(model, result, calib_images, CompensationConfig(method=job.compensate))
+            result = comp.calibration
         section = None
         if stage is not None:
             result, section = stage.run(StageInputs(model, result, calib_images, data, transform, shard, device,
@@ -353,6 +366,7 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
         "reported_model": "quantized" if evaluation.program is None else "integer_program",
         "skipped_images": {"calibration": list(calib.skipped), "evaluation": evaluation.skipped},
         "reconstruction": None if recon is None else recon.to_dict(),
+        "compensation": None if comp is None else comp.to_dict(),
         **({} if stage is None else {stage.name: section}),
     }
     return build_report(

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -302,8 +303,7 @@ def plan_vit(qmodel: nn.Module) -> VitPlan:
     tokens = int(qmodel.patch_embed.num_patches) + int(qmodel.num_prefix_tokens)
     for i, block in enumerate(qmodel.blocks):
         _check_identity(block, i)
-        x = _attention_branch(b, x, block, f"blocks.{i}", tokens)
-        x = _mlp_branch(b, x, block, f"blocks.{i}")
+        x = compensated(b, x, block, f"blocks.{i}", partial(_vit_block, b, block=block, hint=f"blocks.{i}", tokens=tokens))
 
     # ---------------------------------------------------------------- head
     heads = [(qmodel.head, "head")] + ([(qmodel.head_dist, "head_dist")] if distilled else [])
@@ -526,6 +526,10 @@ def shifted_gelu_table(slot: nn.Module, shift: float, point: QuantPoint, hint: s
     return table, low, (view.scale.double().reshape(()) * 2.0**-top)
 
 
+def _vit_block(b: _Builder, x: Value, block: nn.Module, hint: str, tokens: int) -> Value:
+    return _mlp_branch(b, _attention_branch(b, x, block, hint, tokens), block, hint)
+
+
 def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
     mlp = block.mlp
     with b.owned(f"{hint}.norm2"):
@@ -555,6 +559,20 @@ def _mlp_branch(b: _Builder, x: Value, block: nn.Module, hint: str) -> Value:
         g = b.requant_to_point(g, mlp.fc2.input_quant, None, f"{hint}.mlp.fc2.in")
         y = b.linear(g, mlp.fc2, f"{hint}.mlp.fc2")
     return _residual_add(b, x, y, block.add_mlp, hint + ".mlp", f"{hint}.add_mlp")
+
+
+def compensated(b: _Builder, x: Value, block: nn.Module, hint: str, body: Callable[[Value], Value]) -> Value:
+    """``body(x)`` (the block's branches), plus the block's compensation of ``x`` (QwT,
+    :mod:`vitquant.compensation`) when it has one: ``x`` requantized onto the compensation Linear's
+    input codes, the Linear, and one more residual add."""
+    out = body(x)
+    comp = getattr(block, "compensation", None)
+    if comp is None:
+        return out
+    with b.owned(f"{hint}.compensation"):
+        c = b.requant_to_point(x, comp.input_quant, None, f"{hint}.compensation.in")
+        c = b.linear(c, comp, f"{hint}.compensation")
+    return _residual_add(b, out, c, block.add_comp, hint + ".comp", f"{hint}.add_comp")
 
 
 def _residual_add(b: _Builder, x: Value, y: Value, add: nn.Module, hint: str, module: str) -> Value:

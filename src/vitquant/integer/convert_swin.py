@@ -24,6 +24,8 @@ sizes for merging, pooling other than the average, float non-linear ops or resid
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -38,6 +40,7 @@ from vitquant.integer.convert import (
     _uniform,
     attention,
     check_integer_path,
+    compensated,
 )
 from vitquant.integer.program import IntegerProgram
 
@@ -86,7 +89,7 @@ def convert_swin(qmodel: nn.Module) -> IntegerProgram:
                 raise ConfigError(f"{hint}: unsupported block {type(block).__name__}")
             if first_add is None:
                 first_add = block.add_attn
-            x = _swin_block(b, x, block, hint, height, width)
+            x = compensated(b, x, block, hint, partial(_swin_block, b, block=block, hint=hint, height=height, width=width))
 
     if first_add is None:
         raise ConfigError("the Swin model has no blocks")
