@@ -1,7 +1,7 @@
 """The main job, as a library function: quantize a timm model and measure what it cost.
 
-model + calibration images -> quantized model [-> block reconstruction on the calibration images]
-[-> compensation (QwT) on the calibration images] [-> a further stage, e.g. quantization-aware training (:mod:`vitquant.qat.job`)] -> report (FP and
+model + calibration images -> quantized model [-> block reconstruction on the calibration images,
+-> compensation (QwT) on them] [-> a further stage, e.g. quantization-aware training (:mod:`vitquant.qat.job`)] -> report (FP and
 quantized accuracy on the same images, fidelity, timings, levels used). The CLI and the benchmarks call
 :func:`run_quantize`.
 """
