@@ -147,3 +147,14 @@ def test_bitlog2_recon_recipe_reconstructs_with_bitlog2_on_adalogs_calibration()
     plain = QuantizeJob()
     plain.validate()
     assert plain.reconstruct is False
+
+
+def test_adalog_published_restores_the_published_protocol():
+    """The same formats as ``adalog``; the calibration protocol of the published code."""
+    from vitquant.recipes import build_qconfig
+
+    ours, published = build_qconfig("adalog", 4, 4), build_qconfig("adalog-published", 4, 4)
+    assert dict(ours.specs) == dict(published.specs)
+    assert (ours.search_images, ours.inputs, ours.reference, ours.weight_rounds) == (4, "sequential", "local", 1)
+    assert published.search_images >= 1024 and published.inputs == "parallel" and published.reference == "layer"
+    assert published.weight_rounds == 3 and published.weight_init == "search" and published.refit_after_reparam
