@@ -10,6 +10,7 @@ mean KL per set, the seconds of each stage, the per-block fits, the settings and
 
     python benchmarks/compensation.py --bits 4 3 --rows bitlog2-half-17 adalog        # calibration only
     python benchmarks/compensation.py --bits 4 3 --rows bitlog2-recon --reconstruct --tag recon
+    python benchmarks/compensation.py --bits 4 --rows bitlog2-half-17 --rotate hadamard --tag rotated
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from vitquant.evaluation.metrics import ClassificationMeter
 from vitquant.models import resolve_model_name
 from vitquant.recipes import build_qconfig
 from vitquant.reconstruction import ReconstructionConfig, reconstruct
+from vitquant.rotation import rotate
 from vitquant.workflow import QuantizeJob, resolve_data
 
 log = logging.getLogger("vitquant.benchmark")
@@ -63,12 +65,14 @@ def run(args: argparse.Namespace) -> dict:
     settings = ReconstructionConfig(seed=args.seed) if args.reconstruct else None
     comp_config = CompensationConfig(ridge=args.ridge, bits=args.comp_bits)
     rows = [{"row": "FP32", "bits": None, "stage": "-", **measured(fp_logits, labels, fp_logits, mask)}]
+    float_model, construction = (model, None) if args.rotate == "none" else rotate(model, args.rotate, args.seed)
+    stage0 = "calibration" if args.rotate == "none" else f"{args.rotate} rotation + calibration"
     for bits in args.bits:
         for spec in args.rows:
             recipe, options = parse_row(spec)
             qconfig = build_qconfig(recipe, bits, bits, **options)
             log.info("W%dA%d %s: calibrating ...", bits, bits, spec)
-            result = quantize_model(model, calib_images, qconfig)
+            result = quantize_model(float_model, calib_images, qconfig)
             seconds = {"calibration": result.seconds}
 
             def row(stage: str, qmodel: torch.nn.Module, extra: dict | None = None) -> dict:
@@ -79,16 +83,16 @@ def run(args: argparse.Namespace) -> dict:
                          r["all"]["top1"], r["tune"]["top1"], r["held_out"]["top1"], r["all"]["mean_kl"])
                 return r
 
-            rows.append(row("calibration", result.model))
-            base, stage = result, "calibration"
+            rows.append(row(stage0, result.model))
+            base, stage = result, stage0
             if settings is not None:
-                recon = reconstruct(model, result, calib_images, settings)
+                recon = reconstruct(float_model, result, calib_images, settings)
                 seconds["reconstruction"] = recon.seconds
                 rows.append(row("+ reconstruction", recon.model, {"reconstruction": recon.to_dict()}))
                 base, stage = recon.calibration, "+ reconstruction"
-            comp = compensate(model, base, calib_images, comp_config)
+            comp = compensate(float_model, base, calib_images, comp_config)
             seconds["compensation"] = comp.seconds
-            rows.append(row(f"{stage} + QwT" if stage != "calibration" else "+ QwT", comp.model,
+            rows.append(row(f"{stage} + QwT" if stage != stage0 else "+ QwT", comp.model,
                             {"compensation": comp.to_dict()}))
     return {
         "command": "python benchmarks/compensation.py " + " ".join(sys.argv[1:]),
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> dict:
         "tune_images": int(mask.sum()), "held_out_images": int((~mask).sum()),
         "eval_dir": str(data.eval_dir.resolve()), "seed": args.seed,
         "reconstruction_settings": None if settings is None else settings.to_dict(),
-        "compensation_settings": comp_config.to_dict(), **environment(), "rows": rows,
+        "compensation_settings": comp_config.to_dict(), "rotation": args.rotate, "rotation_construction": construction,
+        **environment(), "rows": rows,
     }
 
 
@@ -107,6 +112,7 @@ def to_markdown(res: dict) -> str:
         f"`{res['model']}`, calibrated on {res['calibration_images']} images (seed {res['seed']}), evaluated on "
         f"{res['evaluation_images']} other images: {res['tune_images']} in the tuning subset, {res['held_out_images']} "
         f"held out; compensation {res['compensation_settings']}"
+        + (f"; residual stream rotated ({res['rotation']}) before calibration" if res.get("rotation", "none") != "none" else "")
         + (f"; reconstruction {recon['iters']} steps per block, batch {recon['batch_size']}" if recon else "")
         + f"; {commit_note(res)}.",
         "",
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reconstruct", action="store_true", help="reconstruct (default settings) before compensating")
     p.add_argument("--ridge", type=float, default=CompensationConfig.ridge)
     p.add_argument("--comp-bits", type=int, default=CompensationConfig.bits)
+    p.add_argument("--rotate", default="none", help="rotate the FP model's residual stream first: hadamard, orthogonal")
     p.add_argument("--tune-size", type=int, default=300, help="evaluation images in the tuning subset (default 300)")
     p.add_argument("--tag", help="suffix of the results files' names")
     args = p.parse_args(argv)

@@ -668,3 +668,20 @@ def test_unknown_compensation_is_a_one_line_error(tiny_folder, capsys, monkeypat
     _use_tiny_model(monkeypatch)
     rc, _, err = _run(["quantize", "--calib-data", str(tiny_folder), "--calib-size", "2", "--compensate", "nope", "-q"], capsys)
     assert rc == 2 and "unknown --compensate 'nope'; choose one of qwt, none" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_quantize_rotate_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeypatch):
+    """--rotate hadamard: the report records the rotation; FP is measured on the model as given."""
+    _use_tiny_model(monkeypatch)
+    common = ["quantize", "--calib-data", str(tiny_folder), "--calib-size", "2", "--batch-size", "2", "-q"]
+    rc, stdout, err = _run([*common, "--rotate", "hadamard", "--json", str(tmp_path / "r.json")], capsys)
+    assert rc == 0, err
+    rotated = json.loads((tmp_path / "r.json").read_text())
+    assert rotated["rotation"] == {"method": "hadamard", "construction": "hadamard", "seed": 0}
+    assert "residual stream rotated before calibration: hadamard" in stdout
+    rc, _, _ = _run([*common, "--json", str(tmp_path / "p.json")], capsys)
+    plain = json.loads((tmp_path / "p.json").read_text())
+    assert rc == 0 and plain["rotation"] is None and plain["fp"]["top1"] == rotated["fp"]["top1"]
+    rc, _, err = _run([*common, "--rotate", "spin"], capsys)
+    assert rc == 2 and "unknown --rotate 'spin'; choose one of hadamard, orthogonal, none" in err

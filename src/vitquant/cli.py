@@ -67,11 +67,15 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
                         "I-ViT; FQ-ViT's Log-Int-Softmax keeps its 4-bit log2 codes)")
     _add_data_args(p)
     _add_reconstruction_args(p)
-    g = p.add_argument_group("compensation (after calibration and reconstruction, on the calibration images)")
+    g = p.add_argument_group("compensation and rotation")
     g.add_argument("--compensate", metavar="METHOD",
                    help="after calibration (and reconstruction), fit a per-block correction on the calibration "
                         "images: qwt (QwT: a quantized linear map of each block's input, by least squares, no "
                         "gradient steps), or none (default: as the recipe says)")
+    g.add_argument("--rotate", default="none", metavar="METHOD",
+                   help="before calibration, rotate the FP model's residual stream (the same function; its outlier "
+                        "channels spread over all channels): hadamard (a randomised Hadamard rotation), orthogonal "
+                        "(a seeded random one) or none (default; ViT/DeiT only)")
     g = p.add_argument_group("output")
     g.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to this file")
     g.add_argument("--save", type=Path, metavar="FILE", help="also write the integer program (.vqm) for 'vitquant run'")
@@ -387,6 +391,7 @@ def _quantize_fields(args: argparse.Namespace) -> dict:
         on_bad_image=getattr(args, "on_bad_image", "error"),
         **_reconstruction_args(args),
         compensate=getattr(args, "compensate", None),
+        rotate=getattr(args, "rotate", "none"),
         progress=not args.quiet,
     )
 
@@ -460,6 +465,9 @@ def _print_report(report: dict, args: argparse.Namespace) -> int:
         kept = [b["name"] for b in r["blocks"] if b.get("reverted")]
         if kept:
             print(f"  worse after hardening, kept as calibrated: {', '.join(kept)}")
+    if report.get("rotation"):
+        r = report["rotation"]
+        print(f"residual stream rotated before calibration: {r['method']} ({r['construction']} construction, seed {r['seed']})")
     if report.get("compensation"):
         c = report["compensation"]
         before = sum(u["error_before"] for u in c["units"])

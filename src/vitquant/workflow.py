@@ -1,6 +1,7 @@
 """The main job, as a library function: quantize a timm model and measure what it cost.
 
-model + calibration images -> quantized model [-> block reconstruction on the calibration images,
+model [-> its residual stream rotated, the same function] + calibration images -> quantized model
+[-> block reconstruction on the calibration images,
 -> compensation (QwT) on them] [-> a further stage, e.g. quantization-aware training (:mod:`vitquant.qat.job`)] -> report (FP and
 quantized accuracy on the same images, fidelity, timings, levels used). The CLI and the benchmarks call
 :func:`run_quantize`.
@@ -19,6 +20,7 @@ import torch
 from vitquant import __version__
 from vitquant.calibration import CalibrationResult, quantize_model
 from vitquant.compensation import CompensationConfig, compensate, compensation_methods
+from vitquant.rotation import ROTATIONS, rotate
 from vitquant.data import (
     ImageRecord,
     check_bad_image_policy,
@@ -94,6 +96,7 @@ class QuantizeJob:
     recon_ends: bool = ReconstructionConfig.ends  # also the patch embedding and the head
     recon_loss: str = ReconstructionConfig.loss  # mse | fisher (BRECQ's Fisher-weighted squared error)
     compensate: str | None = None  # after calibration (and reconstruction): qwt | none (None: as the recipe says)
+    rotate: str = "none"  # before calibration, the residual stream of the FP model: hadamard | orthogonal | none
     progress: bool = True
 
     def validate(self) -> None:
@@ -113,6 +116,9 @@ class QuantizeJob:
         if self.compensate is None:
             self.compensate = recipe_compensation(self.recipe) or "none"
         self.compensate = self.compensate.strip().lower()
+        self.rotate = self.rotate.strip().lower()
+        if self.rotate != "none" and self.rotate not in ROTATIONS:
+            raise ConfigError(f"unknown --rotate {self.rotate!r}; choose one of {', '.join([*ROTATIONS, 'none'])}")
         if self.compensate != "none" and self.compensate not in compensation_methods():
             raise ConfigError(f"unknown --compensate {self.compensate!r}; choose one of "
                               f"{', '.join([*compensation_methods(), 'none'])}")
@@ -309,22 +315,27 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
         decode_seconds = time.perf_counter() - t
         attention = qconfig.specs[POST_SOFTMAX].name
         log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
-        result = quantize_model(model, calib_images, qconfig, progress=job.progress and shard.is_main)
+        float_model, rotation = model, None
+        if job.rotate != "none":  # the same function; calibration and the stages after it work on this one
+            float_model, used = rotate(model, job.rotate, job.seed)
+            rotation = {"method": job.rotate, "construction": used, "seed": job.seed}
+            log.info("residual stream rotated (%s, %s construction)", job.rotate, used)
+        result = quantize_model(float_model, calib_images, qconfig, progress=job.progress and shard.is_main)
         log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
         recon = None
         if job.reconstruct:
             settings = job.reconstruction()
             log.info("reconstructing every block on %d calibration images ...", settings.image_count(len(calib_images)))
-            recon = reconstruct(model, result, calib_images, settings, progress=job.progress and shard.is_main)
+            recon = reconstruct(float_model, result, calib_images, settings, progress=job.progress and shard.is_main)
             result = recon.calibration
         comp = None
         if job.compensate != "none":
             log.info("compensating every block (%s) on %d calibration images ...", job.compensate, len(calib_images))
-            comp = compensate(model, result, calib_images, CompensationConfig(method=job.compensate))
+            comp = compensate(float_model, result, calib_images, CompensationConfig(method=job.compensate))
             result = comp.calibration
         section = None
         if stage is not None:
-            result, section = stage.run(StageInputs(model, result, calib_images, data, transform, shard, device,
+            result, section = stage.run(StageInputs(float_model, result, calib_images, data, transform, shard, device,
                                                     job.progress and shard.is_main))
         if shard.sharded:
             fingerprint = model_fingerprint(result.model, result.qconfig.to_dict())
@@ -367,6 +378,7 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
         "skipped_images": {"calibration": list(calib.skipped), "evaluation": evaluation.skipped},
         "reconstruction": None if recon is None else recon.to_dict(),
         "compensation": None if comp is None else comp.to_dict(),
+        "rotation": rotation,
         **({} if stage is None else {stage.name: section}),
     }
     return build_report(

@@ -1,0 +1,34 @@
+"""Rotation of the residual stream before calibration: a full-precision model with the same function
+whose residual stream and weights quantize better (GLF-Q 2026; QuaRot, SpinQuant for LLMs).
+
+``rotate(model, method, seed)`` returns a rotated copy; methods are registered by name
+(:data:`ROTATIONS`): ``hadamard`` (a randomised Hadamard rotation, :mod:`vitquant.rotation.hadamard`)
+and ``orthogonal`` (a seeded random orthogonal one). The model-specific part is
+:func:`vitquant.rotation.vit.rotate_vit`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from vitquant.errors import ConfigError
+from vitquant.rotation.hadamard import hadamard, rotation
+from vitquant.rotation.vit import rotate_vit
+
+ROTATIONS = ("hadamard", "orthogonal")
+
+__all__ = ["ROTATIONS", "hadamard", "rotate", "rotate_vit", "rotation"]
+
+
+def rotate(model: nn.Module, method: str = "hadamard", seed: int = 0) -> tuple[nn.Module, str]:
+    """A copy of ``model`` with its residual stream rotated by ``method`` (seeded), and the construction
+    used (``hadamard`` falls back to ``orthogonal`` where no Hadamard matrix of the width is known)."""
+    if method not in ROTATIONS:
+        raise ConfigError(f"unknown rotation {method!r}; choose one of {', '.join(ROTATIONS)}")
+    width = getattr(model, "embed_dim", None)
+    if not isinstance(width, int):
+        raise ConfigError(f"residual rotation supports timm VisionTransformer (ViT, DeiT) models, got {type(model).__name__}")
+    q, used = rotation(width, method, seed)
+    return rotate_vit(copy.deepcopy(model).eval(), q), used
