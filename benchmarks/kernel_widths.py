@@ -21,12 +21,14 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
 from attention_schemes import _accuracy, _logits, add_data_args, commit_note, environment, run_and_write
 from recipes import load_eval
 from vitquant.calibration import quantize_model
+from vitquant.errors import VitQuantError
 from vitquant.evaluation import FidelityMeter
 from vitquant.integer import IntegerModel
 from vitquant.integer.convert import plan_vit
@@ -47,10 +49,17 @@ WIDTHS = {  # (kernel input bits, softmax output bits)
 }
 
 
+#: FQ-ViT has no GELU kernel (the paper keeps GELU in float): its rows take I-BERT's integer GELU
+GELU_FOR_FQVIT = "ibert"
+
+
 def nonlinear(family: str, width: str, bits: int) -> NonlinearConfig:
     choice, _, rule = family.partition(":")
     nl_bits, softmax_bits = WIDTHS[width](bits)
-    return NonlinearConfig.everywhere(choice, nl_bits, rule or "sqnr-diff", softmax_bits=softmax_bits)
+    config = NonlinearConfig.everywhere(choice, nl_bits, rule or "sqnr-diff", softmax_bits=softmax_bits)
+    if choice == "fqvit":
+        config = replace(config, ops={**config.ops, "gelu": GELU_FOR_FQVIT})
+    return config
 
 
 def measure(model, calib_images, batches, labels, fp_logits, bits: int, family: str, width: str,
@@ -126,8 +135,13 @@ def run(args: argparse.Namespace) -> dict:
                     continue
                 if width == "softmax8" and family not in args.softmax8_families:
                     continue
-                rows.append(measure(model, calib_images, batches, labels, fp_logits, bits, family, width,
-                                    args.identity_images, float_logits, args.search, args.recipe))
+                try:
+                    rows.append(measure(model, calib_images, batches, labels, fp_logits, bits, family, width,
+                                        args.identity_images, float_logits, args.search, args.recipe))
+                except VitQuantError as exc:  # one row that cannot run does not cost the others
+                    log.error("W%dA%d %s %s: %s", bits, bits, family, width, exc)
+                    rows.append({"bits": bits, "recipe": args.recipe or RECIPES[bits][0], "family": family,
+                                 "width": width, "error": str(exc)})
     return {
         "command": "python benchmarks/kernel_widths.py " + " ".join(sys.argv[1:]),
         "model": resolve_model_name(args.model), "weights": weights_source, "fp_top1": fp.top1,
@@ -151,6 +165,10 @@ def to_markdown(res: dict) -> str:
             lines.append(f"| W{r['bits']}A{r['bits']} | {r['recipe']} | float | - | {r['sim_top1']:.2f} | - | - | - | "
                          f"{r['sim_agreement_fp']:.2f} | {r['sim_kl_fp']:.3f} | - | - |")
             continue
+        if "error" in r:
+            lines.append(f"| W{r['bits']}A{r['bits']} | {r['recipe']} | {r['family']} | {r['width']} | "
+                         f"error: {r['error']} |" + " - |" * 8)
+            continue
         n = r["identity_images"]
         lines.append(
             f"| W{r['bits']}A{r['bits']} | {r['recipe']} | {r['family']} | {r['width']} | {r['sim_top1']:.2f} | {r['int_top1']:.2f} | "
@@ -162,7 +180,8 @@ def to_markdown(res: dict) -> str:
         "default); `new` = 16-bit I-ViT/I-BERT softmax output (FQ-ViT: its 4-bit log2 codes either way), 16-bit "
         "GELU/LayerNorm inputs; `softmax8` = the new input widths with an 8-bit I-ViT/I-BERT softmax output (FQ-ViT's log2 codes are 4 bits at most, so it has no such row). Integer top-1 is the program's (fast executor); `float` rows are the same recipe with "
         "float non-linear ops and float residual adds (their agreement/KL columns are the simulated model's against FP). "
-        "fast = strict / exact = strict: images whose integer logits are equal on every class.",
+        "fast = strict / exact = strict: images whose integer logits are equal on every class. FQ-ViT has no GELU "
+        f"kernel (the paper keeps GELU in float): its rows take {GELU_FOR_FQVIT}'s integer GELU.",
         "",
         f"Command: `{res['command'].strip()}`",
     ]
