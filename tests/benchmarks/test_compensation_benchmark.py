@@ -3,15 +3,13 @@ stage, each on the tuning subset, the held-out rest and all images; rotation fir
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tiny_bench import tiny_benchmark
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -20,22 +18,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The benchmark module with ``load_eval`` giving the tiny ViT, 4 calibration and 8 evaluation
     images, the first 3 of which are the tuning subset."""
-    from conftest import images, make_vit
-
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_compensation", BENCHMARKS / "compensation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = make_vit()
-    batches = [images(8, 32, seed=3)]
-    with torch.no_grad():
-        fp_logits = model(batches[0])
-    data = SimpleNamespace(eval_dir=tmp_path, calib_dir=tmp_path, evaluation=[])
-
-    def load_eval(args):
-        return model, "tiny random ViT", data, images(4, 32, seed=1), batches, torch.arange(8) % 10, fp_logits
-
-    monkeypatch.setattr(module, "load_eval", load_eval)
+    module = tiny_benchmark("compensation", monkeypatch, tmp_path)
     monkeypatch.setattr(module, "tune_mask", lambda args, d: torch.arange(8) < 3)
     monkeypatch.setattr(module, "ReconstructionConfig", lambda seed: __import__(
         "vitquant.reconstruction", fromlist=["ReconstructionConfig"]).ReconstructionConfig(iters=2, batch_size=2, seed=seed))

@@ -3,17 +3,14 @@ with the integer kernels of ``--nonlinear``, the QAT row training with them in t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tiny_bench import tiny_benchmark
 from vitquant.reconstruction import ReconstructionConfig
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -22,23 +19,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The benchmark module with ``load_eval`` giving the tiny ViT, 4 calibration and 8 evaluation
     images, and ``training_images`` 8 labelled tensors."""
-    from conftest import images, make_vit
+    from conftest import images
     from vitquant.qat import TensorImages
 
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_reconstruction", BENCHMARKS / "reconstruction.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = make_vit()
-    batches = [images(8, 32, seed=3)]
-    with torch.no_grad():
-        fp_logits = model(batches[0])
-    data = SimpleNamespace(eval_dir=tmp_path, calib_dir=tmp_path, evaluation=[])
-
-    def load_eval(args):
-        return model, "tiny random ViT", data, images(4, 32, seed=1), batches, torch.arange(8) % 10, fp_logits
-
-    monkeypatch.setattr(module, "load_eval", load_eval)
+    module = tiny_benchmark("reconstruction", monkeypatch, tmp_path)
     monkeypatch.setattr(module, "training_images", lambda args, d, m: TensorImages(images(8, 32, seed=2), torch.arange(8) % 10))
     return module
 
