@@ -137,7 +137,7 @@ def adalog(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
 )
 def adalog_published(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     """``adalog`` with the published code's protocol instead of this project's defaults: metric searches
-    score on every calibration image (``search_images`` 1024: as many as there are), each layer is
+    score on every calibration image (``search_images`` 1024: all of them, up to 1024), each layer is
     calibrated on the full-precision model's inputs (``inputs="parallel"``) against its own float output
     (``reference="layer"``), weights start from their own FPCS search and alternate with the inputs 3
     rounds, and post-LayerNorm inputs are searched again once folded. Measured against ``adalog`` on

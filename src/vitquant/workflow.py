@@ -303,6 +303,11 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
     check_labels(data, model)
     model = model.to(device)
     transform = eval_transform(model, job.crop_pct)
+    float_model, rotation = model, None
+    if job.rotate != "none":  # the same function; calibration and the stages after it work on this one
+        float_model, used = rotate(model, job.rotate, job.seed)
+        rotation = {"method": job.rotate, "construction": used, "seed": job.seed}
+        log.info("residual stream rotated (%s, %s construction)", job.rotate, used)
     log.info(
         "calibration: %d images from %s; evaluation: %d images from %s",
         len(data.calibration), data.calib_dir, len(data.evaluation), data.eval_dir,
@@ -315,11 +320,6 @@ def run_quantize(job: QuantizeJob, stage: Stage | None = None) -> dict[str, Any]
         decode_seconds = time.perf_counter() - t
         attention = qconfig.specs[POST_SOFTMAX].name
         log.info("calibrating %s (W%dA%d, recipe %s, attention %s) ...", timm_name, job.w_bits, job.a_bits, job.recipe, attention)
-        float_model, rotation = model, None
-        if job.rotate != "none":  # the same function; calibration and the stages after it work on this one
-            float_model, used = rotate(model, job.rotate, job.seed)
-            rotation = {"method": job.rotate, "construction": used, "seed": job.seed}
-            log.info("residual stream rotated (%s, %s construction)", job.rotate, used)
         result = quantize_model(float_model, calib_images, qconfig, progress=job.progress and shard.is_main)
         log.info("calibration took %.2f s (image decoding %.2f s excluded)", result.seconds, decode_seconds)
         recon = None

@@ -32,6 +32,20 @@ def test_fit_recovers_a_correction_it_can_represent():
     assert ridge_w.norm() < w.norm() and 0.9 < ridge_r2 < r2
     with pytest.raises(ValueError, match="different rows"):
         fit_linear(x, torch.zeros(10, 5))
+    # a constant input channel makes the Gram matrix singular at λ = 0: a finite, exact fit all the same
+    x[:, 3] = 2.0
+    got_w, got_b, r2 = fit_linear(x, x @ w + b)
+    assert torch.isfinite(got_w).all() and torch.allclose(x @ got_w + got_b, x @ w + b, atol=1e-3) and r2 > 0.999999
+    # chunked accumulation gives the one-shot solution
+    import vitquant.compensation.linear as linear
+    noisy = x @ w + b + torch.randn(2000, 5)
+    one = fit_linear(x, noisy, ridge=1e-3)
+    old, linear.CHUNK_ROWS = linear.CHUNK_ROWS, 300
+    try:
+        chunked = fit_linear(x, noisy, ridge=1e-3)
+    finally:
+        linear.CHUNK_ROWS = old
+    assert torch.allclose(one[0], chunked[0], atol=1e-5) and abs(one[2] - chunked[2]) < 1e-9
 
 
 def test_config_rejects_bad_settings():

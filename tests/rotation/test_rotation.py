@@ -70,6 +70,8 @@ def test_rotation_keeps_the_models_function(tiny, variant):
     with torch.no_grad():
         before, after = model(x), rotated(x)
     assert used == "hadamard" and (after - before).abs().max() < 1e-4 * before.abs().max()
+    if variant == "layer_scale":  # folded into the writers: nothing left that the integer path lacks
+        assert all(isinstance(b.ls1, torch.nn.Identity) and isinstance(b.ls2, torch.nn.Identity) for b in rotated.blocks)
     assert not torch.equal(rotated.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)  # a copy, rotated
 
 
@@ -95,3 +97,10 @@ def test_errors(tiny):
         rotate(tiny.model("swin"))
     with pytest.raises(ConfigError, match="register tokens"):
         rotate(_vit(reg_tokens=2))
+    for pool in ("max", "avgmax", "map"):  # per-channel max and attention pools do not commute with Q
+        with pytest.raises(ConfigError, match="class-token or average pooling"):
+            rotate(_vit(global_pool=pool, class_token=False))
+    with pytest.raises(ConfigError, match="Linear classifier head"):
+        rotate(_vit(num_classes=0))
+    with pytest.raises(ConfigError, match="unknown rotation 'Hadamard'"):
+        rotation(48, "Hadamard")

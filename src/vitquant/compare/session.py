@@ -206,6 +206,10 @@ def _meter(logits: torch.Tensor, labels: torch.Tensor) -> ClassificationMeter:
 def _run_variant(shared: _Shared, job: CompareJob, variant: Variant) -> dict[str, Any]:
     qjob = job.quantize_job(variant)
     qconfig = qjob.qconfig()
+    skipped = [name for name, on in (("block reconstruction", qjob.reconstruct), ("compensation", qjob.compensate != "none")) if on]
+    if skipped:  # compare measures calibration: the quantizers as fitted, side by side
+        log.warning("%s: compare measures calibration only; the recipe's %s is not run (use vitquant quantize)",
+                    variant.name, " and ".join(skipped))
     row: dict[str, Any] = {"variant": variant.name, "label": variant.label, "recipe": variant.recipe,
                            "w_bits": variant.w_bits, "a_bits": variant.a_bits, "options": dict(variant.options)}
     start = time.perf_counter()

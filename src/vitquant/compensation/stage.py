@@ -119,7 +119,7 @@ def _first_input(model: nn.Module, units: list[tuple[str, nn.Module]], images: t
 def quantized_linear(weight: torch.Tensor, bias: torch.Tensor, inputs: torch.Tensor, bits: int, name: str) -> QuantLinear:
     """``x·weightᵀ + bias`` as a calibrated QuantLinear: weights per output channel and the input per
     tensor, uniform at ``bits``, the input quantizer fitted on ``inputs`` (RepQ-ViT's percentile rule)."""
-    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    linear = nn.Linear(weight.shape[1], weight.shape[0], device=inputs.device)
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
@@ -138,7 +138,7 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor, inputs: torch.Ten
 def _residual_add(block: nn.Module, out: torch.Tensor, correction: torch.Tensor, name: str) -> QuantResidualAdd:
     """The add of the correction: integer (a fixed-point step fitted on both operands, the block's own
     residual format) when the block's adds are, float otherwise."""
-    add = QuantResidualAdd()
+    add = QuantResidualAdd().to(out.device)
     add.layer_name = name
     point = block.add_mlp.residual_quant
     if point is not None and point.mode is Mode.QUANTIZE:
@@ -148,6 +148,7 @@ def _residual_add(block: nn.Module, out: torch.Tensor, correction: torch.Tensor,
         rp.point_name = f"{name}.residual_quant"
         rp.set_quantizer(rp.spec.fit(torch.cat([out.reshape(-1), correction.reshape(-1)]), where=rp.point_name))
         rp.mode = Mode.QUANTIZE
+        add.to(out.device)
     return add
 
 

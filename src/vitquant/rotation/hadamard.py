@@ -57,6 +57,8 @@ def hadamard(n: int) -> torch.Tensor | None:
 def rotation(n: int, kind: str = "hadamard", seed: int = 0) -> tuple[torch.Tensor, str]:
     """An orthogonal ``Q`` (float64, n x n) with ``Q·1 = 1`` and the construction used
     (``"hadamard"``, or ``"orthogonal"`` where asked for or where no Hadamard matrix of order n is known)."""
+    if kind not in ("hadamard", "orthogonal"):
+        raise ConfigError(f"unknown rotation {kind!r}; choose one of hadamard, orthogonal")
     gen = torch.Generator().manual_seed(seed)
     h = hadamard(n) if kind == "hadamard" else None
     if h is not None:

@@ -15,7 +15,7 @@ With an orthogonal ``Q`` that keeps the all-ones direction (:func:`~vitquant.rot
 
 The residual stream's outlier channels are spread over all channels, and so are the readers' weight
 columns that meet them. Supported: class-token and average-pooled ViT/DeiT (distilled too) without
-register tokens or a pre-norm; anything else is a one-line error.
+register tokens or a pre-norm, with a Linear head; anything else is a one-line error.
 """
 
 from __future__ import annotations
@@ -42,20 +42,26 @@ def _check(model: nn.Module) -> None:
             raise ConfigError(f"residual rotation: block {i} normalises its attention output")
         if not isinstance(getattr(block.mlp, "norm", nn.Identity()), nn.Identity):
             raise ConfigError(f"residual rotation: block {i} normalises its MLP hidden layer")
+    if model.global_pool not in ("token", "avg") or getattr(model, "attn_pool", None) is not None:
+        raise ConfigError(f"residual rotation supports class-token or average pooling, not {model.global_pool!r} "
+                          "(a per-channel max or an attention pool does not commute with the rotation)")
+    if not isinstance(model.head, nn.Linear):
+        raise ConfigError("residual rotation needs a Linear classifier head (the model has none)")
     norms = [m for m in (model.norm, model.fc_norm) if not isinstance(m, nn.Identity)]
     if len(norms) != 1 or not isinstance(norms[0], nn.LayerNorm):
         raise ConfigError("residual rotation needs exactly one LayerNorm before the head")
 
 
-def _fold_layer_scale(ls: nn.Module, writer: nn.Linear) -> None:
-    """LayerScale ``y·g`` folded into the Linear that writes ``y``; the LayerScale becomes 1."""
+def _fold_layer_scale(block: nn.Module, name: str, writer: nn.Linear) -> None:
+    """LayerScale ``y·g`` (``block.<name>``) folded into the Linear that writes ``y``; it becomes an Identity."""
+    ls = getattr(block, name)
     if isinstance(ls, nn.Identity):
         return
     g = ls.gamma.detach().double()
     writer.weight.copy_(writer.weight.double() * g.unsqueeze(1))
     if writer.bias is not None:
         writer.bias.copy_(writer.bias.double() * g)
-    ls.gamma.fill_(1.0)
+    setattr(block, name, nn.Identity())
 
 
 def _write(weight: torch.Tensor, bias: torch.Tensor | None, q: torch.Tensor) -> None:
@@ -76,8 +82,9 @@ def _embed(param: torch.Tensor, q: torch.Tensor) -> None:
 def _read(norm: nn.LayerNorm, reader: nn.Linear, q: torch.Tensor) -> None:
     """A reader after ``norm``: the norm's affine folded into it, then rotated; the norm becomes plain."""
     w = reader.weight.detach().double()
-    gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones(w.shape[1], dtype=torch.float64)
-    beta = norm.bias.detach().double() if norm.bias is not None else torch.zeros(w.shape[1], dtype=torch.float64)
+    ones = torch.ones(w.shape[1], dtype=torch.float64, device=w.device)
+    gamma = norm.weight.detach().double() if norm.weight is not None else ones
+    beta = norm.bias.detach().double() if norm.bias is not None else torch.zeros_like(ones)
     bias = w @ beta + (reader.bias.detach().double() if reader.bias is not None else 0.0)
     reader.weight.copy_((w * gamma.unsqueeze(0)) @ q)
     if reader.bias is None:
@@ -99,15 +106,15 @@ def rotate_vit(model: nn.Module, q: torch.Tensor) -> nn.Module:
     d = model.embed_dim
     if q.shape != (d, d):
         raise ConfigError(f"a rotation of the {d}-channel residual stream needs a {d}x{d} matrix, got {tuple(q.shape)}")
-    q = q.double()
+    q = q.to(model.patch_embed.proj.weight.device, torch.float64)
     with torch.no_grad():
         _write(model.patch_embed.proj.weight, model.patch_embed.proj.bias, q)
         for name in ("cls_token", "dist_token", "pos_embed"):
             if getattr(model, name, None) is not None:
                 _embed(getattr(model, name), q)
         for block in model.blocks:
-            _fold_layer_scale(block.ls1, block.attn.proj)
-            _fold_layer_scale(block.ls2, block.mlp.fc2)
+            _fold_layer_scale(block, "ls1", block.attn.proj)
+            _fold_layer_scale(block, "ls2", block.mlp.fc2)
             _write(block.attn.proj.weight, block.attn.proj.bias, q)
             _write(block.mlp.fc2.weight, block.mlp.fc2.bias, q)
             _read(block.norm1, block.attn.qkv, q)
