@@ -1,6 +1,6 @@
 """The integer ONNX graph: onnxruntime's integer logits equal the strict executor's bit for bit (tiny ViT at
 W8A8 with every kernel family, W4A4 BitLog2 Half_17 every op integer, table attention maps, AdaLog's
-post-GELU table, DeiT-distilled, Swin, 16-bit softmax outputs); nothing between the image's quantization
+post-GELU table, DeiT-distilled, Swin, 16-bit softmax outputs, a QwT-compensated model); nothing between the image's quantization
 and the output scaling is floating point; any batch size; the same program gives the same bytes; what
 is refused is refused in one line."""
 
@@ -18,9 +18,12 @@ ort = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 
-from integer_cases import calibrated  # noqa: E402
+from integer_cases import calibrated, qconfig_for  # noqa: E402
 from test_convert_swin import calibrated_swin  # noqa: E402
+from vitquant.calibration import quantize_model  # noqa: E402
+from vitquant.compensation import compensate  # noqa: E402
 from vitquant.errors import ConfigError, ModelFileError  # noqa: E402
+from vitquant.integer.convert import convert_vit  # noqa: E402
 from vitquant.integer.execute import IntegerModel  # noqa: E402
 from vitquant.integer.onnx_export import ExportOptions, export_model, read_metadata, to_onnx  # noqa: E402
 from vitquant.integer.program import IntegerProgram, Op  # noqa: E402
@@ -38,6 +41,11 @@ def _case(name: str) -> tuple[IntegerProgram, torch.Tensor, int]:
     if family == "swin":
         _, program, images = calibrated_swin(case)
         return program, images, images.shape[-1]
+    if family == "qwt":  # the calibrated model compensated (QwT): one more Linear and add per block
+        model, _, _, calib, images = calibrated(case)
+        torch.manual_seed(0)
+        result = compensate(model, quantize_model(model, calib, qconfig_for(case)), calib)
+        return convert_vit(result.model), images, images.shape[-1]
     _, _, program, _, images = calibrated(case)
     if family == "softmax16":
         program = copy.copy(program)
@@ -57,7 +65,8 @@ def _session(data: bytes):
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
-ALL = [f"vit:{c}" for c in VIT_CASES] + [f"swin:{c}" for c in SWIN_CASES] + ["softmax16:w8a8-uniform", "softmax16:w8a8-distilled"]
+ALL = [f"vit:{c}" for c in VIT_CASES] + [f"swin:{c}" for c in SWIN_CASES] + ["softmax16:w8a8-uniform", "softmax16:w8a8-distilled",
+                                                                          "qwt:w4a4-bitlog2"]
 
 
 @pytest.mark.parametrize("name", ALL)
