@@ -18,6 +18,7 @@ RECIPES = "recipes_deit_tiny.json"
 RECON_W4 = "reconstruction_deit_tiny_256_images.json"
 RECON_W3 = "reconstruction_deit_tiny_256_images_w3a3.json"
 INTEGER = "integer_deit_tiny.json"
+COMPENSATION = "compensation_deit_tiny.json"
 ROWS = [
     *[(RECIPES, recipe, bits, label)
       for bits in (4, 3)
@@ -25,6 +26,7 @@ ROWS = [
                             ("bitlog2-half-17", "`bitlog2-half-17`: RepQ-ViT with BitLog2 (the default)"),
                             ("adalog", "`adalog`: AdaLog"),
                             ("ptq4vit", "`ptq4vit`: PTQ4ViT"))],
+    (COMPENSATION, "adalog:+ QwT", 4, "`adalog-qwt`: AdaLog + QwT compensation (no gradient steps)"),
     (RECON_W4, "bitlog2-recon + reconstruction", 4, "`bitlog2-recon` + block reconstruction"),
     (RECON_W3, "bitlog2-recon + reconstruction", 3, "`bitlog2-recon` + block reconstruction"),
     (INTEGER, "W8A8", 8, "integer program (`repq-vit`, uniform attention map, mixed integer kernels)"),
@@ -39,7 +41,9 @@ def _load(name: str) -> dict:
 
 
 def _row(name: str, row_name: str, bits: int) -> dict:
-    rows = [r for r in _load(name)["rows"] if r["row"] == row_name and r["bits"] == bits]
+    """The row ``row_name`` at ``bits``; ``recipe:stage`` names a row of a file with stages."""
+    recipe, _, stage = row_name.partition(":")
+    rows = [r for r in _load(name)["rows"] if r["row"] == recipe and r["bits"] == bits and r.get("stage", stage) == stage]
     if len(rows) != 1:
         raise ValueError(f"{name}: {len(rows)} rows named {row_name!r} at {bits} bits")
     return rows[0]
@@ -52,6 +56,9 @@ def headline_table() -> str:
         data, row = _load(name), _row(name, row_name, bits)
         if name == INTEGER:  # the integer program's logits, against FP on the same images
             fp, top1, agreement, kl = data["fp_top1"], row["int_top1"], row["int_agreement_fp"], row["int_kl_fp"]
+        elif "all" in row:  # figures per image set: all of them here
+            fp = next(r["all"]["top1"] for r in data["rows"] if r["row"] == "FP32")
+            top1, agreement, kl = row["all"]["top1"], row["all"]["agreement"], row["all"]["mean_kl"]
         else:
             fp = next(r["top1"] for r in data["rows"] if r["row"] == "FP32")
             top1, agreement, kl = row["top1"], row["agreement"], row["mean_kl"]

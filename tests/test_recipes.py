@@ -158,3 +158,18 @@ def test_adalog_published_restores_the_published_protocol():
     assert (ours.search_images, ours.inputs, ours.reference, ours.weight_rounds) == (4, "sequential", "local", 1)
     assert published.search_images >= 1024 and published.inputs == "parallel" and published.reference == "layer"
     assert published.weight_rounds == 3 and published.weight_init == "search" and published.refit_after_reparam
+
+
+def test_adalog_qwt_is_adalog_then_compensation():
+    from vitquant.recipes import build_qconfig, recipe_compensation, recipe_reconstructs
+    from vitquant.workflow import QuantizeJob
+
+    assert build_qconfig("adalog-qwt", 4, 4) == build_qconfig("adalog", 4, 4)
+    assert recipe_compensation("adalog-qwt") == "qwt" and recipe_compensation("adalog") is None
+    assert not recipe_reconstructs("adalog-qwt")
+    job = QuantizeJob(recipe="adalog-qwt")
+    job.validate()
+    assert job.compensate == "qwt"
+    job = QuantizeJob(recipe="adalog-qwt", compensate="none")  # --compensate none switches it off
+    job.validate()
+    assert job.compensate == "none"

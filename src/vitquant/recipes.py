@@ -146,6 +146,17 @@ def adalog_published(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
                    weight_rounds=3, weight_init="search", refit_after_reparam=True)
 
 
+@register_recipe(
+    "adalog-qwt",
+    "AdaLog, then QwT compensation of every block (no gradient steps): the best calibration-only recipe at W4A4",
+    compensate="qwt",
+)
+def adalog_qwt(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
+    """``adalog``'s calibration; the pipeline then compensates every block (QwT, :mod:`vitquant.compensation`).
+    Measured on DeiT-Tiny W4A4: ``benchmarks/compensation.py`` (docs: Compensation, rotation, protocols)."""
+    return adalog(w_bits, a_bits, attn_bits)
+
+
 @register_recipe("ptq4vit", "PTQ4ViT: twin-uniform attention and post-GELU, alternating search, Hessian metric")
 def ptq4vit(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     alt = {"search": "alternating", "metric": "hessian"}
