@@ -1,7 +1,7 @@
 """Benchmark: the integer program exported to ONNX, in onnxruntime, against the FP model's ONNX graph.
 
-Per row (W8A8: uniform attention map, I-BERT kernels; W4A4: BitLog2 Half_17, I-ViT kernels at 6 bits,
-every op integer): calibrate on 32 images (seed 0) or load a saved program (``--program ROW=FILE.vqm``),
+Per row (W8A8: uniform attention map, I-BERT kernels; W4A4: BitLog2 Half_17, I-ViT kernels; both at
+the kernels' own widths, every op integer): calibrate on 32 images (seed 0) or load a saved program (``--program ROW=FILE.vqm``),
 export the ``integer`` ONNX graph, then
 
 - bit-identical images: onnxruntime's ``logits_int`` against the strict int64 executor on every evaluation
@@ -47,10 +47,9 @@ from vitquant.recipes import build_qconfig
 
 log = logging.getLogger("vitquant.benchmark")
 
-#: row -> (recipe, W/A bits, build_qconfig options, kernel family, kernel input bits)
-ROWS = {
-    "W8A8": ("repq-vit", 8, {"attn_quant": "uniform"}, "ibert", 8),
-    "W4A4": ("bitlog2-half-17", 4, {}, "ivit", 6),
+ROWS = {  # (recipe, bits, options, kernel family, kernel input bits: None = the kernels' own widths)
+    "W8A8": ("repq-vit", 8, {"attn_quant": "uniform"}, "ibert", None),
+    "W4A4": ("bitlog2-half-17", 4, {}, "ivit", None),
 }
 
 
