@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model, weights_source, data, calib_images, batches, labels, fp_logits = load_eval(args)
     mask = tune_mask(args, data)
-    settings = ReconstructionConfig(seed=args.seed) if args.reconstruct else None
+    settings = None
+    if args.reconstruct:
+        given = {k: v for k, v in (("reg_weight", args.recon_reg_weight), ("weight_lr", args.recon_lr)) if v is not None}
+        settings = ReconstructionConfig(seed=args.seed, **given)
     comp_config = CompensationConfig(ridge=args.ridge, bits=args.comp_bits)
     rows = [{"row": "FP32", "bits": None, "stage": "-", **measured(fp_logits, labels, fp_logits, mask)}]
     float_model, construction = (model, None) if args.rotate == "none" else rotate(model, args.rotate, args.seed)
@@ -113,7 +116,8 @@ def to_markdown(res: dict) -> str:
         f"{res['evaluation_images']} other images: {res['tune_images']} in the tuning subset, {res['held_out_images']} "
         f"held out; compensation {res['compensation_settings']}"
         + (f"; residual stream rotated ({res['rotation']}) before calibration" if res.get("rotation", "none") != "none" else "")
-        + (f"; reconstruction {recon['iters']} steps per block, batch {recon['batch_size']}" if recon else "")
+        + (f"; reconstruction {recon['iters']} steps per block, batch {recon['batch_size']}, λ {recon['reg_weight']:g}, "
+           f"rounding lr {recon['weight_lr']:g}" if recon else "")
         + f"; {commit_note(res)}.",
         "",
         "| W/A | recipe | stage | top-1 % (all) | top-1 % (tune) | top-1 % (held-out) | agreement % (all) | "
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", nargs="+", type=int, default=[4, 3])
     p.add_argument("--rows", nargs="+", default=["bitlog2-half-17", "adalog"])
     p.add_argument("--reconstruct", action="store_true", help="reconstruct (default settings) before compensating")
+    p.add_argument("--recon-reg-weight", type=float, help="λ of the rounding regulariser (default: ReconstructionConfig's)")
+    p.add_argument("--recon-lr", type=float, help="learning rate of the rounding variables (default: ReconstructionConfig's)")
     p.add_argument("--ridge", type=float, default=CompensationConfig.ridge)
     p.add_argument("--comp-bits", type=int, default=CompensationConfig.bits)
     p.add_argument("--rotate", default="none", help="rotate the FP model's residual stream first: hadamard, orthogonal")

@@ -20,8 +20,8 @@ def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     images, the first 3 of which are the tuning subset."""
     module = tiny_benchmark("compensation", monkeypatch, tmp_path)
     monkeypatch.setattr(module, "tune_mask", lambda args, d: torch.arange(8) < 3)
-    monkeypatch.setattr(module, "ReconstructionConfig", lambda seed: __import__(
-        "vitquant.reconstruction", fromlist=["ReconstructionConfig"]).ReconstructionConfig(iters=2, batch_size=2, seed=seed))
+    monkeypatch.setattr(module, "ReconstructionConfig", lambda **kw: __import__(
+        "vitquant.reconstruction", fromlist=["ReconstructionConfig"]).ReconstructionConfig(iters=2, batch_size=2, **kw))
     return module
 
 
@@ -42,9 +42,9 @@ def test_calibration_then_qwt_rows_on_three_image_sets(bench, tmp_path):
 def test_rotation_and_reconstruction_before_qwt(bench, tmp_path):
     out = tmp_path / "out"
     assert bench.main(["--bits", "4", "--rows", "bitlog2-half-17", "--calib-size", "4", "--reconstruct",
-                       "--rotate", "hadamard", "--tag", "t", "--out", str(out)]) == 0
+                       "--rotate", "hadamard", "--recon-reg-weight", "5e-5", "--tag", "t", "--out", str(out)]) == 0
     res = json.loads((out / "compensation_deit_tiny_t.json").read_text())
     assert [r["stage"] for r in res["rows"]] == [
         "-", "hadamard rotation + calibration", "+ reconstruction", "+ reconstruction + QwT"]
-    assert res["rotation_construction"] == "hadamard"
+    assert res["rotation_construction"] == "hadamard" and res["reconstruction_settings"]["reg_weight"] == 5e-5
     assert "residual stream rotated (hadamard) before calibration" in (out / "compensation_deit_tiny_t.md").read_text()
