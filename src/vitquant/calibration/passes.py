@@ -173,3 +173,18 @@ def collect_output_grads(
         for h in handles:
             h.remove()
     return grads
+
+
+def first_unit_input(
+    model: nn.Module, units: list[tuple[str, nn.Module]], images: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """The input of ``units[0]`` for every image, ``chunk`` images per forward (each stopped there)."""
+    recorded = UnitCache(units).run(model, list(images.split(chunk)), units[0][1], "input")
+    return torch.cat([args[0] for args in recorded])
+
+
+def forward_chunked(module: nn.Module, inputs: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``module`` on ``inputs``, ``chunk`` rows per forward, without gradients, concatenated."""
+    with torch.no_grad():
+        return torch.cat([module(x) for x in inputs.split(chunk)])
+

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitquant.calibration.passes import UnitCache
+from vitquant.calibration.passes import first_unit_input, forward_chunked
 from vitquant.calibration.pipeline import CalibrationResult, check_images, recount
 from vitquant.compensation.config import CompensationConfig
 from vitquant.compensation.linear import fit_linear
@@ -106,16 +106,6 @@ def compensate(float_model: nn.Module, calibrated: CalibrationResult, images: to
     return _METHODS[config.method](float_model, calibrated, images, config, progress)
 
 
-def _forward(unit: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([unit(x) for x in inputs.split(CHUNK)])
-
-
-def _first_input(model: nn.Module, units: list[tuple[str, nn.Module]], images: torch.Tensor) -> torch.Tensor:
-    recorded = UnitCache(units).run(model, list(images.split(CHUNK)), units[0][1], "input")
-    return torch.cat([args[0] for args in recorded])
-
-
 def quantized_linear(weight: torch.Tensor, bias: torch.Tensor, inputs: torch.Tensor, bits: int, name: str) -> QuantLinear:
     """``x·weightᵀ + bias`` as a calibrated QuantLinear: weights per output channel and the input per
     tensor, uniform at ``bits``, the input quantizer fitted on ``inputs`` (RepQ-ViT's percentile rule)."""
@@ -163,22 +153,22 @@ def qwt(float_model: nn.Module, calibrated: CalibrationResult, images: torch.Ten
     f_units = dict(adapter_for(float_model).reconstruction_units(float_model, ends=False))
     if set(f_units) != {n for n, _ in q_units}:
         raise ConfigError("the float model's blocks do not match the calibrated model's")
-    x = _first_input(qmodel, q_units, images)
+    x = first_unit_input(qmodel, q_units, images, CHUNK)
     reports = []
     for name, unit in q_units:
         if hasattr(unit, "compensate") and getattr(unit, "compensation", None) is not None:
             raise ConfigError(f"{name} is already compensated")
         if not hasattr(unit, "compensate"):  # e.g. Swin's patch merging: another shape out than in
-            x = _forward(unit, x)
+            x = forward_chunked(unit, x, CHUNK)
             continue
-        y_q, y_f = _forward(unit, x), _forward(f_units[name], x)
+        y_q, y_f = forward_chunked(unit, x, CHUNK), forward_chunked(f_units[name], x, CHUNK)
         tokens = x.reshape(-1, x.shape[-1])
         w, b, r2 = fit_linear(tokens, (y_f - y_q).reshape(tokens.shape[0], -1), config.ridge)
         unit.compensation = quantized_linear(w.T.contiguous(), b, tokens, config.bits, f"{name}.compensation")
         with torch.no_grad():
             correction = torch.cat([unit.compensation(t) for t in tokens.split(CHUNK * 256)])
         unit.add_comp = _residual_add(unit, y_q, correction, f"{name}.add_comp")
-        x = _forward(unit, x)
+        x = forward_chunked(unit, x, CHUNK)
         report = UnitReport(name, float((y_f - y_q).pow(2).mean()), float((y_f - x).pow(2).mean()), r2)
         log.info("%s: output error %.4g -> %.4g (r2 %.3f)", name, report.error_before, report.error_after, r2)
         reports.append(report)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitquant.calibration.passes import UnitCache
+from vitquant.calibration.passes import first_unit_input, forward_chunked
 from vitquant.calibration.pipeline import CalibrationResult, check_images, recount
 from vitquant.errors import ConfigError
 from vitquant.models.adapters import adapter_for
@@ -64,17 +64,6 @@ class ReconstructionResult:
             "seconds": self.seconds,
             "blocks": [b.to_dict() for b in self.blocks],
         }
-
-
-def _unit_inputs(model: nn.Module, units: list[tuple[str, nn.Module]], images: torch.Tensor) -> torch.Tensor:
-    """The first unit's input for every image (forwards stopped there)."""
-    recorded = UnitCache(units).run(model, list(images.split(CHUNK)), units[0][1], "input")
-    return torch.cat([args[0] for args in recorded])
-
-
-def _forward(unit: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([unit(x) for x in inputs.split(CHUNK)])
 
 
 def _fisher_tails(float_model: nn.Module, names: list[str]) -> list[list[nn.Module]]:
@@ -110,18 +99,19 @@ def reconstruct(
     if config.ends:  # the first unit is the patch embedding: it takes the images
         x_q = x_f = images
     else:
-        x_q, x_f = _unit_inputs(qmodel, q_units, images), _unit_inputs(float_model, f_units, images)
+        x_q = first_unit_input(qmodel, q_units, images, CHUNK)
+        x_f = first_unit_input(float_model, f_units, images, CHUNK)
     tails = _fisher_tails(float_model, [n for n, _ in f_units]) if config.loss == "fisher" else None
-    fp_logits = _forward(float_model, images) if tails is not None else None
+    fp_logits = forward_chunked(float_model, images, CHUNK) if tails is not None else None
     blocks = []
     for i, ((name, q_unit), (_, f_unit)) in enumerate(zip(q_units, f_units)):
-        target = _forward(f_unit, x_f)
+        target = forward_chunked(f_unit, x_f, CHUNK)
         weights = fisher_weights(q_unit, x_q, tails[i], fp_logits) if tails is not None else None
         report = reconstruct_block(q_unit, x_q, target, config, config.seed + i, name, progress, weights)
         log.info("%s: error %.4g -> %.4g (%.1f s)%s", name, report.loss_before, report.loss_after, report.seconds,
                  " (worse after hardening: calibrated quantizers kept)" if report.reverted else "")
         blocks.append(report)
-        x_q, x_f = _forward(q_unit, x_q), target
+        x_q, x_f = forward_chunked(q_unit, x_q, CHUNK), target
     del x_q, x_f
 
     refreshed = recount(calibrated, qmodel, list(images.split(CHUNK)), "reconstruction images")
