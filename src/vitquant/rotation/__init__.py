@@ -15,10 +15,8 @@ import torch
 from torch import nn
 
 from vitquant.errors import ConfigError
-from vitquant.rotation.hadamard import hadamard, rotation
+from vitquant.rotation.hadamard import ROTATIONS, hadamard, rotation
 from vitquant.rotation.vit import rotate_vit
-
-ROTATIONS = ("hadamard", "orthogonal")
 
 __all__ = ["ROTATIONS", "hadamard", "rotate", "rotate_vit", "rotation"]
 
@@ -26,12 +24,10 @@ __all__ = ["ROTATIONS", "hadamard", "rotate", "rotate_vit", "rotation"]
 def rotate(model: nn.Module, method: str = "hadamard", seed: int = 0) -> tuple[nn.Module, str]:
     """A copy of ``model`` with its residual stream rotated by ``method`` (seeded), and the construction
     used (``hadamard`` falls back to ``orthogonal`` where no Hadamard matrix of the width is known)."""
-    if method not in ROTATIONS:
-        raise ConfigError(f"unknown rotation {method!r}; choose one of {', '.join(ROTATIONS)}")
     width = getattr(model, "embed_dim", None)
     if not isinstance(width, int):
         raise ConfigError(f"residual rotation supports timm VisionTransformer (ViT, DeiT) models, got {type(model).__name__}")
-    q, used = rotation(width, method, seed)
+    q, used = rotation(width, method, seed)  # an unknown method is refused there
     rotated = rotate_vit(copy.deepcopy(model).eval(), q)
     _check_same_function(model, rotated)
     return rotated, used

@@ -22,6 +22,8 @@ import torch
 
 from vitquant.errors import ConfigError
 
+ROTATIONS = ("hadamard", "orthogonal")  # the constructions :func:`rotation` knows
+
 
 def _is_prime(q: int) -> bool:
     return q >= 2 and all(q % p for p in range(2, int(math.isqrt(q)) + 1))
@@ -57,8 +59,8 @@ def hadamard(n: int) -> torch.Tensor | None:
 def rotation(n: int, kind: str = "hadamard", seed: int = 0) -> tuple[torch.Tensor, str]:
     """An orthogonal ``Q`` (float64, n x n) with ``Q·1 = 1`` and the construction used
     (``"hadamard"``, or ``"orthogonal"`` where asked for or where no Hadamard matrix of order n is known)."""
-    if kind not in ("hadamard", "orthogonal"):
-        raise ConfigError(f"unknown rotation {kind!r}; choose one of hadamard, orthogonal")
+    if kind not in ROTATIONS:
+        raise ConfigError(f"unknown rotation {kind!r}; choose one of {', '.join(ROTATIONS)}")
     gen = torch.Generator().manual_seed(seed)
     h = hadamard(n) if kind == "hadamard" else None
     if h is not None:
