@@ -140,8 +140,9 @@ def adalog_published(w_bits: int, a_bits: int, attn_bits: int) -> QConfig:
     score on every calibration image (``search_images`` 1024: all of them, up to 1024), each layer is
     calibrated on the full-precision model's inputs (``inputs="parallel"``) against its own float output
     (``reference="layer"``), weights start from their own FPCS search and alternate with the inputs 3
-    rounds, and post-LayerNorm inputs are searched again once folded. Measured against ``adalog`` on
-    DeiT-Tiny: ``benchmarks/compensation.py`` (docs: Recipes)."""
+    rounds, and post-LayerNorm inputs are searched again once folded. Its calibration takes more than 6
+    times ``adalog``'s on DeiT-Tiny; its accuracy is not measured yet (docs: Compensation, rotation,
+    protocols)."""
     return replace(adalog(w_bits, a_bits, attn_bits), search_images=1024, inputs="parallel", reference="layer",
                    weight_rounds=3, weight_init="search", refit_after_reparam=True)
 
