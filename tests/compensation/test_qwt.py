@@ -8,7 +8,7 @@ import torch
 
 from vitquant.calibration import quantize_model
 from vitquant.compensation import CompensationConfig, compensate, compensation_methods, fit_linear
-from vitquant.errors import ConfigError
+from vitquant.errors import ConfigError, DataError, NumericalError
 from vitquant.integer import IntegerModel
 from vitquant.integer.conversion import convert_model
 from vitquant.integer.convert import plan_vit
@@ -112,6 +112,12 @@ def test_errors(tiny):
     model, calibrated, x = _calibrated(tiny, "vit")
     with pytest.raises(ConfigError, match="unknown compensation 'nope'; choose one of qwt"):
         compensate(model, calibrated, x, CompensationConfig(method="nope"))
+    with pytest.raises(DataError, match="compensation images: empty calibration set"):
+        compensate(model, calibrated, x[:0])
+    with pytest.raises(DataError, match=r"compensation images must be a float tensor \[N, 3, H, W\]"):
+        compensate(model, calibrated, x[:, 0])
+    with pytest.raises(NumericalError, match="compensation images must be finite"):
+        compensate(model, calibrated, torch.full_like(x, float("nan")))
     result = compensate(model, calibrated, x)
     with pytest.raises(ConfigError, match="already compensated"):
         compensate(model, result.calibration, x)
